@@ -1,0 +1,140 @@
+"""One exception hierarchy for everything XenStore, rooted at :class:`XenStoreError`.
+
+Error replies from a daemon (``E<NAME>\\0`` payloads) map to subclasses by errno name; each carries the errno
+name, the op and the path of the request that failed. Local validation errors (bad path, bad permission, bad
+domid, payload too large) are ``ValueError`` too, so they can be caught either way.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+from pyxs.exceptions import PyXSError
+
+__all__ = [
+    "AlreadyExists",
+    "ConnectionLost",
+    "InvalidArgument",
+    "InvalidDomid",
+    "InvalidPath",
+    "InvalidPermission",
+    "NotFound",
+    "OperationFailed",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "ProtocolError",
+    "QuotaExceeded",
+    "TransactionConflict",
+    "XenStoreError",
+    "XenStoreUnavailable",
+    "error_from_name",
+]
+
+
+class XenStoreError(PyXSError):  # type: ignore[misc]  # pyxs is untyped
+    """Base class of every error this package raises about XenStore."""
+
+
+class ErrorReply(XenStoreError):
+    """The daemon answered a request with an ERROR frame."""
+
+    errno_names: tuple[str, ...] = ()
+
+    def __init__(self, errno_name: str, op: str | None = None, path: str | None = None) -> None:
+        self.errno_name = errno_name
+        self.op = op
+        self.path = path
+        self.errno: int | None = getattr(_errno, errno_name, None)
+        where = f" on {path!r}" if path is not None else ""
+        what = f"{op}" if op is not None else "request"
+        super().__init__(f"{what}{where}: {errno_name}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.errno_name, self.op, self.path))
+
+
+class NotFound(ErrorReply):
+    """ENOENT: the node (or transaction, or watch) does not exist."""
+
+    errno_names = ("ENOENT",)
+
+
+class PermissionDenied(ErrorReply):
+    """EACCES: the connection may not do this to that node."""
+
+    errno_names = ("EACCES",)
+
+
+class AlreadyExists(ErrorReply):
+    """EEXIST: e.g. a duplicate (path, token) watch."""
+
+    errno_names = ("EEXIST",)
+
+
+class InvalidArgument(ErrorReply):
+    """EINVAL: the daemon found the request malformed."""
+
+    errno_names = ("EINVAL",)
+
+
+class TransactionConflict(ErrorReply):
+    """EAGAIN: the transaction conflicted with a concurrent change; redo it whole."""
+
+    errno_names = ("EAGAIN",)
+
+
+class QuotaExceeded(ErrorReply):
+    """ENOSPC, E2BIG or EQUOTA: a per-domain quota or size limit was hit."""
+
+    errno_names = ("ENOSPC", "E2BIG", "EQUOTA")
+
+
+class OperationFailed(ErrorReply):
+    """Any other error name (EIO, ENOSYS, EISDIR, ENOTEMPTY, EROFS, EBUSY, EISCONN, EPERM, ENOMEM, ...)."""
+
+
+_BY_NAME: dict[str, type[ErrorReply]] = {
+    name: cls
+    for cls in (
+        NotFound,
+        PermissionDenied,
+        AlreadyExists,
+        InvalidArgument,
+        TransactionConflict,
+        QuotaExceeded,
+    )
+    for name in cls.errno_names
+}
+
+
+def error_from_name(errno_name: str, op: str | None = None, path: str | None = None) -> ErrorReply:
+    """The exception for an error reply named ``errno_name`` (``"ENOENT"``, ...)."""
+    return _BY_NAME.get(errno_name, OperationFailed)(errno_name, op, path)
+
+
+class ProtocolError(XenStoreError):
+    """The byte stream broke the wire format (oversized or unknown frame): the connection is unusable."""
+
+
+class ConnectionLost(XenStoreError):
+    """The connection to the daemon is gone; the request's outcome is unknown."""
+
+
+class XenStoreUnavailable(XenStoreError, OSError):
+    """No daemon could be reached at the path tried (missing socket, refused connection, no device)."""
+
+
+class InvalidPath(XenStoreError, ValueError):
+    """A path that no XenStore daemon would accept; nothing was sent."""
+
+
+class InvalidPermission(XenStoreError, ValueError):
+    """A permission string that is not ``[nrwb]<domid>``; nothing was sent."""
+
+
+class InvalidDomid(XenStoreError, ValueError):
+    """A domain id out of range or not a decimal number; nothing was sent."""
+
+
+class PayloadTooLarge(XenStoreError, ValueError):
+    """A request whose payload would exceed XENSTORE_PAYLOAD_MAX (4096 bytes); nothing was sent."""

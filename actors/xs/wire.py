@@ -1,0 +1,274 @@
+"""The XenStore wire format, sans-IO: no trio, no sockets.
+
+Shared by the client and the embedded daemon. Frames are ``struct xsd_sockmsg`` (four native uint32: type,
+req_id, tx_id, len) followed by ``len`` payload bytes (``xen/include/public/io/xs_wire.h``).
+Built on pyxs's ``Packet`` header struct, ``Op`` table and path/permission checks, with its gaps filled here:
+RESET_WATCHES and DIRECTORY_PART, empty values, the 2048-byte limit of relative paths.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from pyxs import _internal as _pyxs
+from pyxs import exceptions as _pyxs_exc
+from pyxs import helpers as _pyxs_helpers
+
+from .errors import (
+    InvalidDomid,
+    InvalidPath,
+    InvalidPermission,
+    PayloadTooLarge,
+    ProtocolError,
+    error_from_name,
+)
+
+__all__ = [
+    "ABS_PATH_MAX",
+    "DOMID_FIRST_RESERVED",
+    "HEADER",
+    "PAYLOAD_MAX",
+    "REL_PATH_MAX",
+    "SPECIAL_PATHS",
+    "Frame",
+    "FrameDecoder",
+    "Op",
+    "check_domid",
+    "check_path",
+    "check_perms",
+    "check_watch_path",
+    "encode",
+    "join",
+    "split",
+]
+
+PAYLOAD_MAX: Final = 4096  # XENSTORE_PAYLOAD_MAX
+ABS_PATH_MAX: Final = 3072  # XENSTORE_ABS_PATH_MAX
+REL_PATH_MAX: Final = 2048  # XENSTORE_REL_PATH_MAX
+DOMID_FIRST_RESERVED: Final = 0x7FF0  # DOMID_SELF and friends start here
+SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
+
+HEADER: Final = _pyxs.Packet._struct  # native "IIII", 16 bytes
+assert HEADER.size == 16
+
+
+class Op(enum.IntEnum):
+    """``enum xsd_sockmsg_type``: pyxs's ``Op`` table plus RESET_WATCHES (21) and DIRECTORY_PART (22)."""
+
+    DEBUG = 0  # XS_CONTROL
+    DIRECTORY = 1
+    READ = 2
+    GET_PERMS = 3
+    WATCH = 4
+    UNWATCH = 5
+    TRANSACTION_START = 6
+    TRANSACTION_END = 7
+    INTRODUCE = 8
+    RELEASE = 9
+    GET_DOMAIN_PATH = 10
+    WRITE = 11
+    MKDIR = 12
+    RM = 13
+    SET_PERMS = 14
+    WATCH_EVENT = 15
+    ERROR = 16
+    IS_DOMAIN_INTRODUCED = 17
+    RESUME = 18
+    SET_TARGET = 19
+    # 20 was RESTRICT, removed from Xen (ENOSYS); pyxs 0.4.1 still lists it, as 128.
+    RESET_WATCHES = 21
+    DIRECTORY_PART = 22
+
+
+# Our table must agree with pyxs's wherever pyxs has an entry.
+assert all(Op[name] == value for name, value in _pyxs.Op._asdict().items() if name != "RESTRICT")
+
+CONTROL: Final = Op.DEBUG  # xs_wire.h: XS_CONTROL, alias XS_DEBUG
+_KNOWN_OPS: Final = frozenset(int(op) for op in Op)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One message either way: ``op`` is an :class:`Op` value (a plain int for an unknown op on the server)."""
+
+    op: int
+    req_id: int
+    tx_id: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return encode(self.op, self.payload, self.req_id, self.tx_id)
+
+    @property
+    def op_name(self) -> str:
+        return Op(self.op).name if self.op in _KNOWN_OPS else str(self.op)
+
+    def error(self, path: str | None = None, op: str | None = None) -> Exception | None:
+        """For an ERROR frame, the matching exception (not raised); else None."""
+        if self.op != Op.ERROR:
+            return None
+        name = self.payload.rstrip(b"\0").decode("ascii", "replace")
+        return error_from_name(name, op, path)
+
+
+def encode(op: int, payload: bytes, req_id: int = 0, tx_id: int = 0) -> bytes:
+    """Header and payload as bytes; raises PayloadTooLarge past 4096 bytes."""
+    if len(payload) > PAYLOAD_MAX:
+        raise PayloadTooLarge(f"payload of {len(payload)} bytes exceeds {PAYLOAD_MAX}")
+    header: bytes = HEADER.pack(op, req_id & 0xFFFFFFFF, tx_id & 0xFFFFFFFF, len(payload))
+    return header + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes in any chunking, get whole frames.
+
+    A header announcing more than 4096 payload bytes raises :class:`ProtocolError`, and so does an unknown op
+    unless ``allow_unknown_ops`` (the daemon answers those with ENOSYS instead). After a ProtocolError the
+    decoder refuses further input: the stream's framing is lost.
+    """
+
+    __slots__ = ("_allow_unknown", "_broken", "_buf")
+
+    def __init__(self, *, allow_unknown_ops: bool = False) -> None:
+        self._buf = bytearray()
+        self._allow_unknown = allow_unknown_ops
+        self._broken: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._broken is not None:
+            raise self._broken
+        self._buf += data
+        return list(self._frames())
+
+    def _frames(self) -> Iterator[Frame]:
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= HEADER.size:
+                op, req_id, tx_id, size = HEADER.unpack_from(buf, pos)
+                if size > PAYLOAD_MAX:
+                    self._fail(f"frame announces {size} payload bytes (max {PAYLOAD_MAX})")
+                if op not in _KNOWN_OPS and not self._allow_unknown:
+                    self._fail(f"unknown op {op}")
+                end = pos + HEADER.size + size
+                if len(buf) < end:
+                    break
+                yield Frame(op, req_id, tx_id, bytes(buf[pos + HEADER.size : end]))
+                pos = end
+        finally:
+            del buf[:pos]
+
+    def _fail(self, why: str) -> None:
+        self._broken = ProtocolError(why)
+        raise self._broken
+
+
+# -- payloads ------------------------------------------------------------------------------------------------
+
+
+def join(*parts: bytes | str, terminate: bool = True) -> bytes:
+    """NUL-join ``parts``; with ``terminate`` every part ends with NUL (``path\\0token\\0``)."""
+    raw = [p.encode() if isinstance(p, str) else p for p in parts]
+    out = b"\0".join(raw)
+    return out + b"\0" if terminate else out
+
+
+def split(payload: bytes) -> list[bytes]:
+    """The NUL-terminated strings of a payload (a missing final NUL is tolerated)."""
+    if not payload:
+        return []
+    if payload.endswith(b"\0"):
+        payload = payload[:-1]
+    return payload.split(b"\0")
+
+
+# -- validation ----------------------------------------------------------------------------------------------
+
+_PERM_RE: Final = re.compile(rb"[nrwb](0|[1-9][0-9]{0,4})")
+_PATH_RE: Final = re.compile(rb"[A-Za-z0-9_/@-]+")
+
+
+def _as_bytes(value: bytes | str, what: str) -> bytes:
+    if isinstance(value, str):
+        try:
+            return value.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidPath(f"{what} {value!r} is not ASCII") from None
+    return bytes(value)
+
+
+def check_path(path: bytes | str) -> bytes:
+    """A node path as the daemons accept it, as bytes; raises InvalidPath.
+
+    Characters ``[A-Za-z0-9_/@-]``, no empty path, no trailing ``/`` (but ``/`` itself), no ``//``;
+    absolute paths up to 3072 bytes, relative ones up to 2048 (pyxs 0.4.1 gives both 3072).
+    """
+    raw = _as_bytes(path, "path")
+    if not raw or b"\0" in raw:
+        raise InvalidPath(f"invalid path {path!r}")
+    try:
+        _pyxs_helpers.check_path(raw)
+    except _pyxs_exc.InvalidPath:
+        raise InvalidPath(f"invalid path {path!r}") from None
+    if not _PATH_RE.fullmatch(raw):  # pyxs's pattern ends in "$", which lets a trailing newline through
+        raise InvalidPath(f"invalid path {path!r}")
+    limit = ABS_PATH_MAX if raw.startswith(b"/") else REL_PATH_MAX
+    if len(raw) > limit:
+        raise InvalidPath(f"path of {len(raw)} bytes exceeds {limit}")
+    if raw.startswith(b"@"):
+        raise InvalidPath(f"special path {path!r} is only valid for watches")
+    return raw
+
+
+def check_watch_path(path: bytes | str) -> bytes:
+    """A watch path: a node path, or a special ``@name`` path (``@releaseDomain``, ``@introduceDomain``)."""
+    raw = _as_bytes(path, "watch path")
+    if raw.startswith(b"@"):
+        if len(raw) < 2 or len(raw) > ABS_PATH_MAX or not _PATH_RE.fullmatch(raw):
+            raise InvalidPath(f"invalid special path {path!r}")
+        if raw.endswith(b"/") or b"//" in raw:
+            raise InvalidPath(f"invalid special path {path!r}")
+        return raw
+    return check_path(raw)
+
+
+def check_perms(perms: Iterable[bytes | str]) -> list[bytes]:
+    """Permission strings ``n0``, ``r5``, ``b7``, ``w3``: the first names the owner. Raises InvalidPermission."""
+    out: list[bytes] = []
+    for perm in perms:
+        raw = perm.encode("ascii", "replace") if isinstance(perm, str) else bytes(perm)
+        if not _PERM_RE.fullmatch(raw) or int(raw[1:]) > 0xFFFF:
+            raise InvalidPermission(f"invalid permission {perm!r} (want n|r|w|b followed by a domid)")
+        out.append(raw)
+    if not out:
+        raise InvalidPermission("a node needs at least one permission (its owner)")
+    return out
+
+
+def check_domid(domid: int | str, *, allow_dom0: bool = True, guest_only: bool = False) -> int:
+    """A domain id as an int; raises InvalidDomid.
+
+    ``guest_only`` accepts 1..32751 (a domU: below DOMID_FIRST_RESERVED), written in canonical decimal if a str.
+    """
+    if isinstance(domid, str):
+        if not re.fullmatch(r"0|[1-9][0-9]{0,4}", domid):
+            raise InvalidDomid(f"domid {domid[:40]!r} is not a canonical decimal number")
+        value = int(domid)
+    elif isinstance(domid, bool) or not isinstance(domid, int):
+        raise InvalidDomid(f"domid {domid!r} is not an int")
+    else:
+        value = domid
+    low = 1 if guest_only or not allow_dom0 else 0
+    high = DOMID_FIRST_RESERVED - 1 if guest_only else 0xFFFF
+    if not low <= value <= high:
+        raise InvalidDomid(f"domid {value} out of range {low}..{high}")
+    return value
