@@ -2,6 +2,18 @@
 
 from loguru import logger as _logger
 
+from .runtime import MTWATCH_ROOT as MTWATCH_ROOT
+from .runtime import DomainContext as DomainContext
+from .runtime import DomainSnapshot as DomainSnapshot
+from .runtime import HandlerTimeout as HandlerTimeout
+from .runtime import ReconnectPolicy as ReconnectPolicy
+from .runtime import RestartPolicy as RestartPolicy
+from .runtime import Runtime as Runtime
+from .runtime import State as State
+from .runtime import Watch as Watch
+from .runtime import open_runtime as open_runtime
+from .toolstack import announce_domain as announce_domain
+from .toolstack import retire_domain as retire_domain
 from .xs.client import Transaction as Transaction
 from .xs.client import XenStore as XenStore
 from .xs.client import connect as connect

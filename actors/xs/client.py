@@ -435,18 +435,25 @@ async def open_xenstore(
 ) -> AsyncIterator[XenStore]:
     """Run a XenStore client over an already open stream (a socket, the xenbus device, a guest's ring)."""
     xs = XenStore(stream, name=name, frame_per_write=frame_per_write)
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(xs._reader)
             nursery.start_soon(xs._writer)
             try:
                 yield xs
+            except BaseException as exc:
+                # Raised again below, outside the nursery, so the caller sees it unwrapped (the reader and
+                # writer never raise: they turn their errors into a lost connection).
+                body_error = exc
             finally:
                 nursery.cancel_scope.cancel()
     finally:
         xs._mark_lost(ConnectionLost("connection closed"))
         with trio.CancelScope(shield=True):
             await stream.aclose()
+    if body_error is not None:
+        raise body_error
 
 
 @asynccontextmanager

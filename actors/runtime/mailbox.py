@@ -1,0 +1,119 @@
+"""A domain's mailbox: a bounded trio memory channel that coalesces instead of blocking when full."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..xs.subscription import WatchEvent
+
+__all__ = ["Envelope", "Mailbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A watch event on its way to a handler: which watch (registration) it belongs to, and for which
+    incarnation of the domain actor (``generation``), so that a late event of an earlier one is dropped."""
+
+    watch: Any  # the runtime's Watch; only its identity matters here
+    event: WatchEvent
+    generation: int
+    watch_path: str  # the path this watch was registered at (the template filled in)
+
+    @property
+    def key(self) -> tuple[Hashable, str]:
+        return (id(self.watch), self.event.path)
+
+
+class Mailbox:
+    """Bounded and never blocking the sender.
+
+    :meth:`post` uses ``send_nowait`` only. When the channel is full, events wait in an overflow table keyed by
+    (watch, path): a newer event for a key already waiting replaces it in place, so the order of distinct paths
+    is kept and the latest event of every path survives. Past ``overflow_limit`` keys the overflow collapses
+    into one event per watch for the watch's own path (a "re-read everything" hint), so memory is bounded by
+    ``capacity + overflow_limit`` whatever the number of events.
+    """
+
+    def __init__(self, capacity: int = 64, overflow_limit: int = 1024) -> None:
+        if capacity < 1 or overflow_limit < 1:
+            raise ValueError("mailbox capacity and overflow limit must be at least 1")
+        self.capacity = capacity
+        self.overflow_limit = overflow_limit
+        self._send, self._receive = trio.open_memory_channel[Envelope](capacity)
+        self._overflow: OrderedDict[tuple[Hashable, str], Envelope] = OrderedDict()
+        self.coalesced = 0
+        self.posted = 0
+
+    def __len__(self) -> int:
+        return self._send.statistics().current_buffer_used + len(self._overflow)
+
+    @property
+    def overflow(self) -> int:
+        return len(self._overflow)
+
+    def post(self, envelope: Envelope) -> None:
+        """Queue an envelope; never blocks, never raises."""
+        self.posted += 1
+        if not self._overflow:
+            try:
+                self._send.send_nowait(envelope)
+                return
+            except trio.WouldBlock:
+                pass
+        self._spill(envelope)
+
+    def _spill(self, envelope: Envelope) -> None:
+        overflow = self._overflow
+        key = envelope.key
+        if key in overflow:
+            overflow[key] = envelope
+            self.coalesced += 1
+            return
+        if len(overflow) >= self.overflow_limit:
+            self._collapse()
+            key = envelope.key
+            if key in overflow:
+                overflow[key] = envelope
+                self.coalesced += 1
+                return
+        overflow[key] = envelope
+
+    def _collapse(self) -> None:
+        hints: OrderedDict[tuple[Hashable, str], Envelope] = OrderedDict()
+        for envelope in self._overflow.values():
+            event = WatchEvent(envelope.watch_path, envelope.event.token, envelope.event.received_at)
+            hint = Envelope(envelope.watch, event, envelope.generation, envelope.watch_path)
+            hints[hint.key] = hint
+        self.coalesced += len(self._overflow) - len(hints)
+        self._overflow = hints
+
+    async def receive(self) -> Envelope:
+        envelope = await self._receive.receive()
+        self._refill()
+        return envelope
+
+    def _refill(self) -> None:
+        overflow = self._overflow
+        while overflow:
+            key = next(iter(overflow))
+            try:
+                self._send.send_nowait(overflow[key])
+            except trio.WouldBlock:
+                return
+            del overflow[key]
+
+    def purge(self) -> int:
+        """Drop everything waiting; returns how many."""
+        dropped = len(self._overflow)
+        self._overflow.clear()
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except trio.WouldBlock:
+                return dropped
+            dropped += 1

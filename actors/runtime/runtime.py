@@ -1,0 +1,436 @@
+"""The root of the actor tree: one connection (reconnected when lost), the registry that follows the lifecycle
+source, the router, the default actor and one actor per live guest domain, all in one root nursery."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Literal
+
+import trio
+from loguru import logger
+from trio_util import RepeatedEvent
+
+from ..xs.client import XenStore
+from ..xs.errors import ConnectionLost, XenStoreError, XenStoreUnavailable
+from ..xs.subscription import WatchEvent
+from .context import DomainContext, DomainSnapshot, State
+from .domain import DomainActor, HandlerFailed, call_handler
+from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource
+from .mailbox import Envelope, Mailbox
+from .supervisor import ReconnectPolicy, RestartPolicy
+from .watches import Handler, Hook, Route, Watch
+
+__all__ = ["Runtime", "open_runtime"]
+
+ConnectionFactory = Callable[[], AbstractAsyncContextManager[XenStore]]
+Observer = Callable[[str, int, float], None]
+
+_ATTACH_CONCURRENCY = 256
+
+
+class _DefaultActor:
+    """Runs the events that belong to no live domain actor, one at a time, like dom0's default xenwatch
+    thread. A failing handler is logged and counted; the actor carries on."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.mailbox = Mailbox(runtime.mailbox_size, runtime.overflow_limit)
+        self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
+        self.handled = 0
+        self.failures = 0
+
+    def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
+        self.mailbox.post(Envelope(watch, event, 0, watch_path))
+
+    async def run(self) -> None:
+        with logger.contextualize(domid=0):
+            while True:
+                envelope = await self.mailbox.receive()
+                if not envelope.watch.active:
+                    continue
+                self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
+                try:
+                    if await call_handler(self.ctx, envelope.watch, envelope.event):
+                        self.handled += 1
+                except HandlerFailed as failure:
+                    self.failures += 1
+                    self.ctx.log.opt(exception=failure.error).error("{} failed", failure.what)
+
+
+class Runtime:
+    """Made by :func:`open_runtime`; see there."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        source: LifecycleSource,
+        mailbox_size: int,
+        overflow_limit: int,
+        restart: RestartPolicy,
+        stop_deadline: float,
+        reconnect: ReconnectPolicy,
+    ) -> None:
+        self._nursery = nursery
+        self.source = source
+        self.mailbox_size = mailbox_size
+        self.overflow_limit = overflow_limit
+        self.restart_policy = restart
+        self.stop_deadline = stop_deadline
+        self.reconnect_policy = reconnect
+        self.connection: XenStore | None = None
+        self.reconnects = 0
+        self.ready = trio.Event()
+        self.changed = RepeatedEvent()
+        self._actors: dict[int, DomainActor] = {}
+        self._watches: list[Watch] = []
+        self._start_hooks: list[Hook] = []
+        self._stop_hooks: list[Hook] = []
+        self._observers: list[Observer] = []
+        self._latency_observers: list[Callable[[int, float], None]] = []
+        self._default = _DefaultActor(self)
+        self._closing = False
+
+    # -- public face ---------------------------------------------------------------------------------------
+
+    @property
+    def xs(self) -> XenStore:
+        """The current connection (after a loss and before the reconnect, the dead one: calls fail at once)."""
+        if self.connection is None:
+            raise ConnectionLost("the runtime has not connected to xenstored yet")
+        return self.connection
+
+    @property
+    def domains(self) -> Mapping[int, DomainSnapshot]:
+        """A snapshot of every domain actor, by domid."""
+        return {domid: actor.snapshot() for domid, actor in self._actors.items()}
+
+    @property
+    def default_handled(self) -> int:
+        return self._default.handled
+
+    def watch(
+        self,
+        template: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        route: Route | None = None,
+        name: str = "",
+    ) -> Watch:
+        """Add a watch rule; it takes effect at once on every live domain (or, global, on the connection).
+
+        ``template`` with ``{domid}`` is one watch per live domain, its events handled by that domain's actor;
+        without, one watch whose events go to the default actor, or to ``route(path)``'s domain when it is live.
+        ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure.
+        """
+        watch = Watch(template, handler, timeout=timeout, route=route, name=name)
+        self._watches.append(watch)
+        if watch.per_domain:
+            self._for_each_actor(lambda actor: actor.attach())
+        else:
+            self._nursery.start_soon(self._register_global, watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        """Remove a watch rule from every domain (or the connection); its queued events are dropped."""
+        if watch not in self._watches:
+            return
+        self._watches.remove(watch)
+        watch.active = False
+        if watch.per_domain:
+            self._for_each_actor(lambda actor: actor.detach(watch))
+        else:
+            self._nursery.start_soon(self._unregister_global, watch)
+
+    def on_start(self, hook: Hook) -> Hook:
+        """``async def hook(ctx)`` run when a domain actor starts or restarts, before its watches; usable as a
+        decorator. A hook that raises is a failure of that domain."""
+        self._start_hooks.append(hook)
+        return hook
+
+    def on_stop(self, hook: Hook) -> Hook:
+        """``async def hook(ctx)`` run when a domain actor stops (its node removed, or shutdown), within the
+        stop deadline. Not run between a failure and its restart."""
+        self._stop_hooks.append(hook)
+        return hook
+
+    def observe(self, fn: Observer) -> None:
+        """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``,
+        ``reconnect``, ``gone``."""
+        self._observers.append(fn)
+
+    def reset(self, domid: int) -> None:
+        """Take a failed domain out of ``failed``: it starts again with a clean restart history."""
+        actor = self._actors.get(domid)
+        if actor is None:
+            raise KeyError(f"no domain actor for domid {domid}")
+        actor.reset()
+
+    async def wait_domain(self, domid: int, *states: State | None) -> None:
+        """Wait until the domain is in one of ``states`` (None: no actor for it)."""
+        while True:
+            actor = self._actors.get(domid)
+            current = None if actor is None else actor.state.value
+            if current in states:
+                return
+            await self.changed.wait()
+
+    # -- what the actors call ---------------------------------------------------------------------------
+
+    def domain_watches(self) -> list[Watch]:
+        return [w for w in self._watches if w.per_domain]
+
+    def start_hooks(self) -> Iterable[Hook]:
+        return tuple(self._start_hooks)
+
+    def stop_hooks(self) -> Iterable[Hook]:
+        return tuple(self._stop_hooks)
+
+    def _changed(self) -> None:
+        self.changed.set()
+
+    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None:
+        for fn in self._observers:
+            fn(kind, domid, value)
+
+    def _count_event(self, domid: int) -> None:
+        if self._observers:
+            self._emit("event", domid)
+
+    def _count_failure(self, domid: int) -> None:
+        self._emit("failure", domid)
+
+    def _count_restart(self, domid: int) -> None:
+        self._emit("restart", domid)
+
+    def _observe_latency(self, domid: int, seconds: float) -> None:
+        if self._observers:
+            self._emit("latency", domid, seconds)
+
+    def _forget(self, actor: DomainActor) -> None:
+        if self._actors.get(actor.domid) is actor:
+            del self._actors[actor.domid]
+            self._emit("gone", actor.domid)
+            self._changed()
+
+    def _for_each_actor(self, fn: Callable[[DomainActor], object]) -> None:
+        actors = list(self._actors.values())
+
+        async def run_all() -> None:
+            limiter = trio.CapacityLimiter(_ATTACH_CONCURRENCY)
+
+            async def one(actor: DomainActor) -> None:
+                async with limiter:
+                    await fn(actor)  # type: ignore[misc]
+
+            async with trio.open_nursery() as nursery:
+                for actor in actors:
+                    nursery.start_soon(one, actor)
+
+        if actors:
+            self._nursery.start_soon(run_all)
+
+    # -- the registry: a LifecycleSink --------------------------------------------------------------------
+
+    def full(self, domains: dict[int, bytes]) -> None:
+        for domid in list(self._actors):
+            if domid not in domains:
+                self.one(domid, None)
+        for domid, identity in domains.items():
+            self.one(domid, identity)
+        if not self.ready.is_set():
+            self.ready.set()
+        self._changed()
+
+    def one(self, domid: int, identity: bytes | None) -> None:
+        if self._closing:
+            return
+        actor = self._actors.get(domid)
+        if actor is not None:
+            if actor.desired.value != identity:
+                actor.desired.value = identity
+        elif identity is not None:
+            actor = DomainActor(self, domid, identity)
+            self._actors[domid] = actor
+            self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
+            self._changed()
+
+    # -- the router: global watches ---------------------------------------------------------------------
+
+    def _route(self, watch: Watch, event: WatchEvent) -> None:
+        domid: int | None = None
+        if watch.route is not None:
+            try:
+                domid = watch.route(event.path)
+            except Exception:
+                logger.opt(exception=True).error(
+                    "route function of {!r} failed on {}", watch.name, event.path
+                )
+        if domid is not None:
+            actor = self._actors.get(domid)
+            if actor is not None:
+                if actor.state.value in (State.STARTING, State.RUNNING):
+                    actor.post(watch, actor.generation, watch.template, event)
+                else:
+                    actor.dropped += 1
+                return
+        self._default.post(watch, watch.template, event)
+
+    async def _register_global(self, watch: Watch) -> None:
+        xs = self.connection
+        if xs is None or xs.is_lost or not watch.active:
+            return
+        try:
+            await xs.add_watch(watch.template, watch.token(None, 0), functools.partial(self._route, watch))
+        except (ConnectionLost, ValueError):
+            pass  # lost: the reconnect registers it; ValueError: registered already
+        except XenStoreError as exc:
+            logger.warning("cannot watch {}: {}", watch.template, exc)
+
+    async def _unregister_global(self, watch: Watch) -> None:
+        xs = self.connection
+        if xs is None or xs.is_lost:
+            return
+        with suppress(XenStoreError):
+            await xs.remove_watch(watch.template, watch.token(None, 0))
+
+    # -- the connection ---------------------------------------------------------------------------------
+
+    async def _serve_connection(self, xs: XenStore) -> None:
+        """Everything that lives on one connection: global watches, every live domain's watches (their initial
+        events are the resync), and the registry. Returns when the connection is lost."""
+        self.connection = xs
+        async with trio.open_nursery() as nursery:
+            for watch in self._watches:
+                if not watch.per_domain:
+                    await self._register_global(watch)
+            self._for_each_actor(lambda actor: actor.attach())
+            nursery.start_soon(self._follow_lifecycle, xs)
+            await xs.wait_lost()
+            nursery.cancel_scope.cancel()
+
+    async def _follow_lifecycle(self, xs: XenStore) -> None:
+        with suppress(ConnectionLost):
+            await self.source.follow(xs, self)
+
+    async def _connection_loop(
+        self, xs: XenStore | None, connect: ConnectionFactory | None, task_status: trio.TaskStatus[None]
+    ) -> None:
+        attempt = 0
+        started = False
+        while True:
+            if xs is not None:
+                started = True
+                task_status.started()
+                await self._serve_connection(xs)
+                if connect is None:
+                    raise ConnectionLost(
+                        "connection to xenstored lost, and the runtime has no connect= to reconnect"
+                    )
+                xs = None
+            else:
+                assert connect is not None
+                try:
+                    async with connect() as conn:
+                        if attempt:
+                            logger.info("reconnected to xenstored ({})", conn.name)
+                        attempt = 0
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await self._serve_connection(conn)
+                except (XenStoreUnavailable, ConnectionLost) as exc:
+                    logger.warning("xenstored unreachable: {}", exc)
+            if not started:
+                started = True
+                task_status.started()
+            attempt += 1
+            self.reconnects += 1
+            self._emit("reconnect", 0)
+            delay = self.reconnect_policy.delay(attempt)
+            logger.warning("connection to xenstored lost; reconnecting in {:.2g} s", delay)
+            await trio.sleep(delay)
+
+    async def _shutdown(self) -> None:
+        """Stop every domain actor (each within the stop deadline, all at once), then return."""
+        self._closing = True
+        for actor in list(self._actors.values()):
+            actor.desired.value = None
+        with trio.move_on_after(self.stop_deadline + 1):
+            while self._actors:
+                await self.changed.wait()
+
+
+_LIFECYCLES: dict[str, Callable[[str], LifecycleSource]] = {
+    "mtwatch": MtwatchSource,
+    "domains": lambda root: DomainsSource(),
+}
+
+
+@asynccontextmanager
+async def open_runtime(
+    xs: XenStore | None = None,
+    *,
+    connect: ConnectionFactory | None = None,
+    root: str = MTWATCH_ROOT,
+    lifecycle: Literal["mtwatch", "domains"] | LifecycleSource = "mtwatch",
+    mailbox_size: int = 64,
+    overflow_limit: int = 1024,
+    restart: RestartPolicy | None = None,
+    stop_deadline: float = 10.0,
+    reconnect: ReconnectPolicy | None = None,
+) -> AsyncIterator[Runtime]:
+    """``async with actors.open_runtime(xs) as rt:``: run the dom0 watch runtime until the block ends.
+
+    Give it a connection (``xs``), a way to make one (``connect=lambda: actors.connect(path)``), or both; with
+    ``connect`` it reconnects by itself after a loss (with backoff), re-registers every watch, re-reads the
+    lifecycle tree and so gives every live domain a resync event. Without ``connect``, losing ``xs`` ends the
+    runtime with ConnectionLost.
+
+    ``lifecycle="mtwatch"`` follows ``root`` (the xenwatch-multithreading nodes); ``"domains"`` follows a stock
+    host's domains. Leaving the block stops every actor within ``stop_deadline`` seconds and unwatches.
+    """
+    if xs is None and connect is None:
+        raise TypeError("open_runtime needs a connection (xs) or a connection factory (connect=)")
+    if mailbox_size < 1 or overflow_limit < 1 or stop_deadline <= 0:
+        raise ValueError("mailbox_size and overflow_limit must be >= 1, stop_deadline > 0")
+    source = _LIFECYCLES[lifecycle](root) if isinstance(lifecycle, str) else lifecycle
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            rt = Runtime(
+                nursery,
+                source=source,
+                mailbox_size=mailbox_size,
+                overflow_limit=overflow_limit,
+                restart=restart or RestartPolicy(),
+                stop_deadline=stop_deadline,
+                reconnect=reconnect or ReconnectPolicy(),
+            )
+            nursery.start_soon(rt._default.run, name="mtwatch-default")
+            await nursery.start(rt._connection_loop, xs, connect)
+            try:
+                yield rt
+            except BaseException as exc:
+                body_error = exc  # raised again outside the nursery, unwrapped
+            finally:
+                with trio.CancelScope(shield=True):
+                    await rt._shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The runtime's own tasks raise nothing but ConnectionLost (no connect= to reconnect with); anything
+        # else is a bug and comes out as it is.
+        rest = group.split(ConnectionLost)[1]
+        if rest is None:
+            raise _first_leaf(group) from None
+        raise
+    if body_error is not None:
+        raise body_error
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
