@@ -11,7 +11,7 @@ import socket
 import struct
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
@@ -64,10 +64,8 @@ async def scripted(script: Callable[[Peer], Awaitable[None]]) -> AsyncIterator[s
     async def serve() -> None:
         stream = await trio_listener.accept()
         async with stream:
-            try:
+            with suppress(trio.EndOfChannel, trio.BrokenResourceError):
                 await script(Peer(stream))
-            except (trio.EndOfChannel, trio.BrokenResourceError):
-                pass
 
     try:
         async with trio.open_nursery() as nursery:

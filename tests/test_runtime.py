@@ -5,6 +5,7 @@ The server runs in the test's own trio loop, so a unix-socket round trip complet
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -15,7 +16,6 @@ import trio
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
 from actors.runtime.lifecycle import MTWATCH_ROOT
-
 from conftest import Embedded
 
 pytestmark = pytest.mark.usefixtures("autojump_clock")
@@ -152,9 +152,9 @@ async def test_a_crashing_handler_restarts_with_backoff_then_fails_then_recovers
     assert snap.failures == FAST_RESTARTS.max_restarts + 1
     assert snap.restarts == FAST_RESTARTS.max_restarts
     assert snap.last_error is not None and "fails on purpose" in snap.last_error
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) == FAST_RESTARTS.max_restarts
-    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
     # Failed: the watch is removed and nothing more reaches the handler.
     await xs.write(data(5), "ignored")
     await trio.sleep(5)
@@ -367,12 +367,10 @@ async def test_reconnect_restores_every_watch_without_failures(workdir: str) -> 
             await rt.wait_domain(71, State.RUNNING)
             resyncs_before = len(rec.values(70, "/local/domain/70/data"))
             first.cancel()
-            while rt.reconnects == 0:
-                await trio.sleep(0.1)
+            await rt.connected.wait_value(False)
             await trio.sleep(3)  # a few failed attempts while nothing listens
             await nursery.start(serve, trio.CancelScope())
-            while rt.connection is None or rt.connection.is_lost:
-                await trio.sleep(0.1)
+            await rt.connected.wait_value(True)
             # The resync: the re-registered watch fires once more for its own path.
             while len(rec.values(70, "/local/domain/70/data")) == resyncs_before:
                 await rec.changed.wait()

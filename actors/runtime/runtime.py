@@ -10,7 +10,7 @@ from typing import Literal
 
 import trio
 from loguru import logger
-from trio_util import RepeatedEvent
+from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, XenStoreError, XenStoreUnavailable
@@ -83,6 +83,7 @@ class Runtime:
         self.connection: XenStore | None = None
         self.reconnects = 0
         self.ready = trio.Event()
+        self.connected = AsyncBool(False)
         self.changed = RepeatedEvent()
         self._actors: dict[int, DomainActor] = {}
         self._watches: list[Watch] = []
@@ -303,14 +304,18 @@ class Runtime:
         """Everything that lives on one connection: global watches, every live domain's watches (their initial
         events are the resync), and the registry. Returns when the connection is lost."""
         self.connection = xs
-        async with trio.open_nursery() as nursery:
-            for watch in self._watches:
-                if not watch.per_domain:
-                    await self._register_global(watch)
-            self._for_each_actor(lambda actor: actor.attach())
-            nursery.start_soon(self._follow_lifecycle, xs)
-            await xs.wait_lost()
-            nursery.cancel_scope.cancel()
+        self.connected.value = True
+        try:
+            async with trio.open_nursery() as nursery:
+                for watch in self._watches:
+                    if not watch.per_domain:
+                        await self._register_global(watch)
+                self._for_each_actor(lambda actor: actor.attach())
+                nursery.start_soon(self._follow_lifecycle, xs)
+                await xs.wait_lost()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.connected.value = False
 
     async def _follow_lifecycle(self, xs: XenStore) -> None:
         with suppress(ConnectionLost):
