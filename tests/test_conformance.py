@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import actors
+from actors.xs.transport import open_socket
 from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
 from conftest import Server
 
@@ -50,7 +51,7 @@ class Raw:
 
 @asynccontextmanager
 async def raw(server: Server) -> AsyncIterator[Raw]:
-    stream = await trio.open_unix_socket(server.socket_path)
+    stream = await open_socket(server.socket_path)  # not trio.open_unix_socket: see test_many_connections
     async with stream:
         yield Raw(stream)
 
@@ -319,3 +320,20 @@ async def test_oversized_frame_drops_only_that_connection(server: Server) -> Non
                 pass  # reset, as the bytes it never read were still queued
         await xs.write("/after", "fine")
         assert await xs.read("/after") == b"fine"
+
+
+async def test_many_connections_at_once(server: Server) -> None:
+    """C xenstored listens with a backlog of 1: connections opened all at once must still all work (the
+    client retries a connect() that the full backlog refused with EAGAIN)."""
+    results: list[bytes] = []
+
+    async def one(i: int) -> None:
+        async with dom0(server) as xs:
+            await xs.write(f"/conn/{i}", str(i))
+            results.append(await xs.read(f"/conn/{i}"))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+    assert sorted(results) == sorted(str(i).encode() for i in range(30))

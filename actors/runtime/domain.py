@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import trio
 from loguru import logger
-from trio_util import AsyncValue
 
 from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.subscription import WatchEvent
@@ -88,8 +87,8 @@ class DomainActor:
         self.rt = runtime
         self.domid = domid
         self.identity = identity
-        self.desired: AsyncValue[bytes | None] = AsyncValue(identity)
-        self.state: AsyncValue[State] = AsyncValue(State.STARTING)
+        self.desired: bytes | None = identity  # what the registry wants: an identity, or None (gone)
+        self.state = State.STARTING  # waited on through the runtime's `changed` event, not per actor
         self.mailbox = Mailbox(runtime.mailbox_size, runtime.overflow_limit)
         self.tracker = RestartTracker(runtime.restart_policy)
         self.generation = 0
@@ -100,19 +99,18 @@ class DomainActor:
         self.restarts = 0
         self.last_error: str | None = None
         self.log = logger.bind(domid=domid)
-        self._reset = trio.Event()
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
         self._attach_lock = trio.Lock()
-        self._in_handler: trio.Event | None = None
-        self._serve_scope: trio.CancelScope | None = None
-        self._failure: HandlerFailed | None = None
-
-    # -- what the registry and the runtime call ------------------------------------------------------------
+        # One task per actor, so a stop request reaches it through these rather than through a watcher task:
+        self._wake = trio.Event()  # set when ``desired`` changes or a reset is asked for
+        self._reset_requested = False
+        self._idle_scope: trio.CancelScope | None = None  # while waiting for the mailbox
+        self._busy_scope: trio.CancelScope | None = None  # while a handler or hook runs
 
     def snapshot(self) -> DomainSnapshot:
         return DomainSnapshot(
             domid=self.domid,
-            state=self.state.value,
+            state=self.state,
             identity=self.identity,
             mailbox_depth=len(self.mailbox),
             handled=self.handled,
@@ -125,18 +123,39 @@ class DomainActor:
 
     def reset(self) -> None:
         """Leave the failed state and start again with a clean restart history."""
-        self._reset.set()
+        self._reset_requested = True
+        self._wake.set()
+
+    def set_desired(self, identity: bytes | None) -> None:
+        """The registry's word: run with this identity (a change means the domid was reused), or stop (None).
+
+        Never blocks: an idle actor is woken at once; a running handler gets most of the stop deadline to
+        finish (its cancel scope's deadline is brought forward), then is cancelled.
+        """
+        if identity == self.desired:
+            return
+        self.desired = identity
+        self._wake.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+        if self._busy_scope is not None:
+            grace = trio.current_time() + self.rt.stop_deadline * 0.75
+            self._busy_scope.deadline = min(self._busy_scope.deadline, grace)
+
+    async def _wait_wake(self) -> None:
+        self._wake = trio.Event()
+        await self._wake.wait()
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
         """The router's way in: called from the connection's reader task, never blocks."""
-        if generation != self.generation or self.state.value is State.STOPPING:
+        if generation != self.generation or self.state is State.STOPPING:
             self.dropped += 1
             return
         self.mailbox.post(Envelope(watch, event, generation, watch_path))
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet."""
-        if self.state.value not in (State.STARTING, State.RUNNING):
+        if self.state not in (State.STARTING, State.RUNNING):
             return
         async with self._attach_lock:
             xs = self.rt.connection
@@ -176,7 +195,7 @@ class DomainActor:
         """The whole life of the actor; returns once its node is gone and it has stopped."""
         with logger.contextualize(domid=self.domid):
             try:
-                while (identity := self.desired.value) is not None:
+                while (identity := self.desired) is not None:
                     await self._live(identity)
             finally:
                 self.rt._forget(self)
@@ -187,7 +206,7 @@ class DomainActor:
         self.log.info("domain actor starting (identity {!r})", identity)
         while True:
             failure = await self._incarnation(identity)
-            if self.desired.value != identity:
+            if self.desired != identity:
                 return
             assert failure is not None
             self.failures += 1
@@ -195,8 +214,7 @@ class DomainActor:
             self.rt._count_failure(self.domid)
             self.log.opt(exception=failure.error).error("{} failed", failure.what)
             if not self.tracker.failed(trio.current_time()):
-                self.state.value = State.FAILED
-                self.rt._changed()
+                self._set_state(State.FAILED)
                 policy = self.tracker.policy
                 self.log.error(
                     "more than {} failures within {:g} s: domain failed; its events are dropped until its"
@@ -204,107 +222,91 @@ class DomainActor:
                     policy.max_restarts,
                     policy.period,
                 )
-                self._reset = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reset_when_changed, identity)
-                    await self._reset.wait()
-                    nursery.cancel_scope.cancel()
-                if self.desired.value != identity:
+                self._reset_requested = False
+                while self.desired == identity and not self._reset_requested:
+                    await self._wait_wake()
+                if self.desired != identity:
                     return
                 self.log.info("domain reset")
                 self.tracker.reset()
                 continue
             delay = self.tracker.next_delay()
-            self.state.value = State.BACKOFF
-            self.rt._changed()
+            self._set_state(State.BACKOFF)
             self.log.info("restarting in {:.3g} s", delay)
             with trio.move_on_after(delay):
-                await self.desired.wait_value(lambda v: v != identity)
-            if self.desired.value != identity:
+                while self.desired == identity:
+                    await self._wait_wake()
+            if self.desired != identity:
                 return
             self.restarts += 1
             self.rt._count_restart(self.domid)
 
-    async def _reset_when_changed(self, identity: bytes) -> None:
-        await self.desired.wait_value(lambda v: v != identity)
-        self._reset.set()
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self.rt._changed()
 
     async def _incarnation(self, identity: bytes) -> HandlerFailed | None:
-        """Start, serve until asked to stop (returns None) or until a handler fails (returns the failure)."""
+        """Start, then serve until asked to stop (returns None) or until a handler fails (returns the failure)."""
         self.generation += 1
         self.dropped += self.mailbox.purge()
-        self._failure = None
-        self.state.value = State.STARTING
-        self.rt._changed()
+        self._set_state(State.STARTING)
         ctx = DomainContext(self.domid, identity, self.rt, self.log)
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    for hook in self.rt.start_hooks():
+            try:
+                for hook in self.rt.start_hooks():
+                    with trio.CancelScope() as self._busy_scope:
                         await call_hook(ctx, hook, "on_start hook")
-                except HandlerFailed as failure:
-                    return failure
-                await self.attach()
-                if self.state.value is State.STARTING:
-                    self.state.value = State.RUNNING
-                    self.rt._changed()
-                self._serve_scope = trio.CancelScope()
-                nursery.start_soon(self._serve, ctx, self.generation, self._serve_scope, nursery.cancel_scope)
-                await self.desired.wait_value(lambda v: v != identity)
-                await self._stop(ctx)
-            return self._failure
+                    self._busy_scope = None
+                if self.desired == identity:
+                    await self.attach()
+                    self._set_state(State.RUNNING)
+                    await self._serve(ctx, identity)
+            except HandlerFailed as failure:
+                return failure
+            finally:
+                self._busy_scope = None
+            await self._stop(ctx)
+            return None
         finally:
-            self._serve_scope = None
             await self.detach()
             self.dropped += self.mailbox.purge()
 
-    async def _serve(
-        self, ctx: DomainContext, generation: int, scope: trio.CancelScope, incarnation: trio.CancelScope
-    ) -> None:
-        with scope:
-            try:
-                while True:
-                    envelope = await self.mailbox.receive()
-                    if envelope.generation != generation or not envelope.watch.active:
-                        self.dropped += 1
-                        continue
-                    self.rt._observe_latency(self.domid, trio.current_time() - envelope.event.received_at)
-                    self._in_handler = done = trio.Event()
-                    try:
-                        completed = await call_handler(ctx, envelope.watch, envelope.event)
-                    finally:
-                        self._in_handler = None
-                        done.set()
-                    if completed:
-                        self.handled += 1
-                        self.rt._count_event(self.domid)
-                    else:
-                        self.interrupted += 1
-            except HandlerFailed as failure:
-                self._failure = failure
-                incarnation.cancel()
+    async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
+        """Handle events one at a time, in order, until ``desired`` changes. Raises HandlerFailed."""
+        generation = self.generation
+        while self.desired == identity:
+            envelope = None
+            with trio.CancelScope() as self._idle_scope:
+                envelope = await self.mailbox.receive()
+            self._idle_scope = None
+            if envelope is None:
+                continue  # woken by a stop request
+            if envelope.generation != generation or not envelope.watch.active:
+                self.dropped += 1
+                continue
+            self.rt._observe_latency(self.domid, trio.current_time() - envelope.event.received_at)
+            completed = False
+            with trio.CancelScope() as self._busy_scope:
+                completed = await call_handler(ctx, envelope.watch, envelope.event)
+            self._busy_scope = None
+            if completed:
+                self.handled += 1
+                self.rt._count_event(self.domid)
+            else:
+                self.interrupted += 1  # a lost connection, or cut short by a stop request
 
     async def _stop(self, ctx: DomainContext) -> None:
-        """Graceful stop: no new events, the running handler may finish within most of the stop deadline, then
-        it is cancelled; on_stop hooks get the rest of the deadline."""
-        self.state.value = State.STOPPING
-        self.rt._changed()
+        """No new events; on_stop hooks within the stop deadline. (A handler that was running had most of the
+        deadline to finish, through set_desired, before it was cancelled.)"""
+        self._set_state(State.STOPPING)
         self.log.info("domain actor stopping")
-        deadline = self.rt.stop_deadline
-        stop_at = trio.current_time() + deadline
         await self.detach()
         self.dropped += self.mailbox.purge()
-        running = self._in_handler
-        if running is not None:
-            with trio.move_on_at(stop_at - deadline * 0.25):
-                await running.wait()
-        if self._serve_scope is not None:
-            self._serve_scope.cancel()
-        with trio.move_on_at(stop_at) as scope:
+        with trio.move_on_after(self.rt.stop_deadline * 0.25) as scope:
             for hook in self.rt.stop_hooks():
                 try:
                     await call_hook(ctx, hook, "on_stop hook")
                 except HandlerFailed as failure:
                     self.log.opt(exception=failure.error).warning("{} failed", failure.what)
         if scope.cancelled_caught:
-            self.log.warning("on_stop hooks cut short by the stop deadline ({:g} s)", deadline)
+            self.log.warning("on_stop hooks cut short by the stop deadline")

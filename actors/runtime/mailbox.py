@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,7 @@ class Mailbox:
         self.capacity = capacity
         self.overflow_limit = overflow_limit
         self._send, self._receive = trio.open_memory_channel[Envelope](capacity)
-        self._overflow: OrderedDict[tuple[Hashable, str], Envelope] = OrderedDict()
+        self._overflow: dict[tuple[Hashable, str], Envelope] = {}  # insertion-ordered; smaller than OrderedDict
         self.coalesced = 0
         self.posted = 0
 
@@ -84,7 +83,7 @@ class Mailbox:
         overflow[key] = envelope
 
     def _collapse(self) -> None:
-        hints: OrderedDict[tuple[Hashable, str], Envelope] = OrderedDict()
+        hints: dict[tuple[Hashable, str], Envelope] = {}
         for envelope in self._overflow.values():
             event = WatchEvent(envelope.watch_path, envelope.event.token, envelope.event.received_at)
             hint = Envelope(envelope.watch, event, envelope.generation, envelope.watch_path)

@@ -174,7 +174,7 @@ class Runtime:
         """Wait until the domain is in one of ``states`` (None: no actor for it)."""
         while True:
             actor = self._actors.get(domid)
-            current = None if actor is None else actor.state.value
+            current = None if actor is None else actor.state
             if current in states:
                 return
             await self.changed.wait()
@@ -251,8 +251,7 @@ class Runtime:
             return
         actor = self._actors.get(domid)
         if actor is not None:
-            if actor.desired.value != identity:
-                actor.desired.value = identity
+            actor.set_desired(identity)
         elif identity is not None:
             actor = DomainActor(self, domid, identity)
             self._actors[domid] = actor
@@ -273,7 +272,7 @@ class Runtime:
         if domid is not None:
             actor = self._actors.get(domid)
             if actor is not None:
-                if actor.state.value in (State.STARTING, State.RUNNING):
+                if actor.state in (State.STARTING, State.RUNNING):
                     actor.post(watch, actor.generation, watch.template, event)
                 else:
                     actor.dropped += 1
@@ -363,7 +362,7 @@ class Runtime:
         """Stop every domain actor (each within the stop deadline, all at once), then return."""
         self._closing = True
         for actor in list(self._actors.values()):
-            actor.desired.value = None
+            actor.set_desired(None)
         with trio.move_on_after(self.stop_deadline + 1):
             while self._actors:
                 await self.changed.wait()

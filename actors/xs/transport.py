@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Mapping
 
 import trio
@@ -32,10 +33,35 @@ def socket_path(path: str | None = None, environ: Mapping[str, str] | None = Non
     return DEFAULT_SOCKETS[0]
 
 
+_BACKLOG_RETRIES = 50
+
+
+async def _connect_unix(path: str) -> trio.SocketStream:
+    # C xenstored listens with a backlog of 1. With the backlog full, connect() on a non-blocking AF_UNIX
+    # socket fails with EAGAIN, which trio.open_unix_socket takes for "in progress" and returns a socket that
+    # was never connected (the first send fails with ENOTCONN). Check, and retry with a short backoff.
+    for attempt in range(_BACKLOG_RETRIES):
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(path)
+            sock.getpeername()
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.EAGAIN, errno.ENOTCONN) or attempt + 1 == _BACKLOG_RETRIES:
+                raise
+            await trio.sleep(0.001 * (attempt + 1))
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+    raise AssertionError("unreachable")
+
+
 async def open_socket(path: str) -> trio.SocketStream:
     """Connect to a daemon's unix socket; a missing socket or a refusal raises XenStoreUnavailable naming it."""
     try:
-        return await trio.open_unix_socket(path)
+        return await _connect_unix(path)
     except FileNotFoundError:
         raise XenStoreUnavailable(errno.ENOENT, f"no xenstored socket at {path}") from None
     except ConnectionRefusedError:

@@ -1,0 +1,663 @@
+"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests.
+
+``open_cxenstored(workdir)`` compiles ``preload.c`` (cached under ``tests/harness/_build/``), starts the daemon
+with that library preloaded and its socket at ``workdir/socket``, and stops it again (SIGTERM, then SIGKILL)
+however the body ends. The preload library answers the daemon's Xen calls from files in ``workdir``:
+
+- ``evtchn``: a FIFO that is the daemon's event-channel fd; writing a 4-byte port number to it is "an event
+  on that port". Any event wakes the daemon, which then looks at every ring; port 4 (``VIRQ_DOM_EXC``) also makes
+  it re-check which domains still exist.
+- ``ring-N``: guest N's ring page (``struct xenstore_domain_interface``), mapped by both sides.
+- ``notify-N``: a FIFO the daemon writes a byte to whenever it notifies guest N.
+- ``dead-N``: guest N no longer exists.
+
+:meth:`CXenStored.guest` speaks as an unprivileged guest through that ring; socket clients are always dom0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import mmap
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final, NoReturn
+
+import trio
+
+from actors.xs.wire import Frame, FrameDecoder, Op, check_domid, encode, join
+
+__all__ = [
+    "DOM_PORT_BASE",
+    "VIRQ_DOM_EXC_PORT",
+    "CXenStored",
+    "CXenStoredUnavailable",
+    "find_xenstored",
+    "open_cxenstored",
+    "open_unix_stream",
+    "probe_cxenstored",
+    "skip_or_fail",
+]
+
+HERE: Final = Path(__file__).resolve().parent
+PROJECT_ROOT: Final = HERE.parent.parent
+PRELOAD_SOURCE: Final = HERE / "preload.c"
+BUILD_DIR: Final = HERE / "_build"
+XENSTORED_CANDIDATES: Final = (
+    PROJECT_ROOT / ".cache/xen/usr/lib/xen-4.17/bin/xenstored",
+    Path("/usr/lib/xen-4.17/bin/xenstored"),
+)
+# Libraries of the unpacked package, if it carries any (Debian's carries none: the daemon links against the
+# libxen* runtime libraries that libxen-dev pulls in). Added to LD_LIBRARY_PATH when present.
+EXTRA_LIB_DIRS: Final = (
+    PROJECT_ROOT / ".cache/xen/usr/lib/x86_64-linux-gnu",
+    PROJECT_ROOT / ".cache/xen/lib/x86_64-linux-gnu",
+)
+GCC_FLAGS: Final = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra")
+GCC_LIBS: Final = ("-ldl", "-pthread")
+
+# Port numbering fixed by preload.c.
+VIRQ_DOM_EXC_PORT: Final = 1 + 3  # MTW_VIRQ_PORT_BASE + VIRQ_DOM_EXC
+DOM_PORT_BASE: Final = 1024  # the daemon's local port for domain N is DOM_PORT_BASE + N
+GUEST_REMOTE_PORT: Final = 1  # the guest-side port named in INTRODUCE (must be > 0 for the C daemon)
+GUEST_MFN: Final = 0  # ignored by the daemon
+
+START_TIMEOUT: Final = 5.0
+STOP_TIMEOUT: Final = 2.0
+SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes with its NUL
+# Safety net only: waits for the daemon's notification also end after this long, then re-check the ring.
+WAKEUP_FALLBACK: Final = 0.5
+
+# struct xenstore_domain_interface (xen/io/xs_wire.h): req[1024], rsp[1024], then native uint32
+# req_cons, req_prod, rsp_cons, rsp_prod, server_features, connection, error.
+RING_SIZE: Final = 1024
+PAGE_SIZE: Final = 4096
+REQ_OFFSET: Final = 0
+RSP_OFFSET: Final = RING_SIZE
+# The uint32 fields after the two rings, as indexes into a memoryview cast to "I". Every index is read and
+# written as one aligned 4-byte access: the daemon must never see a half-written index, nor we read one.
+# (struct.pack_into is no good here: it zeroes the target bytes before packing into them.)
+FIELDS_OFFSET: Final = 2 * RING_SIZE
+REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD, SERVER_FEATURES, CONNECTION, RING_ERROR = range(7)
+RING_ERRORS: Final = {1: "COMM", 2: "RINGIDX", 3: "PROTO"}  # XENSTORE_ERROR_*: why the daemon stopped
+_PORT: Final = struct.Struct("=I")
+_MASK32: Final = 0xFFFFFFFF
+
+
+class CXenStoredUnavailable(Exception):
+    """The real daemon cannot run here; ``reason`` says why (binary missing, gcc missing, compile failed...)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        text = reason if not detail else f"{reason}\n{detail.rstrip()}"
+        super().__init__(text)
+
+
+def skip_or_fail(exc: CXenStoredUnavailable) -> NoReturn:
+    """In a test: skip because of ``exc``, or fail when the environment variable CI is "true"."""
+    import pytest  # only tests call this
+
+    message = f"real C xenstored unavailable: {exc}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def find_xenstored() -> Path:
+    """The daemon binary: $MTW_CXENSTORED, else the unpacked package under .cache/xen, else the system's."""
+    override = os.environ.get("MTW_CXENSTORED")
+    candidates = (Path(override),) if override else XENSTORED_CANDIDATES
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise CXenStoredUnavailable(
+        "xenstored binary not found (run scripts/install-xen-deps)",
+        "looked at: " + ", ".join(str(p) for p in candidates),
+    )
+
+
+def build_preload_sync() -> Path:
+    """Compile preload.c once per source version; returns the shared library's path."""
+    try:
+        source = PRELOAD_SOURCE.read_bytes()
+    except OSError as exc:
+        raise CXenStoredUnavailable(f"cannot read {PRELOAD_SOURCE}: {exc}") from exc
+    digest = hashlib.sha256(source + "\0".join(GCC_FLAGS + GCC_LIBS).encode()).hexdigest()[:16]
+    target = BUILD_DIR / f"preload-{digest}.so"
+    if target.is_file():
+        return target
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise CXenStoredUnavailable("gcc not found (run scripts/install-xen-deps)")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    command = [gcc, *GCC_FLAGS, "-o", str(partial), str(PRELOAD_SOURCE), *GCC_LIBS]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise CXenStoredUnavailable(
+            "compiling preload.c failed (libxen-dev headers missing? run scripts/install-xen-deps)",
+            result.stderr.decode(errors="replace"),
+        )
+    os.replace(partial, target)  # atomic: parallel builds of the same source are harmless
+    return target
+
+
+async def build_preload() -> Path:
+    """:func:`build_preload_sync` in a worker thread."""
+    return await trio.to_thread.run_sync(build_preload_sync)
+
+
+_probe_ok = False
+
+
+def probe_cxenstored() -> None:
+    """Synchronously check, once per process, that the daemon builds, starts and opens its socket.
+
+    Raises :class:`CXenStoredUnavailable` with the reason. Meant for a sync (session) fixture, where
+    ``pytest.skip(reason)`` keeps its message (pytest-trio drops the message of a skip raised in async code).
+    """
+    global _probe_ok
+    if _probe_ok:
+        return
+    binary = find_xenstored()
+    preload = build_preload_sync()
+    work = Path(tempfile.mkdtemp(prefix="cxsprobe", dir="/tmp"))
+    try:
+        command, env = _prepare_launch(work, binary, preload, trace=False)
+        log_path = work / "xenstored.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                status = process.poll()
+                if status is not None:
+                    raise CXenStoredUnavailable(
+                        f"{binary} exited with status {status} at start", _log_tail(log_path)
+                    )
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    try:
+                        sock.connect(str(work / "socket"))
+                        break
+                    except OSError:
+                        pass
+                if time.monotonic() > deadline:
+                    raise CXenStoredUnavailable(
+                        f"{binary} did not open its socket within {START_TIMEOUT} s", _log_tail(log_path)
+                    )
+                time.sleep(0.005)
+        finally:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _probe_ok = True
+
+
+async def open_unix_stream(path: str) -> trio.SocketStream:
+    """Like ``trio.open_unix_socket``, without its flaw against a busy listener.
+
+    C xenstored listens with a backlog of 1. When that backlog is full, Linux answers a non-blocking AF_UNIX
+    connect() with EAGAIN: the connection was not made and the call must be repeated. trio takes EAGAIN for
+    "in progress" and hands back an unconnected socket (ENOTCONN at the first send). Here EAGAIN is retried.
+    """
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            await trio.sleep(0.001)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        await trio.lowlevel.checkpoint()
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+def _log_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-limit:].decode(errors="replace")
+
+
+def _mkfifo(path: Path) -> None:
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            raise
+
+
+def _ring_fields(page: mmap.mmap) -> memoryview:
+    return memoryview(page)[FIELDS_OFFSET : FIELDS_OFFSET + 7 * 4].cast("I")
+
+
+class _GuestRingStream(trio.abc.Stream):
+    """Bytes to and from the daemon through a guest's ring page, as that guest.
+
+    Replies are awaited on the guest's notification FIFO (the daemon notifies the guest whenever it
+    produces or consumes ring bytes); one task at a time waits on the fd, any other waits on an Event.
+    """
+
+    def __init__(
+        self, page: mmap.mmap, notify_fd: int, kick: Callable[[], None], alive: Callable[[], bool]
+    ) -> None:
+        self._page = page
+        self._fields = _ring_fields(page)
+        self._fd = notify_fd
+        self._kick = kick
+        self._alive = alive
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+        self._fd_waiter = False
+        self._wakeup = trio.Event()
+
+    def _u32(self, field: int) -> int:
+        value: int = self._fields[field]
+        return value
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("guest stream is closed")
+
+    def _ring_error(self) -> str | None:
+        """Why the daemon stopped serving this ring (like a socket it closed), or None."""
+        code = self._u32(RING_ERROR)
+        if code == 0:
+            return None
+        indices = "/".join(str(self._u32(field)) for field in (REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD))
+        return f"XENSTORE_ERROR_{RING_ERRORS.get(code, code)}, req_cons/req_prod/rsp_cons/rsp_prod {indices}"
+
+    async def _wait_for_daemon(self) -> None:
+        if self._fd_waiter:
+            event = self._wakeup
+            with trio.move_on_after(WAKEUP_FALLBACK):
+                await event.wait()
+            return
+        self._fd_waiter = True
+        try:
+            with trio.move_on_after(WAKEUP_FALLBACK):
+                await trio.lowlevel.wait_readable(self._fd)
+            self._drain()
+        finally:
+            self._fd_waiter = False
+            event, self._wakeup = self._wakeup, trio.Event()
+            event.set()
+
+    def _drain(self) -> None:
+        while not self._closed:
+            try:
+                if not os.read(self._fd, 4096):
+                    return
+            except BlockingIOError:
+                return
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this guest stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_open()
+            view = memoryview(data).cast("B")
+            pos = 0
+            while pos < len(view):
+                self._check_open()
+                error = self._ring_error()
+                if error is not None:
+                    raise trio.BrokenResourceError(f"xenstored stopped serving this guest ({error})")
+                cons, prod = self._u32(REQ_CONS), self._u32(REQ_PROD)
+                used = (prod - cons) & _MASK32
+                if used > RING_SIZE:
+                    raise trio.BrokenResourceError(f"corrupt request ring indices {cons}/{prod}")
+                if used == RING_SIZE:
+                    if not self._alive():
+                        raise trio.BrokenResourceError("xenstored is not running")
+                    await self._wait_for_daemon()  # the daemon notifies once it has consumed
+                    continue
+                start = prod % RING_SIZE
+                n = min(RING_SIZE - used, RING_SIZE - start, len(view) - pos)
+                self._page[REQ_OFFSET + start : REQ_OFFSET + start + n] = view[pos : pos + n]
+                self._fields[REQ_PROD] = (prod + n) & _MASK32  # after the data (x86: stores stay in order)
+                pos += n
+                self._kick()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._check_open()
+        while (self._u32(REQ_PROD) - self._u32(REQ_CONS)) & _MASK32 >= RING_SIZE:
+            if self._ring_error() is not None or not self._alive():
+                break  # send_all will say why
+            await self._wait_for_daemon()
+            self._check_open()
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this guest stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                self._check_open()
+                cons, prod = self._u32(RSP_CONS), self._u32(RSP_PROD)
+                avail = (prod - cons) & _MASK32
+                if avail > RING_SIZE:
+                    raise trio.BrokenResourceError(f"corrupt response ring indices {cons}/{prod}")
+                if avail:
+                    break
+                if self._ring_error() is not None or not self._alive():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""  # end of stream, as from a socket the daemon closed
+                await self._wait_for_daemon()
+            n = avail if max_bytes is None else min(avail, max_bytes)
+            start = cons % RING_SIZE
+            first = min(n, RING_SIZE - start)
+            out = self._page[RSP_OFFSET + start : RSP_OFFSET + start + first]
+            if n > first:
+                out += self._page[RSP_OFFSET : RSP_OFFSET + n - first]
+            self._fields[RSP_CONS] = (cons + n) & _MASK32
+            self._kick()  # the daemon may be waiting for room to write more
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return out
+        finally:
+            self._receiving = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        os.close(self._fd)
+        self._fields.release()
+        self._wakeup.set()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+class CXenStored:
+    """A running C xenstored: its unix socket (dom0) and guests through ring pages."""
+
+    name = "cxenstored"
+
+    def __init__(self, workdir: Path, socket_path: str, process: trio.Process, event_fd: int) -> None:
+        self.workdir = workdir
+        self.socket_path = socket_path
+        self.process = process
+        self._event_fd = event_fd
+        self._rings: dict[int, mmap.mmap] = {}
+        self._active: set[int] = set()
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _daemon_alive(self) -> bool:
+        return not self._closed and self.process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "xenstored.log"
+
+    def log_tail(self, limit: int = 2000) -> str:
+        """The end of the daemon's stdout/stderr (and trace, if tracing), for failure messages."""
+        return _log_tail(self.log_path, limit) + _log_tail(self.workdir / "trace", limit)
+
+    # -- event channel ----------------------------------------------------------------------------
+
+    def _send_event(self, port: int, *, must_arrive: bool = False) -> None:
+        """Write ``port`` to the daemon's event fd. Wake-ups may be dropped when the FIFO is full."""
+        if self._closed:
+            return
+        data = _PORT.pack(port)
+        for _ in range(1000 if must_arrive else 1):
+            try:
+                os.write(self._event_fd, data)
+                return
+            except BlockingIOError:
+                if must_arrive:
+                    time.sleep(0.001)  # sync API: the daemon drains the FIFO within microseconds
+        if must_arrive:
+            raise RuntimeError(f"cannot deliver event on port {port}: the daemon's event FIFO stays full")
+
+    # -- dom0 -------------------------------------------------------------------------------------
+
+    async def _dom0_request(self, op: Op, payload: bytes) -> Frame:
+        """One request on a fresh dom0 socket connection; returns the reply frame."""
+        stream = await open_unix_stream(self.socket_path)
+        async with stream:
+            await stream.send_all(encode(op, payload, req_id=1))
+            decoder = FrameDecoder()
+            while True:
+                data = await stream.receive_some()
+                if not data:
+                    raise trio.BrokenResourceError(f"xenstored closed the connection during {op.name}")
+                for frame in decoder.feed(data):
+                    if frame.req_id == 1 and frame.op != Op.WATCH_EVENT:
+                        return frame
+
+    # -- guests -----------------------------------------------------------------------------------
+
+    def _ring(self, domid: int) -> mmap.mmap:
+        page = self._rings.get(domid)
+        if page is None:
+            fd = os.open(self.workdir / f"ring-{domid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                if os.fstat(fd).st_size < PAGE_SIZE:
+                    os.ftruncate(fd, PAGE_SIZE)
+                page = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self._rings[domid] = page
+        return page
+
+    @asynccontextmanager
+    async def guest(self, domid: int) -> AsyncIterator[trio.abc.Stream]:
+        """A stream of XenStore frames as unprivileged guest ``domid``, through its ring page.
+
+        Sends INTRODUCE ``domid 0 1`` from dom0 on every entry: the first introduces the domain (firing
+        ``@introduceDomain``); later ones find it introduced and reset its connection (the C daemon drops the
+        guest's watches, transactions and unread bytes), so each stream starts clean. A domain marked dead by
+        :meth:`domain_died` exists again. If the daemon had stopped serving the ring (after a protocol error:
+        the stream then reads end-of-stream, like a socket the daemon closed), the domain is released (firing
+        ``@releaseDomain``) and introduced again. On exit the stream is closed; the domain stays introduced.
+        """
+        domid = check_domid(domid, guest_only=True)
+        if self._closed:
+            raise trio.ClosedResourceError("xenstored has been stopped")
+        if domid in self._active:
+            raise trio.BusyResourceError(f"guest {domid} already has an open stream")
+        self._active.add(domid)
+        try:
+            page = self._ring(domid)
+            with _ring_fields(page) as fields:
+                broken = fields[RING_ERROR] != 0
+            if broken:
+                # The daemon stopped serving this ring (a protocol error in an earlier stream) and INTRODUCE
+                # alone does not revive it: release the domain (firing @releaseDomain) and start afresh.
+                await self._dom0_request(Op.RELEASE, join(str(domid)))
+                page[:] = bytes(PAGE_SIZE)
+            with contextlib.suppress(FileNotFoundError):
+                (self.workdir / f"dead-{domid}").unlink()
+            fifo = self.workdir / f"notify-{domid}"
+            _mkfifo(fifo)
+            notify_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            stream = _GuestRingStream(
+                page, notify_fd, lambda: self._send_event(DOM_PORT_BASE + domid), self._daemon_alive
+            )
+            try:
+                stream._drain()
+                reply = await self._dom0_request(
+                    Op.INTRODUCE, join(str(domid), str(GUEST_MFN), str(GUEST_REMOTE_PORT))
+                )
+                if reply.op == Op.ERROR:
+                    raise RuntimeError(f"INTRODUCE {domid} failed: {reply.payload.rstrip(bytes(1)).decode()}")
+                yield stream
+            finally:
+                stream.close()
+        finally:
+            self._active.discard(domid)
+
+    def domain_died(self, domid: int) -> None:
+        """Mark ``domid`` as gone and raise VIRQ_DOM_EXC: the daemon then releases the domain (removing its
+        nodes) and fires ``@releaseDomain``. This happens asynchronously: wait for the event."""
+        domid = check_domid(domid, guest_only=True)
+        (self.workdir / f"dead-{domid}").touch()
+        self._send_event(VIRQ_DOM_EXC_PORT, must_arrive=True)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._event_fd)
+        for page in self._rings.values():
+            with contextlib.suppress(BufferError):  # a view still exported: the mapping goes with it
+                page.close()
+        self._rings.clear()
+
+
+async def _stop(process: trio.Process) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; always reaps. Not cancellable."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_TIMEOUT):
+                await process.wait()
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+def _check_workdir(workdir: str) -> Path:
+    work = Path(os.path.abspath(workdir))
+    socket_path = str(work / "socket")
+    if len(socket_path.encode()) >= SOCKET_PATH_MAX:
+        raise ValueError(f"socket path {socket_path!r} is too long for AF_UNIX: use a short workdir in /tmp")
+    if not work.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "workdir does not exist", str(work))
+    return work
+
+
+def _prepare_launch(work: Path, binary: Path, preload: Path, trace: bool) -> tuple[list[str], dict[str, str]]:
+    """Create the event FIFO, clear stale files; returns the daemon's command line and environment."""
+    _mkfifo(work / "evtchn")
+    for stale in ("socket", "pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (work / stale).unlink()
+    env = dict(os.environ)
+    env.update(
+        XENSTORED_RUNDIR=str(work),
+        MTW_XS_DIR=str(work),
+        MTW_XS_PARENT=str(os.getpid()),
+        LD_PRELOAD=" ".join(filter(None, [str(preload), env.get("LD_PRELOAD", "")])),
+    )
+    lib_dirs = [str(d) for d in EXTRA_LIB_DIRS if d.is_dir()]
+    if lib_dirs:
+        env["LD_LIBRARY_PATH"] = ":".join(filter(None, [*lib_dirs, env.get("LD_LIBRARY_PATH", "")]))
+    command = [str(binary), "--no-fork", "--pid-file", str(work / "pid")]
+    if trace:
+        command += ["--trace-file", str(work / "trace"), "--verbose"]
+    return command, env
+
+
+@asynccontextmanager
+async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIterator[CXenStored]:
+    """Run the real C xenstored with its socket at ``workdir/socket`` for the body's duration.
+
+    ``workdir`` must exist and be short (AF_UNIX paths < 107 bytes). ``trace`` (default: $MTW_CXS_TRACE set
+    and not "0") adds ``--trace-file workdir/trace --verbose``. Raises :class:`CXenStoredUnavailable` when
+    the daemon cannot be built or started; raises RuntimeError after the body if the daemon died during it.
+    """
+    work = _check_workdir(workdir)
+    socket_path = str(work / "socket")
+    if trace is None:
+        trace = os.environ.get("MTW_CXS_TRACE", "0") not in ("", "0")
+    binary = find_xenstored()
+    preload = await build_preload()
+    command, env = _prepare_launch(work, binary, preload, trace)
+
+    log_path = work / "xenstored.log"
+    event_fd = os.open(work / "evtchn", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        with log_path.open("ab") as log:
+            try:
+                process = await trio.lowlevel.open_process(
+                    command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+            except OSError as exc:
+                raise CXenStoredUnavailable(f"cannot start {binary}: {exc}") from exc
+    except BaseException:
+        os.close(event_fd)
+        raise
+
+    server = CXenStored(work, socket_path, process, event_fd)
+    died_during_body: int | None = None
+    try:
+        await _wait_for_socket(server, binary)
+        yield server
+        died_during_body = process.poll()
+    finally:
+        server._close()
+        await _stop(process)
+    if died_during_body is not None:
+        raise RuntimeError(
+            f"xenstored (pid {process.pid}) exited with status {died_during_body} during the test:\n"
+            + server.log_tail()
+        )
+
+
+async def _wait_for_socket(server: CXenStored, binary: Path) -> None:
+    try:
+        with trio.fail_after(START_TIMEOUT):
+            while True:
+                status = server.process.poll()
+                if status is not None:
+                    raise CXenStoredUnavailable(
+                        f"{binary} exited with status {status} at start", server.log_tail()
+                    )
+                try:
+                    stream = await open_unix_stream(server.socket_path)
+                except OSError:
+                    await trio.sleep(0.005)
+                    continue
+                await stream.aclose()
+                return
+    except trio.TooSlowError:
+        raise CXenStoredUnavailable(
+            f"{binary} did not open {server.socket_path} within {START_TIMEOUT} s", server.log_tail()
+        ) from None
