@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
-import trio.lowlevel
 
 import actors  # noqa: E402
 from actors.xenstored import open_xenstored  # noqa: E402
