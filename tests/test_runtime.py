@@ -410,3 +410,14 @@ async def test_domains_lifecycle_on_a_stock_host(xs: actors.XenStore) -> None:
         assert rt.domains[15].identity == b"/vm/uuid-15"
         await xs.release(15)
         await rt.wait_domain(15, None)
+
+
+async def test_leaving_a_reconnecting_runtime_is_prompt(xenstored: Embedded) -> None:
+    """The connection's reader is cancelled with the runtime: cleanups that would wait for a reply (an
+    UNWATCH) must fail at once instead of sitting out their deadline."""
+    start = 0.0
+    async with actors.open_runtime(connect=lambda: actors.connect(xenstored.socket_path)) as rt:
+        rt.watch("/local/domain/{domid}/data", Recorder())
+        await rt.ready.wait()
+        start = trio.current_time()
+    assert trio.current_time() - start < 0.5

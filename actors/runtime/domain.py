@@ -21,7 +21,7 @@ from ..xs.subscription import WatchEvent
 from .context import DomainContext, DomainSnapshot, State
 from .mailbox import Envelope, Mailbox
 from .supervisor import RestartTracker
-from .watches import Watch
+from .watches import Hook, Watch
 
 if TYPE_CHECKING:
     from ..xs.client import XenStore
@@ -71,9 +71,9 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent) -> b
     return True
 
 
-async def call_hook(ctx: DomainContext, hook: object, what: str) -> None:
+async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
     try:
-        await hook(ctx)  # type: ignore[operator]
+        await hook(ctx)
     except Exception as exc:
         if _is_connection_loss(exc):
             return

@@ -231,6 +231,11 @@ class XenStore(_Operations):
             ConnectionLost,
         ) as exc:
             self._mark_lost(exc)
+        except trio.Cancelled:
+            # The connection is being closed around us: no reply can arrive any more, so nobody may wait for
+            # one (a shielded UNWATCH in some cleanup, say) until its own deadline.
+            self._mark_lost(ConnectionLost("connection closed"))
+            raise
 
     def _dispatch(self, frame: Frame, now: float) -> None:
         if frame.op == Op.WATCH_EVENT:
