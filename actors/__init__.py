@@ -5,6 +5,7 @@ from loguru import logger as _logger
 from .runtime import MTWATCH_ROOT as MTWATCH_ROOT
 from .runtime import DomainContext as DomainContext
 from .runtime import DomainSnapshot as DomainSnapshot
+from .runtime import HandlerError as HandlerError
 from .runtime import HandlerTimeout as HandlerTimeout
 from .runtime import ReconnectPolicy as ReconnectPolicy
 from .runtime import RestartPolicy as RestartPolicy

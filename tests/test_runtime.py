@@ -1,4 +1,5 @@
-"""The actor runtime against the embedded xenstored, on trio's autojump clock wherever time matters.
+"""The actor runtime against the embedded xenstored, on trio's autojump clock (every test takes the
+``autojump_clock`` fixture: pytest-trio takes the clock only from a test's own arguments).
 
 The server runs in the test's own trio loop, so a unix-socket round trip completes before the clock can jump.
 """
@@ -12,13 +13,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
 from actors.runtime.lifecycle import MTWATCH_ROOT
 from conftest import Embedded
-
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
 FAST_RESTARTS = RestartPolicy(max_restarts=3, period=60, backoff_initial=1, backoff_max=30)
 
@@ -72,7 +72,7 @@ async def announce(xs: actors.XenStore, *domids: int, identity: str = "") -> Non
 
 
 async def test_announce_starts_and_retire_stops_a_domain_actor(
-    xs: actors.XenStore, rt: actors.Runtime
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
     rec = Recorder()
     started: list[int] = []
@@ -107,7 +107,9 @@ async def test_announce_starts_and_retire_stops_a_domain_actor(
     assert len(rec.seen[7]) == count
 
 
-async def test_one_hung_domain_of_fifty_delays_no_other(xs: actors.XenStore, rt: actors.Runtime) -> None:
+async def test_one_hung_domain_of_fifty_delays_no_other(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
     rec = Recorder()
     rec.hang.add(13)
     rt.watch("/local/domain/{domid}/data", rec)
@@ -133,7 +135,7 @@ async def test_one_hung_domain_of_fifty_delays_no_other(xs: actors.XenStore, rt:
 
 
 async def test_a_crashing_handler_restarts_with_backoff_then_fails_then_recovers(
-    xs: actors.XenStore, rt: actors.Runtime
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
     rec = Recorder()
     rec.fail.add(5)
@@ -172,7 +174,9 @@ async def test_a_crashing_handler_restarts_with_backoff_then_fails_then_recovers
     await rec.wait_for(5, data(5), b"back")
 
 
-async def test_reset_takes_a_domain_out_of_failed(xs: actors.XenStore, rt: actors.Runtime) -> None:
+async def test_reset_takes_a_domain_out_of_failed(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
     rec = Recorder()
     rec.fail.add(9)
     rt.watch("/local/domain/{domid}/data", rec)
@@ -187,7 +191,9 @@ async def test_reset_takes_a_domain_out_of_failed(xs: actors.XenStore, rt: actor
         rt.reset(4242)
 
 
-async def test_handler_timeout_is_a_failure(xs: actors.XenStore, rt: actors.Runtime) -> None:
+async def test_handler_timeout_is_a_failure(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
     async def slow(ctx: DomainContext, event: WatchEvent) -> None:
         await trio.sleep(100)
 
@@ -200,7 +206,7 @@ async def test_handler_timeout_is_a_failure(xs: actors.XenStore, rt: actors.Runt
 
 
 async def test_flood_costs_bounded_memory_and_the_last_value_wins(
-    xs: actors.XenStore, rt: actors.Runtime
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
     rec = Recorder()
     rec.delay[4] = 0.5
@@ -232,7 +238,7 @@ async def test_flood_costs_bounded_memory_and_the_last_value_wins(
 
 
 async def test_bad_names_and_foreign_owners_start_nothing(
-    xs: actors.XenStore, rt: actors.Runtime, xenstored: Embedded
+    xs: actors.XenStore, rt: actors.Runtime, xenstored: Embedded, autojump_clock: trio.testing.MockClock
 ) -> None:
     # A 3000-byte name cannot even be made: C xenstored (and the embedded one) limit the path below
     # /local/domain/<N>/ to 2048 bytes, for dom0 too. The longest that can exist is refused instead.
@@ -257,7 +263,9 @@ async def test_bad_names_and_foreign_owners_start_nothing(
     assert set(rt.domains) == {11}
 
 
-async def test_domid_reuse_stops_then_starts(xs: actors.XenStore, rt: actors.Runtime) -> None:
+async def test_domid_reuse_stops_then_starts(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
     order: list[tuple[str, bytes]] = []
 
     @rt.on_start
@@ -276,14 +284,18 @@ async def test_domid_reuse_stops_then_starts(xs: actors.XenStore, rt: actors.Run
     assert order == [("start", b"first"), ("stop", b"first"), ("start", b"second")]
 
 
-async def test_initial_reconcile_sees_existing_domains(xs: actors.XenStore) -> None:
+async def test_initial_reconcile_sees_existing_domains(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
     await announce(xs, 30, 31)
     async with actors.open_runtime(xs) as rt:
         await rt.ready.wait()
         assert set(rt.domains) == {30, 31}
 
 
-async def test_global_watch_routes_to_the_owning_domain(xs: actors.XenStore, rt: actors.Runtime) -> None:
+async def test_global_watch_routes_to_the_owning_domain(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
     seen: list[tuple[int, str]] = []
 
     def owner(path: str) -> int | None:
@@ -305,7 +317,7 @@ async def test_global_watch_routes_to_the_owning_domain(xs: actors.XenStore, rt:
 
 
 async def test_watches_can_be_added_and_removed_while_running(
-    xs: actors.XenStore, rt: actors.Runtime
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
 ) -> None:
     rec = Recorder()
     await announce(xs, 50)
@@ -324,7 +336,9 @@ async def test_watches_can_be_added_and_removed_while_running(
     assert len(rec.seen[50]) == count
 
 
-async def test_shutdown_deadline_holds_against_a_handler_that_ignores_it(xs: actors.XenStore) -> None:
+async def test_shutdown_deadline_holds_against_a_handler_that_ignores_it(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
     async def stubborn(ctx: DomainContext, event: WatchEvent) -> None:
         await trio.sleep(1000)  # never looks at any stop request: only cancellation ends it
 
@@ -342,7 +356,9 @@ async def test_shutdown_deadline_holds_against_a_handler_that_ignores_it(xs: act
     assert not [t for t in xs._sinks if t.startswith("mtw/")]
 
 
-async def test_reconnect_restores_every_watch_without_failures(workdir: str) -> None:
+async def test_reconnect_restores_every_watch_without_failures(
+    workdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     """The daemon goes away and comes back on the same socket with the same store (as a restarted xenstored
     with its state would): every watch is back, every live domain gets its resync, nothing is lost, doubled
     or counted as failed."""
@@ -388,20 +404,26 @@ async def test_reconnect_restores_every_watch_without_failures(workdir: str) -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_losing_the_only_connection_ends_the_runtime(xenstored: Embedded) -> None:
+async def test_losing_the_only_connection_ends_the_runtime(
+    xenstored: Embedded, autojump_clock: trio.testing.MockClock
+) -> None:
     with pytest.raises(actors.ConnectionLost, match="no connect="):
         async with actors.connect(xenstored.socket_path) as conn, actors.open_runtime(conn):
             await conn._stream.aclose()
             await trio.sleep_forever()
 
 
-async def test_body_errors_come_out_unwrapped(xs: actors.XenStore) -> None:
+async def test_body_errors_come_out_unwrapped(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
     with pytest.raises(actors.NotFound):
         async with actors.open_runtime(xs):
             await xs.read("/no/such/node")
 
 
-async def test_domains_lifecycle_on_a_stock_host(xs: actors.XenStore) -> None:
+async def test_domains_lifecycle_on_a_stock_host(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
     async with actors.open_runtime(xs, lifecycle="domains") as rt:
         await rt.ready.wait()
         await xs.write("/local/domain/15/vm", "/vm/uuid-15")
@@ -412,7 +434,9 @@ async def test_domains_lifecycle_on_a_stock_host(xs: actors.XenStore) -> None:
         await rt.wait_domain(15, None)
 
 
-async def test_leaving_a_reconnecting_runtime_is_prompt(xenstored: Embedded) -> None:
+async def test_leaving_a_reconnecting_runtime_is_prompt(
+    xenstored: Embedded, autojump_clock: trio.testing.MockClock
+) -> None:
     """The connection's reader is cancelled with the runtime: cleanups that would wait for a reply (an
     UNWATCH) must fail at once instead of sitting out their deadline."""
     start = 0.0
@@ -421,3 +445,22 @@ async def test_leaving_a_reconnecting_runtime_is_prompt(xenstored: Embedded) -> 
         await rt.ready.wait()
         start = trio.current_time()
     assert trio.current_time() - start < 0.5
+
+
+async def test_default_actor_counts_failures_and_carries_on(
+    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+) -> None:
+    seen: list[str] = []
+
+    async def picky(ctx: DomainContext, event: WatchEvent) -> None:
+        if event.path.endswith("bad"):
+            raise actors.HandlerError("refusing a bad path")
+        seen.append(event.path)
+
+    rt.watch("/global", picky)
+    await trio.sleep(1)
+    await xs.write("/global/bad", "x")
+    await xs.write("/global/good", "y")
+    await trio.sleep(1)
+    assert rt.default_failures == 1
+    assert "/global/good" in seen

@@ -3,6 +3,7 @@
 from .context import DomainContext as DomainContext
 from .context import DomainSnapshot as DomainSnapshot
 from .context import State as State
+from .domain import HandlerError as HandlerError
 from .domain import HandlerTimeout as HandlerTimeout
 from .lifecycle import MTWATCH_ROOT as MTWATCH_ROOT
 from .lifecycle import DomainsSource as DomainsSource

@@ -24,15 +24,22 @@ from .supervisor import RestartTracker
 from .watches import Hook, Watch
 
 if TYPE_CHECKING:
+    from loguru import Logger
+
     from ..xs.client import XenStore
     from .runtime import Runtime
 
-__all__ = ["DomainActor", "HandlerFailed", "HandlerTimeout", "call_handler"]
+__all__ = ["DomainActor", "HandlerError", "HandlerFailed", "HandlerTimeout", "call_handler", "log_failure"]
 
 _UNWATCH_DEADLINE = 2.0
 
 
-class HandlerTimeout(Exception):
+class HandlerError(Exception):
+    """Raise this (or a subclass) from a handler for an expected failure, e.g. a command that exited non-zero:
+    the supervisor treats it like any other, but logs it in one line, without a traceback."""
+
+
+class HandlerTimeout(HandlerError):
     """A handler ran longer than its watch's ``timeout``."""
 
 
@@ -69,6 +76,14 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent) -> b
             return False
         raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
     return True
+
+
+def log_failure(log: Logger, failure: HandlerFailed, level: str = "ERROR") -> None:
+    """A failure with its traceback; an expected one (HandlerError) in one line."""
+    if isinstance(failure.error, HandlerError):
+        log.log(level, "{} failed: {}", failure.what, failure.error)
+    else:
+        log.opt(exception=failure.error).log(level, "{} failed", failure.what)
 
 
 async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
@@ -212,7 +227,7 @@ class DomainActor:
             self.failures += 1
             self.last_error = f"{failure.what}: {failure.error!r}"
             self.rt._count_failure(self.domid)
-            self.log.opt(exception=failure.error).error("{} failed", failure.what)
+            log_failure(self.log, failure)
             if not self.tracker.failed(trio.current_time()):
                 self._set_state(State.FAILED)
                 policy = self.tracker.policy
@@ -307,6 +322,6 @@ class DomainActor:
                 try:
                     await call_hook(ctx, hook, "on_stop hook")
                 except HandlerFailed as failure:
-                    self.log.opt(exception=failure.error).warning("{} failed", failure.what)
+                    log_failure(self.log, failure, level="WARNING")
         if scope.cancelled_caught:
             self.log.warning("on_stop hooks cut short by the stop deadline")

@@ -44,7 +44,9 @@ class Mailbox:
         self.capacity = capacity
         self.overflow_limit = overflow_limit
         self._send, self._receive = trio.open_memory_channel[Envelope](capacity)
-        self._overflow: dict[tuple[Hashable, str], Envelope] = {}  # insertion-ordered; smaller than OrderedDict
+        self._overflow: dict[
+            tuple[Hashable, str], Envelope
+        ] = {}  # insertion-ordered; smaller than OrderedDict
         self.coalesced = 0
         self.posted = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from typing import Literal
 
 import trio
@@ -16,7 +16,7 @@ from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, XenStoreError, XenStoreUnavailable
 from ..xs.subscription import WatchEvent
 from .context import DomainContext, DomainSnapshot, State
-from .domain import DomainActor, HandlerFailed, call_handler
+from .domain import DomainActor, HandlerFailed, call_handler, log_failure
 from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource
 from .mailbox import Envelope, Mailbox
 from .supervisor import ReconnectPolicy, RestartPolicy
@@ -40,23 +40,49 @@ class _DefaultActor:
         self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
         self.handled = 0
         self.failures = 0
+        self.finished = trio.Event()
+        self._closing = False
+        self._idle_scope: trio.CancelScope | None = None
+        self._busy_scope: trio.CancelScope | None = None
 
     def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
         self.mailbox.post(Envelope(watch, event, 0, watch_path))
 
+    def stop(self, grace: float) -> None:
+        """Take no new events; a running handler gets ``grace`` seconds, then is cancelled."""
+        self._closing = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+        if self._busy_scope is not None:
+            self._busy_scope.deadline = min(self._busy_scope.deadline, trio.current_time() + grace)
+
     async def run(self) -> None:
         with logger.contextualize(domid=0):
-            while True:
+            try:
+                await self._serve()
+            finally:
+                self.finished.set()
+
+    async def _serve(self) -> None:
+        while not self._closing:
+            envelope = None
+            with trio.CancelScope() as self._idle_scope:
                 envelope = await self.mailbox.receive()
-                if not envelope.watch.active:
-                    continue
-                self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
-                try:
+            self._idle_scope = None
+            if envelope is None or not envelope.watch.active:
+                continue
+            self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
+            try:
+                with trio.CancelScope() as self._busy_scope:
                     if await call_handler(self.ctx, envelope.watch, envelope.event):
                         self.handled += 1
-                except HandlerFailed as failure:
-                    self.failures += 1
-                    self.ctx.log.opt(exception=failure.error).error("{} failed", failure.what)
+                        self.rt._count_event(0)
+            except HandlerFailed as failure:
+                self.failures += 1
+                self.rt._count_failure(0)
+                log_failure(self.ctx.log, failure)
+            finally:
+                self._busy_scope = None
 
 
 class Runtime:
@@ -110,7 +136,13 @@ class Runtime:
 
     @property
     def default_handled(self) -> int:
+        """Events the default actor's handlers completed."""
         return self._default.handled
+
+    @property
+    def default_failures(self) -> int:
+        """Handler failures in the default actor (it is not restarted: it carries on with the next event)."""
+        return self._default.failures
 
     def watch(
         self,
@@ -323,49 +355,50 @@ class Runtime:
     async def _connection_loop(
         self, xs: XenStore | None, connect: ConnectionFactory | None, task_status: trio.TaskStatus[None]
     ) -> None:
-        attempt = 0
-        started = False
+        """Serve the given connection, then (with ``connect``) every later one. ``reconnects`` counts the
+        connections made after the first; failed attempts are logged with the backoff before the next."""
+        attempt = 0  # failed attempts since the last good connection
+        connections = 0
+        task_status.started()
         while True:
             if xs is not None:
-                started = True
-                task_status.started()
-                await self._serve_connection(xs)
-                if connect is None:
-                    raise ConnectionLost(
-                        "connection to xenstored lost, and the runtime has no connect= to reconnect"
-                    )
+                conn_cm: AbstractAsyncContextManager[XenStore] = nullcontext(xs)
                 xs = None
+            elif connect is not None:
+                conn_cm = connect()
             else:
-                assert connect is not None
-                try:
-                    async with connect() as conn:
-                        if attempt:
-                            logger.info("reconnected to xenstored ({})", conn.name)
-                        attempt = 0
-                        if not started:
-                            started = True
-                            task_status.started()
-                        await self._serve_connection(conn)
-                except (XenStoreUnavailable, ConnectionLost) as exc:
-                    logger.warning("xenstored unreachable: {}", exc)
-            if not started:
-                started = True
-                task_status.started()
+                raise ConnectionLost(
+                    "connection to xenstored lost, and the runtime has no connect= to reconnect"
+                )
+            try:
+                async with conn_cm as conn:
+                    connections += 1
+                    if connections > 1:
+                        self.reconnects += 1
+                        self._emit("reconnect", 0)
+                        logger.info("reconnected to xenstored ({})", conn.name)
+                    attempt = 0
+                    await self._serve_connection(conn)
+                logger.warning("connection to xenstored lost")
+            except (XenStoreUnavailable, ConnectionLost) as exc:
+                logger.warning("xenstored unreachable: {}", exc)
+            if connect is None:
+                continue  # raises above
             attempt += 1
-            self.reconnects += 1
-            self._emit("reconnect", 0)
             delay = self.reconnect_policy.delay(attempt)
-            logger.warning("connection to xenstored lost; reconnecting in {:.2g} s", delay)
+            logger.info("connecting to xenstored again in {:.2g} s", delay)
             await trio.sleep(delay)
 
     async def _shutdown(self) -> None:
-        """Stop every domain actor (each within the stop deadline, all at once), then return."""
+        """Stop every actor, the default one included (each within the stop deadline, all at once)."""
         self._closing = True
         for actor in list(self._actors.values()):
             actor.set_desired(None)
+        self._default.stop(self.stop_deadline * 0.75)
         with trio.move_on_after(self.stop_deadline + 1):
             while self._actors:
                 await self.changed.wait()
+            await self._default.finished.wait()
 
 
 _LIFECYCLES: dict[str, Callable[[str], LifecycleSource]] = {
