@@ -1,0 +1,689 @@
+"""``mtwatch demo``: the isolation of xenwatch multithreading, shown on the embedded xenstored (no Xen, no root).
+
+In a temporary folder it runs two real processes, ``mtwatch xenstored`` and ``mtwatch agent`` (with the rule
+set of :mod:`actors.agent.demo_handlers`), then plays the toolstack and the guests against them:
+
+- the toolstack announces domains the way the seed's libxl patch does (the mtwatch node first, in the
+  transaction that creates ``/local/domain/<domid>``; removing it is the last operation of a destroy), and
+  keeps some domains coming and going (churn);
+- every guest writes ``time.monotonic()`` to its ``data/ping`` node twenty times a second;
+- one guest makes its handler hang, one makes its handler crash (again after every restart), one floods its
+  node tree with thousands of writes that a slow handler cannot keep up with.
+
+It shows the agent's live table while that runs, then a summary: the healthy domains' latency (guest write
+-> handler, measured by the handlers), against how long the hung handler has been stuck, the crashing
+domain's restarts and state, and what coalescing did to the flood. Every process and the folder are cleaned
+up at the end, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+import trio
+
+from .. import XenStore, XenStoreError, XenStoreUnavailable, announce_domain, connect, retire_domain
+from ..xs.client import Transaction
+from .demo_handlers import RECORD_ENV
+from .status import Endpoint, MetricsUnreachable, Snapshot, format_seconds, rates, render_table, scrape_async
+
+__all__ = ["Cast", "DemoError", "main", "percentile", "run_demo"]
+
+PING_INTERVAL = 0.05
+PING_SLOTS = 200  # a slot is written again after 10 s: longer than a healthy event ever waits
+CHURN_INTERVAL = 0.5
+FLOOD_BURST = 10  # writes every FLOOD_TICK seconds: about 1000 writes a second
+FLOOD_TICK = 0.01
+FLOOD_PATHS = 200
+STOP_DEADLINE = 2.0
+AGENT_GRACE = STOP_DEADLINE + 8  # SIGTERM -> exit: the stop deadline, and the runtime's own teardown
+START_TIMEOUT = 20.0
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+class DemoError(Exception):
+    """The demo could not run (a process would not start or died); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Who plays whom: domids of the steady healthy guests, the three misbehaving ones, and the pool the
+    toolstack's churn draws from (``churn_live`` of them alive at a time)."""
+
+    healthy: tuple[int, ...] = (1, 2, 3)
+    hung: int = 4
+    crashing: int = 5
+    flooding: int = 6
+    churn: tuple[int, ...] = tuple(range(20, 30))
+    churn_live: int = 4
+
+    @property
+    def steady(self) -> tuple[int, ...]:
+        return (*self.healthy, self.hung, self.crashing, self.flooding)
+
+
+def agent_config(socket_path: str, metrics: str) -> str:
+    """The demo's agent configuration: every domain gets every rule; what a guest writes decides which one
+    misbehaves for it."""
+    handlers = "actors.agent.demo_handlers"
+    return f"""\
+# mtwatch demo: the agent's configuration
+[xenstore]
+socket = "{socket_path}"
+
+[registry]
+root = "/local/domain/0/mtwatch"
+lifecycle = "mtwatch"
+
+[runtime]
+mailbox_size = 64
+stop_deadline = {STOP_DEADLINE}
+
+[restart]
+max_restarts = 5
+period = 60.0
+backoff_initial = 0.25
+backoff_max = 1.0
+
+[log]
+format = "text"
+level = "INFO"
+
+[metrics]
+listen = "{metrics}"
+
+[[watch]]
+name = "ping"
+path = "/local/domain/{{domid}}/data/ping"
+call = "{handlers}:ping"
+timeout = 5.0
+
+[[watch]]
+name = "hang"
+path = "/local/domain/{{domid}}/data/hang"
+call = "{handlers}:hang"
+timeout = 3600.0
+
+[[watch]]
+name = "crash"
+path = "/local/domain/{{domid}}/data/crash"
+call = "{handlers}:crash"
+timeout = 5.0
+
+[[watch]]
+name = "flood"
+path = "/local/domain/{{domid}}/data/flood"
+call = "{handlers}:slow"
+timeout = 5.0
+"""
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The nearest-rank q-quantile (0 < q <= 1) of ``values``; None when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read().splitlines()[-lines:]
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text) or "    (empty log)"
+
+
+# -- the two processes ----------------------------------------------------------------------------------------
+
+
+def _open_log(path: str) -> BinaryIO:
+    return open(path, "wb")  # the child gets its own copy of the descriptor; ours closes once it started
+
+
+async def _supervise(
+    name: str,
+    argv: list[str],
+    log_path: str,
+    env: dict[str, str],
+    *,
+    grace: float = 5.0,
+    stop_after: trio.Event | None = None,
+    task_status: trio.TaskStatus[trio.Process],
+) -> None:
+    """Run a child process until cancelled, then SIGTERM it (SIGKILL after ``grace`` seconds); DemoError if it
+    ends by itself. ``stop_after``: when cancelled, first wait (a while) for that event, so that processes stop
+    in order even when everything is cancelled at once (SIGTERM)."""
+    with _open_log(log_path) as log:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C at the terminal reaches the demo only; it stops them in order
+        )
+    try:
+        task_status.started(process)
+        await process.wait()
+        raise DemoError(
+            f"{name} exited with code {process.returncode}; the end of its log:\n{_tail(log_path)}"
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            if stop_after is not None:
+                with trio.move_on_after(grace + STOP_DEADLINE + 10):
+                    await stop_after.wait()
+            if process.returncode is None:
+                process.terminate()
+                with trio.move_on_after(grace):
+                    await process.wait()
+                if process.returncode is None:
+                    print(
+                        f"mtwatch demo: {name} did not stop within {grace:g} s of SIGTERM: killed",
+                        file=sys.stderr,
+                    )
+                    process.kill()
+                    await process.wait()
+
+
+async def _wait_xenstored(socket_path: str, log_path: str) -> None:
+    with trio.move_on_after(START_TIMEOUT):
+        while True:
+            try:
+                async with connect(socket_path):
+                    return
+            except XenStoreUnavailable:
+                await trio.sleep(0.05)
+    raise DemoError(f"xenstored did not answer on {socket_path}; the end of its log:\n{_tail(log_path)}")
+
+
+async def _wait_agent(endpoint: Endpoint, log_path: str) -> None:
+    with trio.move_on_after(START_TIMEOUT):
+        while True:
+            try:
+                with trio.fail_after(2):
+                    await scrape_async(endpoint)
+                return
+            except (MetricsUnreachable, trio.TooSlowError):
+                await trio.sleep(0.1)
+    raise DemoError(
+        f"the agent's metrics did not answer at {endpoint}; the end of its log:\n{_tail(log_path)}"
+    )
+
+
+# -- the toolstack and the guests -----------------------------------------------------------------------------
+
+
+@dataclass
+class Show:
+    """What the simulated toolstack and guests did, for the summary."""
+
+    cast: Cast
+    started_at: float = 0.0
+    announced: int = 0
+    retired: int = 0
+    pings: collections.Counter[int] = field(default_factory=collections.Counter)
+    flood_writes: int = 0
+    hang_at: float | None = None
+    crash_at: float | None = None
+    live: set[int] = field(default_factory=set)
+    guests: dict[int, trio.CancelScope] = field(default_factory=dict)
+    go: trio.Event = field(default_factory=trio.Event)
+
+
+async def _create(xs: XenStore, show: Show, domid: int) -> None:
+    """What libxl does at domain creation: the mtwatch node first, in the transaction that makes the domain's
+    home in XenStore."""
+
+    async def make(tx: Transaction) -> None:
+        await announce_domain(tx, domid, identity=str(uuid.uuid4()))
+        await tx.write(f"/local/domain/{domid}/name", f"guest-{domid}")
+
+    await xs.run_transaction(make)
+    show.announced += 1
+    show.live.add(domid)
+
+
+async def _destroy(xs: XenStore, show: Show, domid: int) -> None:
+    """What libxl does at destruction: the domain's nodes go, then the mtwatch node as the last operation."""
+    scope = show.guests.pop(domid, None)
+    if scope is not None:
+        scope.cancel()
+    show.live.discard(domid)
+
+    async def remove(tx: Transaction) -> None:
+        if await tx.exists(f"/local/domain/{domid}"):
+            await tx.rm(f"/local/domain/{domid}")
+
+    await xs.run_transaction(remove)
+    await retire_domain(xs, domid)
+    show.retired += 1
+
+
+async def _guest(xs: XenStore, show: Show, domid: int, scope: trio.CancelScope) -> None:
+    """A well-behaved guest: a timestamp every PING_INTERVAL, each to a node of its own under ``data/ping``
+    (PING_SLOTS of them in turn), so that the handler reading an event's node finds that write's time, not
+    a later one's: the latency it records is the event's, however long the event waited."""
+    with scope:
+        for seq in itertools.count():
+            await xs.write(f"/local/domain/{domid}/data/ping/{seq % PING_SLOTS}", f"{time.monotonic():.6f}")
+            show.pings[domid] += 1
+            await trio.sleep(PING_INTERVAL)
+
+
+def _start_guest(nursery: trio.Nursery, xs: XenStore, show: Show, domid: int) -> None:
+    scope = trio.CancelScope()
+    show.guests[domid] = scope
+    nursery.start_soon(_guest, xs, show, domid, scope)
+
+
+async def _flood(xs: XenStore, show: Show, domid: int) -> None:
+    """Thousands of writes: FLOOD_BURST at a time over FLOOD_PATHS nodes, as fast as xenstored takes them."""
+    n = 0
+
+    async def one(path: str, value: str) -> None:
+        await xs.write(path, value)
+        show.flood_writes += 1
+
+    while True:
+        async with trio.open_nursery() as burst:
+            for _ in range(FLOOD_BURST):
+                burst.start_soon(one, f"/local/domain/{domid}/data/flood/{n % FLOOD_PATHS}", str(n))
+                n += 1
+        await trio.sleep(FLOOD_TICK)
+
+
+async def _churn(xs: XenStore, show: Show, nursery: trio.Nursery, rng: random.Random) -> None:
+    """Domains come and go: every CHURN_INTERVAL one churn domain is destroyed and another created."""
+    cast = show.cast
+    while True:
+        await trio.sleep(CHURN_INTERVAL)
+        live = sorted(d for d in cast.churn if d in show.live)
+        free = [d for d in cast.churn if d not in show.live]
+        if live and (len(live) >= cast.churn_live or rng.random() < 0.5):
+            await _destroy(xs, show, rng.choice(live))
+        if free and len(live) <= cast.churn_live:
+            domid = rng.choice(free)
+            await _create(xs, show, domid)
+            _start_guest(nursery, xs, show, domid)
+
+
+async def _play(
+    socket_path: str, show: Show, rng: random.Random, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """The toolstack and the guests, until cancelled: started once the first domains are announced and their
+    guests write; the misbehaving guests and the churn begin when ``show.go`` is set."""
+    cast = show.cast
+    async with (
+        connect(socket_path) as toolstack,
+        connect(socket_path) as guests,
+        connect(socket_path) as flooder,
+        trio.open_nursery() as nursery,
+    ):
+        for domid in (*cast.steady, *cast.churn[: cast.churn_live]):
+            await _create(toolstack, show, domid)
+        for domid in sorted(show.live):
+            _start_guest(nursery, guests, show, domid)
+        task_status.started()
+        await show.go.wait()
+        show.hang_at = time.monotonic()
+        await guests.write(f"/local/domain/{cast.hung}/data/hang", "stuck")
+        show.crash_at = time.monotonic()
+        await guests.write(f"/local/domain/{cast.crashing}/data/crash", "poison")
+        nursery.start_soon(_flood, flooder, show, cast.flooding)
+        nursery.start_soon(_churn, toolstack, show, nursery, rng)
+
+
+async def _wait_running(endpoint: Endpoint, domids: Iterable[int]) -> None:
+    """Until the agent shows every one of ``domids`` running (at most a few seconds: the demo goes on anyway)."""
+    wanted = set(domids)
+    with trio.move_on_after(5):
+        while True:
+            with suppress(MetricsUnreachable, trio.TooSlowError), trio.fail_after(2):
+                snapshot = await scrape_async(endpoint)
+                if all(snapshot.domains.get(d) and snapshot.domains[d].state == "running" for d in wanted):
+                    return
+            await trio.sleep(0.05)
+
+
+# -- what the handlers measured -------------------------------------------------------------------------------
+
+
+def read_records(path: str) -> dict[int, list[tuple[float, float]]]:
+    """The ping handlers' ``domid end_to_end agent`` lines, by domid."""
+    out: dict[int, list[tuple[float, float]]] = {}
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    try:
+                        out.setdefault(int(parts[0]), []).append((float(parts[1]), float(parts[2])))
+                    except ValueError:
+                        continue  # a line cut short by the agent's shutdown
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _latency(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    e2e = [s[0] for s in samples]
+    agent = [s[1] for s in samples]
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 3)
+
+    return {
+        "samples": len(samples),
+        "p50_ms": ms(percentile(e2e, 0.5)),
+        "p99_ms": ms(percentile(e2e, 0.99)),
+        "max_ms": ms(max(e2e, default=None)),
+        "agent_p50_ms": ms(percentile(agent, 0.5)),
+        "agent_p99_ms": ms(percentile(agent, 0.99)),
+    }
+
+
+def summarize(
+    show: Show, final: Snapshot, records: dict[int, list[tuple[float, float]]], seconds: float
+) -> dict[str, Any]:
+    cast = show.cast
+    now = time.monotonic()
+    healthy_ids = [*cast.healthy, *cast.churn]
+    healthy = [s for domid in healthy_ids for s in records.get(domid, [])]
+
+    def dom(domid: int) -> dict[str, Any]:
+        d = final.domains.get(domid)
+        if d is None:
+            return {"domid": domid, "state": "gone"}
+        return d.as_dict()
+
+    hung, crashing, flooding = dom(cast.hung), dom(cast.crashing), dom(cast.flooding)
+    hung["pings_written"] = show.pings[cast.hung]
+    hung["handler_waiting_s"] = None if show.hang_at is None else round(now - show.hang_at, 3)
+    crashing["crashing_for_s"] = None if show.crash_at is None else round(now - show.crash_at, 3)
+    flooding["writes"] = show.flood_writes
+    flooding["own_pings"] = _latency(records.get(cast.flooding, []))
+    p50, p99 = final.latency_quantile(0.5), final.latency_quantile(0.99)
+    return {
+        "seconds": seconds,
+        "churn": {"announced": show.announced, "retired": show.retired, "live_at_end": len(show.live)},
+        "healthy": {
+            "domids": sorted({d for d in healthy_ids if d in records}),
+            "pings_written": sum(show.pings[d] for d in healthy_ids),
+            **_latency(healthy),
+        },
+        "hung": hung,
+        "crashing": crashing,
+        "flood": flooding,
+        "agent": {
+            "totals": final.totals(),
+            "states_exact": final.exact_states,
+            "latency_histogram_p50_ms": None if p50 is None else round(p50 * 1000, 3),
+            "latency_histogram_p99_ms": None if p99 is None else round(p99 * 1000, 3),
+        },
+        "domains": [d.as_dict() for d in sorted(final.domains.values(), key=lambda d: d.domid)],
+    }
+
+
+def _fmt_ms(v: float | None) -> str:
+    return format_seconds(None if v is None else v / 1000)
+
+
+def render_summary(summary: dict[str, Any]) -> list[str]:
+    h, hung, crash, flood = summary["healthy"], summary["hung"], summary["crashing"], summary["flood"]
+    churn, agent = summary["churn"], summary["agent"]
+    wait = hung.get("handler_waiting_s")
+    own = flood["own_pings"]
+    lines = [
+        f"mtwatch demo: {summary['seconds']:g} s; the toolstack announced {churn['announced']} domains and retired"
+        f" {churn['retired']} (churn)",
+        "",
+        f"healthy domains {', '.join(map(str, h['domids']))}: {h['samples']} pings handled;"
+        f" guest write -> handler p50 {_fmt_ms(h['p50_ms'])}, p99 {_fmt_ms(h['p99_ms'])}"
+        f" (max {_fmt_ms(h['max_ms'])}; in the agent p50 {_fmt_ms(h['agent_p50_ms'])},"
+        f" p99 {_fmt_ms(h['agent_p99_ms'])})",
+        f"hung domain {hung['domid']}: its handler has waited {wait if wait is not None else '-'} s and still"
+        f" waits; state {hung.get('state')}, mailbox depth {hung.get('mailbox_depth')},"
+        f" {hung.get('coalesced')} events coalesced, {hung.get('events')} handled",
+        f"crashing domain {crash['domid']}: state {crash.get('state')} after {crash.get('failures')} failures"
+        f" and {crash.get('restarts')} restarts",
+        f"flooding domain {flood['domid']}: {flood['writes']} writes; {flood.get('events')} events handled by"
+        f" its slow handler, {flood.get('coalesced')} coalesced, mailbox depth {flood.get('mailbox_depth')};"
+        f" its own pings p50 {_fmt_ms(own['p50_ms'])}, p99 {_fmt_ms(own['p99_ms'])}",
+        f"all domains together (the agent's latency histogram, reader -> handler): p50"
+        f" {_fmt_ms(agent['latency_histogram_p50_ms'])}, p99 {_fmt_ms(agent['latency_histogram_p99_ms'])}",
+        "",
+    ]
+    if h["p99_ms"] is not None and wait:
+        lines.append(
+            f"isolation: healthy p99 {_fmt_ms(h['p99_ms'])} while one handler hangs ({wait:.1f} s), one crashes"
+            f" and one floods: each costs only its own domain."
+        )
+    return lines
+
+
+# -- the live view --------------------------------------------------------------------------------------------
+
+
+async def _live_view(
+    endpoint: Endpoint, show: Show, seconds: float, out: TextIO, interval: float, record_path: str
+) -> None:
+    tty = out.isatty()
+    previous: Snapshot | None = None
+    end = show.started_at + seconds
+    while True:
+        try:
+            with trio.fail_after(2):
+                snapshot = await scrape_async(endpoint)
+        except (MetricsUnreachable, trio.TooSlowError) as exc:
+            out.write(f"(metrics: {exc})\n")
+        else:
+            elapsed = time.monotonic() - show.started_at
+            healthy = [
+                s[0]
+                for domid, samples in read_records(record_path).items()
+                if domid in show.cast.healthy or domid in show.cast.churn
+                for s in samples
+            ]
+            p99 = percentile(healthy, 0.99)
+            header = (
+                f"mtwatch demo - {elapsed:4.1f}/{seconds:g} s - churn {show.announced} announced,"
+                f" {show.retired} retired - flood {show.flood_writes} writes - healthy p99"
+                f" {_fmt_ms(None if p99 is None else p99 * 1000)}"
+            )
+            lines = [header, *render_table(snapshot, rates(previous, snapshot))]
+            out.write((_CLEAR if tty else "") + "\n".join(lines) + "\n" + ("" if tty else "\n"))
+            out.flush()
+            previous = snapshot
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        await trio.sleep(min(interval, remaining))
+
+
+# -- the whole demo -------------------------------------------------------------------------------------------
+
+
+async def run_demo(
+    folder: str, seconds: float, *, out: TextIO | None, interval: float, seed: int | None = None
+) -> dict[str, Any]:
+    """Run the demo in ``folder`` for ``seconds`` and return its summary; ``out`` gets the live view (None:
+    no live view)."""
+    socket_path = os.path.join(folder, "xenstored.socket")
+    record_path = os.path.join(folder, "latency.txt")
+    config_path = os.path.join(folder, "agent.toml")
+    endpoint = Endpoint("127.0.0.1", _free_port())
+    await trio.Path(config_path).write_text(
+        agent_config(socket_path, f"{endpoint.host}:{endpoint.port}"), encoding="utf-8"
+    )
+    env = dict(os.environ, **{RECORD_ENV: record_path})
+    env.pop("XENSTORED_PATH", None)
+    python = sys.executable
+    show = Show(Cast())
+    rng = random.Random(seed)
+    xenstored_log, agent_log = os.path.join(folder, "xenstored.log"), os.path.join(folder, "agent.log")
+
+    agent_ended = trio.Event()
+    async with trio.open_nursery() as processes:
+        await processes.start(
+            functools.partial(
+                _supervise,
+                "xenstored",
+                [python, "-m", "actors.cli", "xenstored", "--socket", socket_path, "--log-level", "WARNING"],
+                xenstored_log,
+                env,
+                stop_after=agent_ended,  # the agent goes first, or it sees xenstored vanish under it
+            )
+        )
+        try:
+            await _wait_xenstored(socket_path, xenstored_log)
+            async with trio.open_nursery() as agent:
+                await agent.start(
+                    functools.partial(
+                        _supervise,
+                        "the agent",
+                        [python, "-m", "actors.cli", "agent", "--config", config_path],
+                        agent_log,
+                        env,
+                        grace=AGENT_GRACE,
+                    )
+                )
+                await _wait_agent(endpoint, agent_log)
+                summary = await _show(endpoint, socket_path, show, rng, seconds, out, interval, record_path)
+                agent.cancel_scope.cancel()
+        finally:
+            agent_ended.set()  # the agent's nursery is done: its process is gone
+        processes.cancel_scope.cancel()
+    return summary
+
+
+async def _show(
+    endpoint: Endpoint,
+    socket_path: str,
+    show: Show,
+    rng: random.Random,
+    seconds: float,
+    out: TextIO | None,
+    interval: float,
+    record_path: str,
+) -> dict[str, Any]:
+    """The toolstack and the guests against the running agent for ``seconds``; the summary."""
+    async with trio.open_nursery() as play:
+        await play.start(_play, socket_path, show, rng)
+        await _wait_running(endpoint, show.live)
+        show.started_at = time.monotonic()
+        show.go.set()
+        if out is not None:
+            await _live_view(endpoint, show, seconds, out, interval, record_path)
+        else:
+            await trio.sleep(seconds)
+        play.cancel_scope.cancel()
+    with trio.fail_after(5):
+        final = await scrape_async(endpoint)
+    return summarize(show, final, read_records(record_path), seconds)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+async def _until_signal(fn: Callable[[], Any]) -> Any:
+    """Run ``fn()``; SIGTERM or SIGHUP cancels it (and so cleans up) like Ctrl-C does."""
+    result: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+        nursery.start_soon(watch_signals)
+        result.append(await fn())
+        nursery.cancel_scope.cancel()
+    return result[0]
+
+
+def main(argv: list[str]) -> int:
+    """``mtwatch demo [--seconds N] [--json]``."""
+    parser = argparse.ArgumentParser(
+        prog="mtwatch demo",
+        description="The isolation demo: the embedded xenstored, the agent, a simulated toolstack and guests"
+        " (one hangs its handler, one crashes it, one floods). No Xen, no root.",
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to run (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON (no live view)")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="live view refresh (default 1 s, 5 s when not a tty)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the churn's randomness")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, config) and say where"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    out = None if args.json else sys.stdout
+    interval = args.interval or (1.0 if sys.stdout.isatty() else 5.0)
+    folder = tempfile.mkdtemp(prefix="mtwdemo", dir="/tmp")
+    try:
+        summary = trio.run(
+            _until_signal, lambda: run_demo(folder, args.seconds, out=out, interval=interval, seed=args.seed)
+        )
+    except KeyboardInterrupt:
+        print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
+        return 130
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
+            return 130
+        known = [e for e in leaves if isinstance(e, DemoError | XenStoreError)]
+        if not known:
+            raise
+        for error in known:
+            print(f"mtwatch demo: {error}", file=sys.stderr)
+        return 1
+    except (DemoError, XenStoreError) as exc:
+        print(f"mtwatch demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"mtwatch demo: logs and config kept in {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print("\n".join(render_summary(summary)))
+    return 0

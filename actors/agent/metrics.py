@@ -1,0 +1,262 @@
+"""Prometheus metrics of a runtime, and a minimal HTTP/1.1 endpoint for them served by trio itself.
+
+On a private :class:`~prometheus_client.CollectorRegistry`:
+
+- built at scrape time from ``rt.domains`` (so a retired domain's series go away with it):
+  ``mtwatch_domains{state}``, ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
+  ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the default actor),
+  ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid}``,
+  ``mtwatch_handler_failures_total{domid}``, ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``,
+  ``mtwatch_xenstore_reconnects_total`` and ``mtwatch_ready`` (1 after the first full reconcile);
+- fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
+  receiving the event to its handler starting.
+
+prometheus_client's own ``start_http_server`` is not used: it serves from a thread, which would read the
+runtime's state from outside the trio loop. :func:`serve_metrics` answers ``GET /metrics`` (and ``HEAD``) with
+``generate_latest(registry)``, 404 elsewhere, one request per connection, each bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..runtime.context import State
+
+if TYPE_CHECKING:
+    from ..runtime.runtime import Runtime
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "open_metrics_listeners", "serve_metrics"]
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+READ_DEADLINE = 5.0  # seconds for a client to send its request head
+WRITE_DEADLINE = 10.0  # seconds to send the response
+MAX_HEAD = 8192
+MAX_CONNECTIONS = 32
+
+
+class _RuntimeCollector:
+    """Reads ``rt.domains`` at every scrape (in the trio thread: the HTTP handler runs in the loop)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def describe(self) -> list[Any]:
+        return []  # nothing to check at registration; collect() builds everything at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        rt = self.rt
+        domains = sorted(rt.domains.items())
+        counts = Counter(snapshot.state for _, snapshot in domains)
+
+        by_state = GaugeMetricFamily("mtwatch_domains", "Domain actors by state.", labels=["state"])
+        for state in State:
+            by_state.add_metric([state.value], counts.get(state, 0))
+        yield by_state
+
+        state_of = GaugeMetricFamily(
+            "mtwatch_domain_state", "1 for each domain actor's current state.", labels=["domid", "state"]
+        )
+        events = CounterMetricFamily(
+            "mtwatch_events", "Watch events whose handler completed, by domain.", labels=["domid"]
+        )
+        coalesced = CounterMetricFamily(
+            "mtwatch_events_coalesced", "Events merged in a full mailbox, by domain.", labels=["domid"]
+        )
+        dropped = CounterMetricFamily(
+            "mtwatch_events_dropped",
+            "Events dropped (the domain was restarting, stopping or failed), by domain.",
+            labels=["domid"],
+        )
+        failures = CounterMetricFamily(
+            "mtwatch_handler_failures",
+            "Handler failures (exceptions and timeouts), by domain.",
+            labels=["domid"],
+        )
+        restarts = CounterMetricFamily(
+            "mtwatch_restarts", "Domain actor restarts, by domain.", labels=["domid"]
+        )
+        depth = GaugeMetricFamily(
+            "mtwatch_mailbox_depth", "Events waiting in a domain's mailbox.", labels=["domid"]
+        )
+        events.add_metric(["0"], rt.default_handled)
+        for domid, snapshot in domains:
+            label = [str(domid)]
+            state_of.add_metric([str(domid), snapshot.state.value], 1)
+            events.add_metric(label, snapshot.handled)
+            coalesced.add_metric(label, snapshot.coalesced)
+            dropped.add_metric(label, snapshot.dropped)
+            failures.add_metric(label, snapshot.failures)
+            restarts.add_metric(label, snapshot.restarts)
+            depth.add_metric(label, snapshot.mailbox_depth)
+        yield from (state_of, events, coalesced, dropped, failures, restarts, depth)
+
+        reconnects = CounterMetricFamily(
+            "mtwatch_xenstore_reconnects", "Connections to xenstored made again after the first was lost."
+        )
+        reconnects.add_metric([], rt.reconnects)
+        yield reconnects
+        ready = GaugeMetricFamily("mtwatch_ready", "1 once the first full reconcile of the registry is done.")
+        ready.add_metric([], 1 if rt.ready.is_set() else 0)
+        yield ready
+
+
+class Metrics:
+    """The agent's metrics registry for one runtime: ``Metrics(rt)`` registers the collector and the latency
+    observer; :meth:`render` is the text a scrape gets."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_RuntimeCollector(rt))
+        self.latency = Histogram(
+            "mtwatch_event_latency_seconds",
+            "Time from the reader receiving a watch event to its handler starting.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        rt.observe(self._observe)
+
+    def _observe(self, kind: str, domid: int, value: float) -> None:
+        if kind == "latency":
+            self.latency.observe(max(0.0, value))
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+async def open_metrics_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Bind the endpoint's address now (so that a port in use is known before anything else starts)."""
+    return await trio.open_tcp_listeners(port, host=host)
+
+
+def listener_addresses(listeners: list[trio.SocketListener]) -> list[str]:
+    names = []
+    for listener in listeners:
+        address = listener.socket.getsockname()
+        host, port = address[0], address[1]
+        names.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return names
+
+
+def _response(
+    status: str, body: bytes, content_type: str = "text/plain; charset=utf-8", head: bool = False
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode("ascii") + (b"" if head else body)
+
+
+async def _read_head(stream: trio.abc.Stream) -> bytes | None:
+    data = bytearray()
+    while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        if len(data) > MAX_HEAD:
+            return None
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+async def serve_metrics(
+    metrics: Metrics,
+    listeners: list[trio.SocketListener],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /metrics`` on ``listeners`` until cancelled (then close them)."""
+    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                with trio.move_on_after(WRITE_DEADLINE):
+                    await stream.send_all(_response("503 Service Unavailable", b"busy\n"))
+                return
+            try:
+                await _answer(stream)
+            finally:
+                limiter.release()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _answer(stream: trio.SocketStream) -> None:
+        head: bytes | None = None
+        with trio.move_on_after(READ_DEADLINE) as reading:
+            head = await _read_head(stream)
+        if reading.cancelled_caught:
+            with trio.move_on_after(WRITE_DEADLINE):
+                await stream.send_all(_response("408 Request Timeout", b"request timeout\n"))
+            return
+        if head is None:
+            with trio.move_on_after(WRITE_DEADLINE):
+                await stream.send_all(_response("400 Bad Request", b"bad request\n"))
+            return
+        request_line = head.split(b"\n", 1)[0].strip().decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            response = _response("400 Bad Request", b"bad request\n")
+        else:
+            method, target, _ = parts
+            path = target.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                response = _response("405 Method Not Allowed", b"method not allowed\n")
+            elif path != "/metrics":
+                response = _response("404 Not Found", b"not found: try /metrics\n", head=method == "HEAD")
+            else:
+                response = _response("200 OK", metrics.render(), CONTENT_TYPE_LATEST, head=method == "HEAD")
+        with trio.move_on_after(WRITE_DEADLINE):
+            await stream.send_all(response)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            task_status.started()
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+def bind_error_kind(exc: OSError) -> str:
+    """``"permission"``, ``"in-use"`` or ``"unavailable"``: what a bind failure means for the exit code."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission"
+    if exc.errno == errno.EADDRINUSE:
+        return "in-use"
+    logger.debug("metrics bind failed: {!r}", exc)
+    return "unavailable"

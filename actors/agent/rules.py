@@ -1,0 +1,236 @@
+"""Watch rules as runtime handlers: ``run`` (a process per event) and ``call`` (an async Python function).
+
+A ``run`` rule starts ``argv`` (``{domid}`` and ``{path}`` filled in; no shell) once per event, in a session
+(process group) of its own, with the agent's environment plus:
+
+- ``XS_DOMID``: the domain (0 for a global watch's event that no live domain owns),
+- ``XS_PATH``: the path that fired, ``XS_TOKEN``: the watch's token,
+- ``XS_IDENTITY``: the domain's mtwatch node value (its UUID, say),
+- ``XS_VALUE``: the node's value, read when the event is dispatched; unset when the node is gone (or for a
+  special ``@`` path). A value cut at its first NUL byte, as an environment string must be.
+
+Its stdout and stderr lines are logged with the domid. A non-zero exit (or death by a signal) is a failure of
+the handler, which the domain's supervisor counts and restarts after; so is overrunning the rule's
+``timeout`` (the runtime cancels the handler). Cancelled, for whatever reason (timeout, the domain stopping,
+the agent stopping), the handler kills the command's whole process group with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..xs.errors import NotFound
+from .config import WatchRule
+
+if TYPE_CHECKING:
+    from ..runtime.context import DomainContext
+    from ..runtime.runtime import Runtime
+    from ..runtime.watches import Watch
+    from ..xs.subscription import WatchEvent
+
+from ..runtime.domain import HandlerError
+
+__all__ = ["CommandFailed", "RuleSet", "RunHandler", "handler_for"]
+
+MAX_LINE = 4096  # longer output lines are logged in pieces of this many bytes
+_DRAIN_GRACE = 1.0  # after the command exits, how long its output may stay open (background children)
+_FIELDS = re.compile(r"\{(domid|path)\}")
+
+
+class CommandFailed(HandlerError):
+    """A rule's command could not be started, exited non-zero or was killed by a signal (an expected failure:
+    the runtime logs it in one line)."""
+
+
+async def kill_process_group(proc: trio.Process) -> None:
+    """``deliver_cancel`` for :func:`trio.run_process`: SIGKILL the command's whole process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the group leader changed its credentials: kill what we still can
+        proc.kill()
+
+
+def _env_bytes(value: bytes) -> bytes:
+    return value.split(b"\0", 1)[0]
+
+
+class RunHandler:
+    """The handler of a ``run = [...]`` rule; see the module docstring."""
+
+    def __init__(self, argv: tuple[str, ...], name: str) -> None:
+        self.argv = argv
+        self.name = name
+        self.program = os.path.basename(argv[0]) or argv[0]
+
+    def command(self, domid: int, path: str) -> list[str]:
+        fill = {"domid": str(domid), "path": path}
+        return [_FIELDS.sub(lambda m: fill[m.group(1)], arg) for arg in self.argv]
+
+    async def environment(self, ctx: DomainContext, event: WatchEvent) -> dict[bytes, bytes]:
+        value: bytes | None = None
+        if not event.path.startswith("@"):
+            try:
+                value = await ctx.xs.read(event.path)
+            except NotFound:
+                value = None
+        env = dict(os.environb)
+        env[b"XS_DOMID"] = str(ctx.domid).encode()
+        env[b"XS_PATH"] = os.fsencode(event.path)
+        env[b"XS_TOKEN"] = os.fsencode(event.token)
+        env[b"XS_IDENTITY"] = _env_bytes(ctx.identity)
+        if value is None:
+            env.pop(b"XS_VALUE", None)
+        else:
+            env[b"XS_VALUE"] = _env_bytes(value)
+        return env
+
+    async def __call__(self, ctx: DomainContext, event: WatchEvent) -> None:
+        env = await self.environment(ctx, event)
+        argv = self.command(ctx.domid, event.path)
+        log = ctx.log.bind(rule=self.name)
+        spawn_error: OSError | None = None
+        proc: trio.Process | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                proc = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        env=env,
+                        start_new_session=True,
+                        check=False,
+                        deliver_cancel=kill_process_group,
+                    )
+                )
+            except OSError as exc:
+                spawn_error = exc
+            else:
+                assert proc is not None and proc.stdout is not None and proc.stderr is not None
+                log.debug("{}: started {} (pid {}) for {}", self.name, argv, proc.pid, event.path)
+                streams = [proc.stdout, proc.stderr]
+                proc.stdout = proc.stderr = None
+                await self._supervise(proc, streams, log, nursery)
+        if spawn_error is not None:
+            reason = spawn_error.strerror or errno.errorcode.get(spawn_error.errno or 0, str(spawn_error))
+            raise CommandFailed(f"cannot run {argv[0]!r}: {reason}") from None
+        assert proc is not None
+        code = proc.returncode
+        if code:
+            if code < 0:
+                try:
+                    how = f"was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"was killed by signal {-code}"
+            else:
+                how = f"exited with status {code}"
+            raise CommandFailed(f"{self.program} (pid {proc.pid}) {how}")
+        log.debug("{}: pid {} exited 0", self.name, proc.pid)
+
+    async def _supervise(
+        self, proc: trio.Process, streams: list[trio.abc.ReceiveStream], log: Any, nursery: trio.Nursery
+    ) -> None:
+        pumps_done = [trio.Event() for _ in streams]
+        for stream, label, done in zip(streams, ("stdout", "stderr"), pumps_done, strict=True):
+            nursery.start_soon(self._pump, stream, label, proc.pid, log, done)
+        await proc.wait()
+        with trio.move_on_after(_DRAIN_GRACE):
+            for done in pumps_done:
+                await done.wait()
+            return
+        # The command is gone, but something it started still holds its output open.
+        log.warning(
+            "{}: pid {} exited, but processes it left behind still hold its output: killing its process group",
+            self.name,
+            proc.pid,
+        )
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with trio.move_on_after(_DRAIN_GRACE):
+            for done in pumps_done:
+                await done.wait()
+            return
+        nursery.cancel_scope.cancel()  # escaped into a session of their own: stop reading
+
+    async def _pump(
+        self, stream: trio.abc.ReceiveStream, label: str, pid: int, log: Any, done: trio.Event
+    ) -> None:
+        buffer = bytearray()
+
+        def emit(line: bytes) -> None:
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            log.bind(stream=label, pid=pid).info("{}[{}] {}: {}", self.program, pid, label, text)
+
+        try:
+            async with stream:
+                async for chunk in stream:
+                    buffer += chunk
+                    while True:
+                        end = buffer.find(b"\n", 0, MAX_LINE + 1)
+                        if end >= 0:
+                            emit(bytes(buffer[:end]))
+                            del buffer[: end + 1]
+                        elif len(buffer) >= MAX_LINE:
+                            emit(bytes(buffer[:MAX_LINE]))  # an overlong line, in pieces
+                            del buffer[:MAX_LINE]
+                        else:
+                            break
+            if buffer:
+                emit(bytes(buffer))
+        finally:
+            done.set()
+
+
+def handler_for(rule: WatchRule) -> Callable[[DomainContext, WatchEvent], Awaitable[None]]:
+    """The runtime handler of a validated rule."""
+    if rule.run is not None:
+        return RunHandler(rule.run, rule.label)
+    assert rule.handler is not None
+    handler: Callable[[DomainContext, WatchEvent], Awaitable[None]] = rule.handler
+    return handler
+
+
+class RuleSet:
+    """The rules in force on a runtime. :meth:`apply` adds and removes watches so that the runtime has exactly
+    the given rules; rules that did not change keep their watches (their domains are not touched)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.active: list[tuple[WatchRule, Watch]] = []
+
+    def apply(
+        self, rules: tuple[WatchRule, ...] | list[WatchRule]
+    ) -> tuple[list[WatchRule], list[WatchRule]]:
+        """Make ``rules`` the rule set; returns (added, removed)."""
+        remaining = list(self.active)
+        kept: list[tuple[WatchRule, Watch]] = []
+        new: list[WatchRule] = []
+        for rule in rules:
+            match = next((i for i, (old, _) in enumerate(remaining) if old.key == rule.key), None)
+            if match is None:
+                new.append(rule)
+            else:
+                kept.append((rule, remaining.pop(match)[1]))
+        for _, watch in remaining:
+            self.rt.unwatch(watch)
+        for rule in new:
+            watch = self.rt.watch(
+                rule.path, handler_for(rule), timeout=rule.timeout, route=rule.route_fn, name=rule.label
+            )
+            kept.append((rule, watch))
+        self.active = kept
+        return new, [old for old, _ in remaining]
