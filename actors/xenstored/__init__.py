@@ -1,0 +1,12 @@
+"""The embedded XenStore daemon: the XenStore wire protocol served the way C xenstored 4.17 serves it.
+
+``XenStored`` is the daemon; ``open_xenstored()`` runs one on a unix socket for the duration of a block;
+``main()`` runs one in the foreground (``python -m actors.xenstored --socket PATH``).
+"""
+
+from .domains import Quotas as Quotas
+from .server import XenStored as XenStored
+from .server import main as main
+from .server import open_xenstored as open_xenstored
+
+__all__ = ["Quotas", "XenStored", "main", "open_xenstored"]

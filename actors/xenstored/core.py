@@ -1,0 +1,401 @@
+"""The daemon's state and the node operations shared by the op handlers, with no I/O.
+
+Everything here runs synchronously inside one request (or one hypervisor notification), so no request
+ever sees another half done, as in the single-threaded C daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import trio
+from loguru import logger
+
+from actors.xs.wire import Frame, Op
+
+from .connection import Connection
+from .domains import DomainTable, Quotas
+from .failure import EACCES, EINVAL, EIO, ENOENT, ENOSPC, ENOSYS, Fail
+from .ops import HANDLERS, NOTID, PRIVILEGED
+from .permissions import ALL, IGNORE, NONE, READ, Perms, perm_for
+from .store import Node, Store, basename, child_path, is_valid_nodename, parent_path
+from .transactions import Transaction, View
+from .watches import WatchIndex, event_path
+
+__all__ = ["SPECIAL_PATHS", "Core", "GlobalView"]
+
+SPECIAL_PATHS: Final = (b"@introduceDomain", b"@releaseDomain")
+_ERROR: Final = int(Op.ERROR)
+
+Handler = Callable[["Core", Connection, Frame, "Transaction | None", View], "bytes | None"]
+
+
+class GlobalView:
+    """The store itself, as a request outside any transaction sees and changes it."""
+
+    in_transaction = False
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.store = core.store
+
+    def read(self, path: bytes) -> Node | None:
+        return self.store.nodes.get(path)
+
+    def write(self, path: bytes, node: Node) -> None:
+        self.store.put(path, node)
+        if node.owner not in self.core.domains:
+            self.core.domains.ensure(node.owner, self.store.generation)
+
+    def delete(self, path: bytes) -> None:
+        self.store.delete(path)
+
+    def count(self, domid: int) -> int:
+        return self.store.count(domid)
+
+    def fire(
+        self, path: bytes, exact: bool, node: Node | None, old_perms: Perms | None, parent: Node | None
+    ) -> None:
+        self.core.fire_watches(path, exact, node, old_perms, parent)
+
+    def fail(self) -> None:
+        pass
+
+
+class Core:
+    """Store, domains, connections and watches; ``process()`` runs one request."""
+
+    def __init__(self, quotas: Quotas | None = None) -> None:
+        self.quotas = quotas if quotas is not None else Quotas()
+        self.store = Store()
+        self.domains = DomainTable()
+        self.watches = WatchIndex()
+        self.connections: dict[int, Connection] = {}
+        self.special_perms: dict[bytes, Perms] = {path: ((NONE, 0),) for path in SPECIAL_PATHS}
+        self.view = GlobalView(self)
+        self.internal_errors = 0  # requests that hit a bug (answered EIO)
+        self._conn_seq = 0
+        self._handlers: dict[int, Handler] = HANDLERS
+        self._notid = NOTID
+        self._privileged = PRIVILEGED
+
+    # -- connections -----------------------------------------------------------------------------------
+
+    def connect(self, stream: trio.abc.Stream | None, domid: int) -> Connection:
+        self._conn_seq += 1
+        conn = Connection(self, stream, domid, self._conn_seq)
+        self.connections[conn.seq] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection's watches and transactions (``destroy_conn()``)."""
+        conn.closed = True
+        conn.cancel_scope.cancel()
+        self.reset_connection(conn)
+        self.connections.pop(conn.seq, None)
+
+    def reset_connection(self, conn: Connection) -> None:
+        """``domain_conn_reset()``: drop all watches, transactions and queued output."""
+        for watch in conn.watches:
+            self.watches.remove(watch)
+        conn.watches.clear()
+        conn.transactions.clear()
+        conn.discard_output()
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def process(self, conn: Connection, frame: Frame) -> None:
+        """``process_message()``: run one request and queue its reply."""
+        op = frame.op
+        handler = self._handlers.get(op)
+        try:
+            if handler is None:
+                raise Fail(ENOSYS)
+            if op in self._privileged and not conn.privileged:
+                raise Fail(EACCES)
+            tx: Transaction | None = None
+            if frame.tx_id and op not in self._notid:
+                tx = conn.transactions.get(frame.tx_id)
+                if tx is None:
+                    raise Fail(ENOENT)
+            payload = handler(self, conn, frame, tx, tx if tx is not None else self.view)
+        except Fail as exc:
+            conn.reply(_ERROR, frame.req_id, frame.tx_id, exc.wire_name.encode() + b"\0")
+            return
+        except Exception:  # a bug: answer, log, and keep serving everybody else
+            self.internal_errors += 1
+            logger.exception("op {} from {!r} failed", frame.op_name, conn)
+            conn.reply(_ERROR, frame.req_id, frame.tx_id, b"EIO\0")
+            return
+        if payload is not None:
+            conn.reply(op, frame.req_id, frame.tx_id, payload)
+
+    # -- permissions -----------------------------------------------------------------------------------
+
+    def adjusted(self, perms: Perms, generation: int) -> Perms:
+        """``domain_adjust_node_perms()``: IGNORE entries of domains gone or younger than the node."""
+        if len(perms) == 1:
+            return perms
+        domains = self.domains
+        out = [perms[0]]
+        changed = False
+        for bits, domid in perms[1:]:
+            if not bits & IGNORE:
+                domain = domains.get(domid)
+                if domain is None or domain.generation > generation:
+                    bits |= IGNORE
+                    changed = True
+            out.append((bits, domid))
+        return tuple(out) if changed else perms
+
+    def perm(self, conn: Connection, node: Node) -> int:
+        if conn.privileged:
+            return ALL
+        return perm_for(conn, self.adjusted(node.perms, node.generation))
+
+    def canonical(self, conn: Connection, name: bytes | None) -> bytes | None:
+        """``canonicalize()``: a relative path is relative to the connection's /local/domain/<domid>."""
+        if name is None or name.startswith((b"/", b"@")):
+            return name
+        return conn.implicit + b"/" + name
+
+    def get_node(self, view: View, conn: Connection, path: bytes | None, perm: int) -> Node:
+        """``get_node()``: the node if ``conn`` has ``perm`` on it; else ENOENT or EACCES, as C decides."""
+        if path is None or not is_valid_nodename(path, self.quotas.path_length):
+            raise Fail(EINVAL)
+        node = view.read(path)
+        if node is not None:
+            if conn.privileged or (self.perm(conn, node) & perm) == perm:
+                return node
+            error = EACCES
+        else:
+            error = ENOENT
+        # errno_from_parents(): do not tell about nodes below a parent the connection may not access.
+        if self._ask_parents(view, conn, path) & perm:
+            raise Fail(error)
+        raise Fail(EACCES)
+
+    def _ask_parents(self, view: View, conn: Connection, path: bytes) -> int:
+        while path != b"/":
+            path = parent_path(path)
+            node = view.read(path)
+            if node is not None:
+                return self.perm(conn, node)
+        return NONE
+
+    # -- changing the tree -----------------------------------------------------------------------------
+
+    def check_size(self, view: View, conn: Connection, node: Node) -> None:
+        if not conn.privileged and node.size() >= self.quotas.node_size:
+            view.fail()
+            raise Fail(ENOSPC)
+
+    def create_node(self, view: View, conn: Connection, path: bytes, value: bytes) -> Node:
+        """``create_node()``: make ``path`` and any missing parents; new nodes inherit the parent's
+        permissions, and one created by a guest is owned by that guest."""
+        missing = [path]
+        parent_name = parent_path(path)
+        parent = view.read(parent_name)
+        while parent is None:
+            if parent_name == b"/":
+                raise Fail(ENOENT)
+            missing.append(parent_name)
+            parent_name = parent_path(parent_name)
+            parent = view.read(parent_name)
+        if not conn.privileged:
+            have = view.count(conn.domid)
+            if have + len(missing) > self.quotas.nodes:
+                if have < self.quotas.nodes:  # C fails the transaction once it has undone a new node
+                    view.fail()
+                raise Fail(ENOSPC)
+        perms = self.adjusted(parent.perms, parent.generation)
+        if not conn.privileged:
+            perms = ((perms[0][0], conn.domid), *perms[1:])
+        missing.reverse()
+        new_parent = parent.with_child(basename(missing[0]))
+        created: list[tuple[bytes, Node]] = []
+        for i, name in enumerate(missing):
+            if i + 1 < len(missing):
+                child = basename(missing[i + 1])
+                node = Node(b"", perms, {child: None}, len(child) + 1)
+            else:
+                node = Node(value, perms)
+            created.append((name, node))
+        for _, node in reversed(created):
+            self.check_size(view, conn, node)
+        self.check_size(view, conn, new_parent)
+        for name, node in reversed(created):
+            view.write(name, self.persisted(node))
+        view.write(parent_name, self.persisted(new_parent, parent.generation))
+        return created[-1][1]
+
+    def persisted(self, node: Node, generation: int | None = None) -> Node:
+        """``write_node_raw()``: a node is stored with IGNORE on the entries of domains that are gone (or,
+        for a node read at ``generation``, younger than it), so a later domain with the same id never
+        inherits them (XSA-322)."""
+        perms = node.perms
+        if len(perms) > 1:
+            if generation is not None:
+                perms = self.adjusted(perms, generation)
+            domains = self.domains
+            if any(not bits & IGNORE and d not in domains for bits, d in perms[1:]):
+                perms = (perms[0], *((bits if d in domains else bits | IGNORE, d) for bits, d in perms[1:]))
+            node.perms = perms
+        return node
+
+    def rm_node(self, view: View, path: bytes, parent: Node) -> None:
+        """``rm_node()``: remove ``path`` and everything below it, firing watches for each removed node
+        (deepest first; the removed path itself also fires the watches on its ancestors)."""
+        root = view.read(path)
+        if root is None:
+            return
+        # Post-order walk without recursion (paths can be ~1000 levels deep); children in creation order.
+        stack: list[tuple[bytes, Node, Node, list[bytes]]] = [
+            (path, root, parent, list(reversed(root.children)))
+        ]
+        while stack:
+            name, node, above, children = stack[-1]
+            if children:
+                child_name = child_path(name, children.pop())
+                try:
+                    child = view.read(child_name)
+                except Fail:  # e.g. the transaction-nodes quota: C's tree walk stops with EIO
+                    raise Fail(EIO) from None
+                if child is None:  # a transaction's stale view: C's tree walk stops with EIO
+                    raise Fail(EIO)
+                stack.append((child_name, child, node, list(reversed(child.children))))
+                continue
+            stack.pop()
+            view.delete(name)
+            view.fire(name, name != path, node, None, above)
+        view.write(parent_path(path), self.persisted(parent.without_child(basename(path)), parent.generation))
+
+    # -- watches ---------------------------------------------------------------------------------------
+
+    def watch_permitted(
+        self, conn: Connection, path: bytes, node: Node | None, old_perms: Perms | None, parent: Node | None
+    ) -> bool:
+        """XSA-115: an event goes only to a connection that may read the node (before or after the change)
+        or its parent."""
+        if conn.privileged:
+            return True
+        if old_perms is not None and perm_for(conn, old_perms) & READ:
+            return True
+        if node is None:
+            node = self.store.get(path)
+            if node is None:
+                return False
+        if self.perm(conn, node) & READ:
+            return True
+        if parent is None:
+            parent = self.store.get(parent_path(path))
+            if parent is None:
+                return False
+        return bool(self.perm(conn, parent) & READ)
+
+    def fire_watches(
+        self, path: bytes, exact: bool, node: Node | None, old_perms: Perms | None, parent: Node | None
+    ) -> None:
+        """``fire_watches()``: queue an event for every watch on ``path`` (and, unless ``exact``, on its
+        ancestors) whose connection may see it."""
+        watches = self.watches.match(path, exact)
+        if not watches:
+            return
+        allowed: dict[int, bool] = {}
+        for watch in watches:
+            conn = watch.conn
+            ok = allowed.get(conn.seq)
+            if ok is None:
+                ok = allowed[conn.seq] = self.watch_permitted(conn, path, node, old_perms, parent)
+            if ok:
+                conn.send_event(event_path(watch, path), watch.token)
+
+    def fire_special(self, path: bytes) -> None:
+        """@introduceDomain / @releaseDomain: only to connections allowed to read the special path."""
+        perms = self.special_perms[path]
+        for watch in self.watches.match(path, True):
+            if perm_for(watch.conn, perms) & READ:
+                watch.conn.send_event(path, watch.token)
+
+    # -- domains ---------------------------------------------------------------------------------------
+
+    def introduce(self, domid: int) -> bool:
+        """Introduce ``domid`` (a guest) if it is not yet; returns whether it was new.
+
+        A new domain gets a connection without a stream (a ring nobody reads) and fires @introduceDomain;
+        re-introducing a domain resets its connection's watches and transactions, as C does.
+        """
+        domain = self.domains.introduced(domid)
+        if domain is not None:
+            if domain.conn is not None:
+                self.reset_connection(domain.conn)
+            return False
+        domain = self.domains.ensure(domid, self.store.generation)
+        domain.introduced = True
+        domain.shutdown = False
+        domain.conn = self.connect(None, domid)
+        domain.conn.target = domain.target
+        logger.info("domain {} introduced", domid)
+        self.fire_special(b"@introduceDomain")
+        return True
+
+    def attach(self, domid: int, stream: trio.abc.Stream) -> Connection:
+        """Make ``stream`` the (introduced) domain's connection, dropping the one it had."""
+        domain = self.domains.introduced(domid)
+        assert domain is not None
+        old = domain.conn
+        conn = self.connect(stream, domid)
+        conn.target = domain.target
+        domain.conn = conn
+        if old is not None:
+            self.disconnect(old)
+        return conn
+
+    def detach(self, conn: Connection) -> None:
+        """A guest stream went away. Like a ring nobody reads any more, the domain's connection stays, with
+        its watches and transactions (events to it are dropped), until the domain is introduced again
+        (:meth:`attach`), released or dead."""
+        domain = self.domains.introduced(conn.domid)
+        if domain is not None and domain.conn is conn and not conn.closed:
+            if conn.broken:  # ignore_connection(): its watches and transactions go
+                self.reset_connection(conn)
+            conn.detach_stream()
+        else:
+            self.disconnect(conn)
+
+    def destroy_domain(self, domid: int) -> None:
+        """``destroy_domain()``: drop the domain's connection, remove the nodes it owns, and fire
+        @releaseDomain if it had been introduced."""
+        domain = self.domains.get(domid)
+        if domain is None or domid == 0:
+            return
+        if domain.conn is not None:
+            self.disconnect(domain.conn)
+            domain.conn = None
+        self._remove_owned(domid)
+        self.domains.remove(domid)
+        for path, perms in self.special_perms.items():
+            owner = perms[0]
+            if owner[1] == domid:
+                owner = (owner[0], 0)
+            self.special_perms[path] = (owner, *(p for p in perms[1:] if p[1] != domid))
+        if domain.introduced:
+            logger.info("domain {} released", domid)
+            self.fire_special(b"@releaseDomain")
+
+    def _remove_owned(self, domid: int) -> None:
+        """``domain_tree_remove()``: remove every node owned by ``domid``, with its subtree."""
+        store = self.store
+        stack = [b"/"]
+        while stack and store.count(domid):
+            path = stack.pop()
+            node = store.get(path)
+            if node is None:
+                continue
+            if node.owner == domid and path != b"/":
+                parent = store.get(parent_path(path))
+                if parent is not None:
+                    self.rm_node(self.view, path, parent)
+                continue
+            stack.extend(child_path(path, name) for name in reversed(node.children))

@@ -1,0 +1,198 @@
+"""The embedded XenStore daemon: a unix-socket listener around :class:`~.core.Core`."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final
+
+import trio
+from loguru import logger
+
+from .connection import Connection
+from .core import Core
+from .domains import DOMID_FIRST_RESERVED, Quotas
+from .store import Store
+
+__all__ = ["DEFAULT_SOCKET", "XenStored", "main", "open_xenstored"]
+
+DEFAULT_SOCKET: Final = "/run/xenstored/socket"
+
+
+class XenStored:
+    """An in-process XenStore daemon that behaves like C xenstored 4.17.
+
+    Every socket client is privileged dom0; :meth:`guest` gives a connection as an unprivileged domain.
+    """
+
+    def __init__(self, quotas: Quotas | None = None) -> None:
+        self.core = Core(quotas)
+
+    @property
+    def store(self) -> Store:
+        """The tree (``len(server.store)`` nodes; ``server.store.get(b"/path")``)."""
+        return self.core.store
+
+    @property
+    def quotas(self) -> Quotas:
+        return self.core.quotas
+
+    @property
+    def connections(self) -> list[Connection]:
+        return list(self.core.connections.values())
+
+    async def serve(
+        self, socket_path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``socket_path`` until cancelled; then close every connection and remove the socket."""
+        with suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
+                os.unlink(socket_path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.bind(socket_path)
+            identity = os.stat(socket_path).st_ino
+            os.chmod(socket_path, 0o600)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        listener = trio.SocketListener(sock)
+        logger.info("xenstored listening on {}", socket_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            logger.warning("accept failed: {}", exc)
+                            await trio.sleep(0.1)
+                            continue
+                        raise
+                    nursery.start_soon(self.handle_stream, stream, 0)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            with suppress(OSError):
+                if os.stat(socket_path).st_ino == identity:
+                    os.unlink(socket_path)
+            logger.info("xenstored on {} stopped", socket_path)
+
+    async def handle_stream(self, stream: trio.abc.Stream, domid: int = 0) -> None:
+        """Serve one connection as ``domid`` (0: privileged dom0, like every socket client) until it
+        closes; closes ``stream``. A guest domid is introduced first if it is not yet."""
+        core = self.core
+        if domid:
+            _check_guest(domid)
+            if core.domains.introduced(domid) is None:
+                core.introduce(domid)
+            conn = core.attach(domid, stream)
+        else:
+            conn = core.connect(stream, 0)
+        try:
+            await conn.serve()
+        except Exception:  # a bug must cost only this connection
+            logger.exception("dropping {!r} after an internal error", conn)
+        finally:
+            if domid:
+                core.detach(conn)
+            else:
+                core.disconnect(conn)
+            await trio.aclose_forcefully(stream)
+
+    @asynccontextmanager
+    async def guest(self, domid: int) -> AsyncIterator[trio.SocketStream]:
+        """A connection as unprivileged domain ``domid`` (introduced first, firing @introduceDomain, if
+        it is not yet): yields the client end of a socket pair whose other end this server serves.
+
+        Each entry starts clean, as C xenstored's re-INTRODUCE resets the domain's connection. On exit the
+        socket is closed and the domain stays introduced; like a ring nobody reads, its connection keeps its
+        watches and transactions (their events are dropped) until the next entry, RELEASE or death."""
+        _check_guest(domid)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+        if self.core.domains.introduced(domid) is None:
+            self.core.introduce(domid)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.handle_stream, server_end, domid)
+            try:
+                yield client_end
+            finally:
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(client_end)
+
+    def introduce(self, domid: int) -> bool:
+        """Introduce guest ``domid`` as INTRODUCE does (fires @introduceDomain); False if it already was."""
+        _check_guest(domid)
+        return self.core.introduce(domid)
+
+    def domain_died(self, domid: int) -> None:
+        """The hypervisor reports ``domid`` dead: drop its connection, remove the nodes it owns and, if it
+        had been introduced, fire @releaseDomain (as C xenstored's ``check_domains()``)."""
+        self.core.destroy_domain(domid)
+
+    def is_introduced(self, domid: int) -> bool:
+        return self.core.domains.introduced(domid) is not None
+
+
+def _check_guest(domid: int) -> None:
+    if isinstance(domid, bool) or not isinstance(domid, int) or not 0 < domid < DOMID_FIRST_RESERVED:
+        raise ValueError(f"guest domid must be 1..{DOMID_FIRST_RESERVED - 1}, not {domid!r}")
+
+
+@asynccontextmanager
+async def open_xenstored(socket_path: str, **kwargs: Any) -> AsyncIterator[XenStored]:
+    """Run a :class:`XenStored` on ``socket_path`` for the duration of the block."""
+    server = XenStored(**kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, socket_path)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtwatch xenstored``: run the embedded daemon in the foreground until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="xenstored", description="Embedded XenStore daemon (C xenstored 4.17)"
+    )
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET,
+        help="unix socket path (default: $XENSTORED_PATH, else %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="loguru level (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level.upper())
+    logger.enable("actors")
+
+    async def run() -> None:
+        directory = os.path.dirname(args.socket)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_xenstored(args.socket):
+                async for signum in signals:
+                    logger.info("{} received: stopping", signal.Signals(signum).name)
+                    break
+
+    failures: list[BaseException] = []
+    try:
+        trio.run(run)
+    except* OSError as group:
+        failures.extend(group.exceptions)
+    for exc in failures:
+        logger.error("xenstored: {}", exc)
+    return 1 if failures else 0
