@@ -168,3 +168,15 @@ def test_error_frames_map_to_the_hierarchy(name: str, cls: type[errors.ErrorRepl
     assert exc.path == "/a"
     assert exc.op == "READ"
     assert name in str(exc)
+
+
+def test_import_prints_nothing_and_starts_no_threads() -> None:
+    import subprocess
+    import sys
+
+    code = "import threading, actors; print(threading.active_count())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == "1\n"
+    assert result.stderr == ""
