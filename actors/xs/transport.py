@@ -11,7 +11,7 @@ import trio
 
 from .errors import XenStoreUnavailable
 
-__all__ = ["XENBUS_DEVICES", "open_socket", "open_transport", "open_xenbus", "socket_path"]
+__all__ = ["XENBUS_DEVICES", "connect_unix", "open_socket", "open_transport", "open_xenbus", "socket_path"]
 
 DEFAULT_SOCKETS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
 XENBUS_DEVICES = ("/dev/xen/xenbus", "/proc/xen/xenbus")
@@ -33,35 +33,38 @@ def socket_path(path: str | None = None, environ: Mapping[str, str] | None = Non
     return DEFAULT_SOCKETS[0]
 
 
-_BACKLOG_RETRIES = 50
+_BACKLOG_RETRIES = 1000  # 1 ms apart at first, growing: a few seconds in all
 
 
-async def _connect_unix(path: str) -> trio.SocketStream:
-    # C xenstored listens with a backlog of 1. With the backlog full, connect() on a non-blocking AF_UNIX
-    # socket fails with EAGAIN, which trio.open_unix_socket takes for "in progress" and returns a socket that
-    # was never connected (the first send fails with ENOTCONN). Check, and retry with a short backoff.
+async def connect_unix(path: str) -> trio.SocketStream:
+    """Connect to a unix stream socket, without trio.open_unix_socket's flaw against a busy listener.
+
+    C xenstored listens with a backlog of 1. With the backlog full, Linux answers a non-blocking AF_UNIX
+    connect() with EAGAIN: nothing was made and the call must be repeated. trio takes EAGAIN for "in progress"
+    and hands back an unconnected socket (ENOTCONN at the first send). Here EAGAIN is retried, a bounded number
+    of times; AF_UNIX connects never are in progress.
+    """
     for attempt in range(_BACKLOG_RETRIES):
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            await sock.connect(path)
-            sock.getpeername()
-        except OSError as exc:
+            sock.setblocking(False)
+            sock.connect(path)
+        except BlockingIOError:
             sock.close()
-            if exc.errno not in (errno.EAGAIN, errno.ENOTCONN) or attempt + 1 == _BACKLOG_RETRIES:
-                raise
-            await trio.sleep(0.001 * (attempt + 1))
+            await trio.sleep(0.001 * min(attempt + 1, 10))
             continue
         except BaseException:
             sock.close()
             raise
-        return trio.SocketStream(sock)
-    raise AssertionError("unreachable")
+        await trio.lowlevel.checkpoint()
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    raise OSError(errno.EAGAIN, f"{path}: the listener's backlog stayed full")
 
 
 async def open_socket(path: str) -> trio.SocketStream:
     """Connect to a daemon's unix socket; a missing socket or a refusal raises XenStoreUnavailable naming it."""
     try:
-        return await _connect_unix(path)
+        return await connect_unix(path)
     except FileNotFoundError:
         raise XenStoreUnavailable(errno.ENOENT, f"no xenstored socket at {path}") from None
     except ConnectionRefusedError:

@@ -36,6 +36,7 @@ from typing import Final, NoReturn
 
 import trio
 
+from actors.xs.transport import connect_unix
 from actors.xs.wire import Frame, FrameDecoder, Op, check_domid, encode, join
 
 __all__ = [
@@ -215,26 +216,9 @@ def probe_cxenstored() -> None:
 
 
 async def open_unix_stream(path: str) -> trio.SocketStream:
-    """Like ``trio.open_unix_socket``, without its flaw against a busy listener.
-
-    C xenstored listens with a backlog of 1. When that backlog is full, Linux answers a non-blocking AF_UNIX
-    connect() with EAGAIN: the connection was not made and the call must be repeated. trio takes EAGAIN for
-    "in progress" and hands back an unconnected socket (ENOTCONN at the first send). Here EAGAIN is retried.
-    """
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.setblocking(False)
-            sock.connect(path)
-        except BlockingIOError:
-            sock.close()
-            await trio.sleep(0.001)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        await trio.lowlevel.checkpoint()
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    """Like ``trio.open_unix_socket``, without its flaw against C xenstored's one-deep backlog (see
+    :func:`actors.xs.transport.connect_unix`)."""
+    return await connect_unix(path)
 
 
 def _log_tail(path: Path, limit: int = 2000) -> str:
