@@ -102,7 +102,7 @@ def _normalized(frame_op: int, payload: bytes) -> bytes:
 
 async def _replay(daemon: Daemon, requests: list[Request], log: Transcript) -> None:
     """Two dom0 connections and guests 1 and 2 (each owning its home) run ``requests``; then every client's
-    pending watch events are collected in order, up to the reply to one last request."""
+    pending watch events are collected in order (repeats once), up to the reply to one last request."""
     first = await RawClient.connect(daemon.socket_path)
     second = await RawClient.connect(daemon.socket_path)
     for domid in (1, 2):
@@ -121,7 +121,9 @@ async def _replay(daemon: Daemon, requests: list[Request], log: Transcript) -> N
                 await trio.sleep(0.01)  # let the real daemon notice the ring
         for i, client in enumerate(clients):
             await client.request(Op.GET_DOMAIN_PATH, b"0\0")
-            log.append(("events", i, list(client.events)))
+            # Repeats are compared once: a daemon drops an event identical to one still queued, and how
+            # long one stays queued depends on the transport (C's guest ring holds 1 KiB).
+            log.append(("events", i, list(dict.fromkeys(client.events))))
     await first.aclose()
     await second.aclose()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from typing import cast
 
 import trio
 
+from actors.xs.transport import connect_unix
 from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
 
 from .domains import Quotas
@@ -55,22 +55,8 @@ class RawClient:
 
     @classmethod
     async def connect(cls, path: str) -> RawClient:
-        """Connect to the unix socket ``path``. A full listen backlog makes Linux answer a non-blocking
-        AF_UNIX connect() with EAGAIN (not made: try again), which trio would take for "in progress"."""
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.setblocking(False)
-                sock.connect(path)
-            except BlockingIOError:
-                sock.close()
-                await trio.sleep(0.001)
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            await trio.lowlevel.checkpoint()
-            return cls(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        """Connect to the unix socket ``path`` (retrying a full listen backlog: see connect_unix)."""
+        return cls(await connect_unix(path))
 
     async def __aenter__(self) -> RawClient:
         return self
