@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.xenstored import XenStored
-from actors.xenstored.testing import RawClient, XsError, serving
+from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
@@ -15,12 +15,6 @@ from actors.xs.wire import Op, join
 async def env() -> AsyncIterator[tuple[XenStored, RawClient]]:
     async with serving() as (server, path), await RawClient.connect(path) as client:
         yield server, client
-
-
-async def error_of(client: RawClient, op: int, payload: bytes, tx: int = 0) -> str:
-    with pytest.raises(XsError) as info:
-        await client.call(op, payload, tx)
-    return info.value.name
 
 
 async def test_initial_tree_is_that_of_c_xenstored(env: tuple[XenStored, RawClient]) -> None:
@@ -32,7 +26,7 @@ async def test_initial_tree_is_that_of_c_xenstored(env: tuple[XenStored, RawClie
         assert await c.get_perms(path) == [b"n0"]
         assert await c.read(path) == b""
     assert len(server.store) == 3
-    assert await error_of(c, Op.READ, join("/local")) == "ENOENT"
+    assert await c.error(Op.READ, join("/local")) == "ENOENT"
 
 
 async def test_write_read_directory_mkdir_rm(env: tuple[XenStored, RawClient]) -> None:
@@ -51,8 +45,8 @@ async def test_write_read_directory_mkdir_rm(env: tuple[XenStored, RawClient]) -
     await c.rm("/a/b")
     assert await c.ls("/a") == [b"bin", b"d"]
     await c.rm("/a/b")  # missing, parent exists: fine
-    assert await error_of(c, Op.RM, join("/a/b/c")) == "ENOENT"  # missing parent
-    assert await error_of(c, Op.RM, join("/")) == "EINVAL"
+    assert await c.error(Op.RM, join("/a/b/c")) == "ENOENT"  # missing parent
+    assert await c.error(Op.RM, join("/")) == "EINVAL"
     await c.rm("/a")
     assert await c.ls("/") == [b"tool"]
 
@@ -73,41 +67,39 @@ async def test_invalid_paths_are_einval(env: tuple[XenStored, RawClient], path: 
     _, c = env
     raw = path.encode("latin-1")
     for op in (Op.READ, Op.DIRECTORY, Op.GET_PERMS, Op.MKDIR, Op.RM):
-        assert await error_of(c, op, raw + b"\0") == "EINVAL", op
-    assert await error_of(c, Op.WRITE, raw + b"\0v") == "EINVAL"
+        assert await c.error(op, raw + b"\0") == "EINVAL", op
+    assert await c.error(Op.WRITE, raw + b"\0v") == "EINVAL"
 
 
 async def test_path_length_limit_is_relative_to_the_domain_home(env: tuple[XenStored, RawClient]) -> None:
     _, c = env
     await c.write("/" + "x" * 2047, "ok")
     await c.write("/local/domain/5/" + "y" * 2048, "ok")  # 2048 past /local/domain/5/
-    assert (
-        await error_of(c, Op.WRITE, join("/local/domain/5/" + "y" * 2049, "no", terminate=False)) == "EINVAL"
-    )
+    assert await c.error(Op.WRITE, join("/local/domain/5/" + "y" * 2049, "no", terminate=False)) == "EINVAL"
 
 
 async def test_malformed_arguments_are_einval(env: tuple[XenStored, RawClient]) -> None:
     _, c = env
     await c.write("/a", "1")
-    assert await error_of(c, Op.READ, b"/a") == "EINVAL"  # no NUL
-    assert await error_of(c, Op.READ, b"/a\0extra") == "EINVAL"  # more than one argument
-    assert await error_of(c, Op.READ, b"") == "EINVAL"
-    assert await error_of(c, Op.WRITE, b"/a") == "EINVAL"  # WRITE needs path\0
-    assert await error_of(c, Op.WATCH, b"/a\0") == "EINVAL"
-    assert await error_of(c, Op.WATCH, b"/a\0t\0x\0") == "EINVAL"
-    assert await error_of(c, Op.UNWATCH, b"/a\0") == "EINVAL"
-    assert await error_of(c, Op.SET_PERMS, b"/a\0") == "EINVAL"
-    assert await error_of(c, Op.DIRECTORY_PART, b"/a\0") == "EINVAL"
-    assert await error_of(c, Op.TRANSACTION_END, b"X\0") == "EINVAL"
-    assert await error_of(c, Op.INTRODUCE, b"5\0") == "EINVAL"
-    assert await error_of(c, Op.SET_TARGET, b"5\0") == "EINVAL"
-    assert await error_of(c, Op.DEBUG, b"") == "EINVAL"
+    assert await c.error(Op.READ, b"/a") == "EINVAL"  # no NUL
+    assert await c.error(Op.READ, b"/a\0extra") == "EINVAL"  # more than one argument
+    assert await c.error(Op.READ, b"") == "EINVAL"
+    assert await c.error(Op.WRITE, b"/a") == "EINVAL"  # WRITE needs path\0
+    assert await c.error(Op.WATCH, b"/a\0") == "EINVAL"
+    assert await c.error(Op.WATCH, b"/a\0t\0x\0") == "EINVAL"
+    assert await c.error(Op.UNWATCH, b"/a\0") == "EINVAL"
+    assert await c.error(Op.SET_PERMS, b"/a\0") == "EINVAL"
+    assert await c.error(Op.DIRECTORY_PART, b"/a\0") == "EINVAL"
+    assert await c.error(Op.TRANSACTION_END, b"X\0") == "EINVAL"
+    assert await c.error(Op.INTRODUCE, b"5\0") == "EINVAL"
+    assert await c.error(Op.SET_TARGET, b"5\0") == "EINVAL"
+    assert await c.error(Op.DEBUG, b"") == "EINVAL"
 
 
 async def test_unknown_ops_are_enosys(env: tuple[XenStored, RawClient]) -> None:
     _, c = env
     for op in (20, Op.WATCH_EVENT, Op.ERROR, 23, 99, 0xFFFFFFFF):
-        assert await error_of(c, op, b"/\0") == "ENOSYS"
+        assert await c.error(op, b"/\0") == "ENOSYS"
     assert await c.read("/") == b""
 
 
@@ -143,11 +135,11 @@ async def test_permissions_strings(env: tuple[XenStored, RawClient]) -> None:
     await c.set_perms("/p", "n0", "r-1", "r4294967297", "r 5")  # ids are C unsigned ints, printed with %i
     assert await c.get_perms("/p") == [b"n0", b"r-1", b"r1", b"r5"]
     for bad in (["x1"], ["r"], ["rabc"], ["r1", "q"], ["r1x"]):
-        assert await error_of(c, Op.SET_PERMS, join("/p", *bad)) == "EINVAL", bad
-    assert await error_of(c, Op.SET_PERMS, join("/nope", "n0")) == "ENOENT"
-    assert await error_of(c, Op.SET_PERMS, join("@bogus", "n0")) == "EINVAL"
+        assert await c.error(Op.SET_PERMS, join("/p", *bad)) == "EINVAL", bad
+    assert await c.error(Op.SET_PERMS, join("/nope", "n0")) == "ENOENT"
+    assert await c.error(Op.SET_PERMS, join("@bogus", "n0")) == "EINVAL"
     await c.set_perms("@releaseDomain", "n0", "r5")
-    assert await error_of(c, Op.GET_PERMS, join("@releaseDomain")) == "EINVAL"
+    assert await c.error(Op.GET_PERMS, join("@releaseDomain")) == "EINVAL"
 
 
 async def test_children_inherit_parent_permissions(env: tuple[XenStored, RawClient]) -> None:
@@ -163,26 +155,26 @@ async def test_domain_ops(env: tuple[XenStored, RawClient]) -> None:
     server, c = env
     assert await c.call(Op.GET_DOMAIN_PATH, b"7\0") == b"/local/domain/7\0"
     assert await c.call(Op.GET_DOMAIN_PATH, b"abc\0") == b"/local/domain/0\0"  # C atoi()
-    assert await error_of(c, Op.GET_DOMAIN_PATH, b"7") == "EINVAL"
+    assert await c.error(Op.GET_DOMAIN_PATH, b"7") == "EINVAL"
     assert await c.call(Op.IS_DOMAIN_INTRODUCED, b"0\0") == b"T\0"
     assert await c.call(Op.IS_DOMAIN_INTRODUCED, b"7\0") == b"F\0"
     assert await c.call(Op.IS_DOMAIN_INTRODUCED, b"32752\0") == b"T\0"  # DOMID_SELF
-    assert await error_of(c, Op.INTRODUCE, b"7\x000\x000\0") == "EINVAL"  # port 0
-    assert await error_of(c, Op.INTRODUCE, b"32752\x000\x001\0") == "EINVAL"
-    assert await error_of(c, Op.RELEASE, b"7\0") == "ENOENT"
-    assert await error_of(c, Op.RESUME, b"7\0") == "ENOENT"
-    assert await error_of(c, Op.SET_TARGET, b"7\x008\0") == "ENOENT"
+    assert await c.error(Op.INTRODUCE, b"7\x000\x000\0") == "EINVAL"  # port 0
+    assert await c.error(Op.INTRODUCE, b"32752\x000\x001\0") == "EINVAL"
+    assert await c.error(Op.RELEASE, b"7\0") == "ENOENT"
+    assert await c.error(Op.RESUME, b"7\0") == "ENOENT"
+    assert await c.error(Op.SET_TARGET, b"7\x008\0") == "ENOENT"
     assert await c.call(Op.INTRODUCE, b"7\x000\x001\0") == b"OK\0"
     assert await c.call(Op.INTRODUCE, b"8\x0012\x002\0") == b"OK\0"
     assert server.is_introduced(7)
     assert await c.call(Op.IS_DOMAIN_INTRODUCED, b"7\0") == b"T\0"
     assert await c.call(Op.RESUME, b"7\0") == b"OK\0"
     assert await c.call(Op.SET_TARGET, b"7\x008\0") == b"OK\0"
-    assert await error_of(c, Op.RELEASE, b"0\0") == "EINVAL"
-    assert await error_of(c, Op.RELEASE, b"x\0") == "EINVAL"  # atoi("x") is dom0
+    assert await c.error(Op.RELEASE, b"0\0") == "EINVAL"
+    assert await c.error(Op.RELEASE, b"x\0") == "EINVAL"  # atoi("x") is dom0
     assert await c.call(Op.RELEASE, b"7\0") == b"OK\0"
     assert await c.call(Op.IS_DOMAIN_INTRODUCED, b"7\0") == b"F\0"
-    assert await error_of(c, Op.RELEASE, b"7\0") == "ENOENT"
+    assert await c.error(Op.RELEASE, b"7\0") == "ENOENT"
 
 
 async def test_release_removes_the_domains_nodes(env: tuple[XenStored, RawClient]) -> None:
@@ -209,9 +201,9 @@ async def test_control(env: tuple[XenStored, RawClient]) -> None:
     assert await c.call(Op.DEBUG, b"quota\0set\0nodes\x00500\0") == b"OK\0"
     assert b":      500" in await c.call(Op.DEBUG, b"quota\0")
     assert (await c.call(Op.DEBUG, b"quota\x000\0")).startswith(b"Domain 0:\n")
-    assert await error_of(c, Op.DEBUG, b"quota\x0077\0") == "ENOENT"
-    assert await error_of(c, Op.DEBUG, b"bogus\0") == "EINVAL"
-    assert await error_of(c, Op.DEBUG, b"check\0x\0") == "EINVAL"
+    assert await c.error(Op.DEBUG, b"quota\x0077\0") == "ENOENT"
+    assert await c.error(Op.DEBUG, b"bogus\0") == "EINVAL"
+    assert await c.error(Op.DEBUG, b"check\0x\0") == "EINVAL"
     assert await c.call(Op.DEBUG, b"log\0on\0") == b"OK\0"
     assert await c.call(Op.DEBUG, b"print\0hello\0") == b"OK\0"
 
@@ -224,7 +216,7 @@ async def test_directory_part_of_1500_children(env: tuple[XenStored, RawClient])
     )
     for _ in names:
         assert (await c.recv_frame()).payload == b"OK\0"
-    assert await error_of(c, Op.DIRECTORY, join("/big")) == "E2BIG"  # listing > 4096 bytes
+    assert await c.error(Op.DIRECTORY, join("/big")) == "E2BIG"  # listing > 4096 bytes
     got: list[bytes] = []
     offset = 0
     generation = None
@@ -252,7 +244,7 @@ async def test_directory_part_of_1500_children(env: tuple[XenStored, RawClient])
         await c.call(Op.DIRECTORY_PART, join("/tool/xenstored", "0"))
         == b"%s\0\0" % ((await c.call(Op.DIRECTORY_PART, join("/tool/xenstored", "0"))).partition(b"\0")[0])
     )
-    assert await error_of(c, Op.DIRECTORY_PART, join("/nope", "0")) == "ENOENT"
+    assert await c.error(Op.DIRECTORY_PART, join("/nope", "0")) == "ENOENT"
 
 
 async def test_release_of_a_set_target_target_drops_a_reference_first(

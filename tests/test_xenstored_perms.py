@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.xenstored import XenStored
-from actors.xenstored.testing import RawClient, XsError, serving
+from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
@@ -21,18 +21,12 @@ async def env() -> AsyncIterator[tuple[XenStored, RawClient]]:
         yield server, client
 
 
-async def error_of(client: RawClient, op: int, payload: bytes, tx: int = 0) -> str:
-    with pytest.raises(XsError) as info:
-        await client.call(op, payload, tx)
-    return info.value.name
-
-
 async def test_guest_home(env: tuple[XenStored, RawClient]) -> None:
     server, dom0 = env
     async with server.guest(5) as stream:
         g = RawClient(stream)
         assert await g.read("name") == b"guest5"
-        assert await error_of(g, Op.WRITE, join("name", "x", terminate=False)) == "EACCES"
+        assert await g.error(Op.WRITE, join("name", "x", terminate=False)) == "EACCES"
         await g.write("data/feature", "1")  # relative to /local/domain/5
         assert await dom0.read("/local/domain/5/data/feature") == b"1"
         assert await dom0.get_perms("/local/domain/5/data/feature") == [b"n5"]
@@ -48,17 +42,17 @@ async def test_guest_without_access_gets_eacces(env: tuple[XenStored, RawClient]
     async with server.guest(5) as stream:
         g = RawClient(stream)
         for op in (Op.READ, Op.DIRECTORY, Op.GET_PERMS):
-            assert await error_of(g, op, join("/tool")) == "EACCES"
-            assert await error_of(g, op, join("/secret/key")) == "EACCES"
+            assert await g.error(op, join("/tool")) == "EACCES"
+            assert await g.error(op, join("/secret/key")) == "EACCES"
             # a missing node under an unreadable parent is EACCES too, not ENOENT
-            assert await error_of(g, op, join("/secret/nope")) == "EACCES"
-        assert await error_of(g, Op.WRITE, join("/x", "1", terminate=False)) == "EACCES"
-        assert await error_of(g, Op.MKDIR, join("/secret/new")) == "EACCES"
-        assert await error_of(g, Op.RM, join("/secret/key")) == "EACCES"
-        assert await error_of(g, Op.RM, join("/secret/nope")) == "EACCES"
-        assert await error_of(g, Op.SET_PERMS, join("/secret", "n5")) == "EACCES"
-        assert await error_of(g, Op.READ, join("/local/domain/6/x")) == "EACCES"
-        assert await error_of(g, Op.READ, join("nope")) == "ENOENT"  # own home: it may know
+            assert await g.error(op, join("/secret/nope")) == "EACCES"
+        assert await g.error(Op.WRITE, join("/x", "1", terminate=False)) == "EACCES"
+        assert await g.error(Op.MKDIR, join("/secret/new")) == "EACCES"
+        assert await g.error(Op.RM, join("/secret/key")) == "EACCES"
+        assert await g.error(Op.RM, join("/secret/nope")) == "EACCES"
+        assert await g.error(Op.SET_PERMS, join("/secret", "n5")) == "EACCES"
+        assert await g.error(Op.READ, join("/local/domain/6/x")) == "EACCES"
+        assert await g.error(Op.READ, join("nope")) == "ENOENT"  # own home: it may know
 
 
 async def test_read_write_both_entries(env: tuple[XenStored, RawClient]) -> None:
@@ -75,15 +69,15 @@ async def test_read_write_both_entries(env: tuple[XenStored, RawClient]) -> None
     async with server.guest(5) as stream:
         g = RawClient(stream)
         assert await g.read("/pub/r") == b"r"
-        assert await error_of(g, Op.WRITE, join("/pub/r", "x", terminate=False)) == "EACCES"
-        assert await error_of(g, Op.READ, join("/pub/w")) == "EACCES"
+        assert await g.error(Op.WRITE, join("/pub/r", "x", terminate=False)) == "EACCES"
+        assert await g.error(Op.READ, join("/pub/w")) == "EACCES"
         await g.write("/pub/w", "w2")
         assert await dom0.read("/pub/w") == b"w2"
         await g.write("/pub/b", "b2")
         assert await g.read("/pub/b") == b"b2"
-        assert await error_of(g, Op.READ, join("/pub/other")) == "EACCES"
-        assert await error_of(g, Op.READ, join("/pub/missing")) == "ENOENT"  # parent readable
-        assert await error_of(g, Op.WRITE, join("/pub/new", "x", terminate=False)) == "EACCES"
+        assert await g.error(Op.READ, join("/pub/other")) == "EACCES"
+        assert await g.error(Op.READ, join("/pub/missing")) == "ENOENT"  # parent readable
+        assert await g.error(Op.WRITE, join("/pub/new", "x", terminate=False)) == "EACCES"
         assert await g.ls("/pub") == [b"r", b"w", b"b", b"other"]
         # a guest creating a node where it may write owns it; other entries come from the parent
         await g.write("/pub/b/mine", "m")
@@ -98,12 +92,12 @@ async def test_guest_set_perms(env: tuple[XenStored, RawClient]) -> None:
         await g.write("mine", "1")
         await g.set_perms("mine", "n5", "r6", "b0")
         assert await g.get_perms("mine") == [b"n5", b"r6", b"b0"]
-        assert await error_of(g, Op.SET_PERMS, join("mine", "n6")) == "EPERM"  # may not give it away
-        assert await error_of(g, Op.SET_PERMS, join("name", "n5")) == "EACCES"  # not the owner
+        assert await g.error(Op.SET_PERMS, join("mine", "n6")) == "EPERM"  # may not give it away
+        assert await g.error(Op.SET_PERMS, join("name", "n5")) == "EACCES"  # not the owner
         too_many = ["n5", "r1", "r2", "r3", "r4", "r6"]
-        assert await error_of(g, Op.SET_PERMS, join("mine", *too_many)) == "ENOSPC"
+        assert await g.error(Op.SET_PERMS, join("mine", *too_many)) == "ENOSPC"
         await g.set_perms("mine", *too_many[:5])
-        assert await error_of(g, Op.SET_PERMS, join("mine", "q5")) == "EINVAL"
+        assert await g.error(Op.SET_PERMS, join("mine", "q5")) == "EINVAL"
         await dom0.set_perms("/local/domain/5/mine", *too_many)  # dom0 has no such quota
 
 
@@ -119,7 +113,7 @@ async def test_privileged_ops_from_a_guest_are_eacces(env: tuple[XenStored, RawC
             (Op.RESUME, b"5\0"),
             (Op.SET_TARGET, b"5\x006\0"),
         ):
-            assert await error_of(g, op, payload) == "EACCES", op
+            assert await g.error(op, payload) == "EACCES", op
         assert await g.call(Op.RESET_WATCHES, b"") == b"OK\0"
 
 
@@ -127,7 +121,7 @@ async def test_set_target_grants_the_targets_rights(env: tuple[XenStored, RawCli
     server, dom0 = env
     async with server.guest(5), server.guest(6) as stream6:
         g6 = RawClient(stream6)
-        assert await error_of(g6, Op.READ, join("/local/domain/5/name")) == "EACCES"
+        assert await g6.error(Op.READ, join("/local/domain/5/name")) == "EACCES"
         await dom0.call(Op.SET_TARGET, b"6\x005\0")  # 6 is a device model for 5
         assert await g6.read("/local/domain/5/name") == b"guest5"
         await g6.write("/local/domain/5/dm", "x")
@@ -138,7 +132,7 @@ async def test_special_path_permissions(env: tuple[XenStored, RawClient]) -> Non
     server, dom0 = env
     async with server.guest(5) as stream:
         g = RawClient(stream)
-        assert await error_of(g, Op.SET_PERMS, join("@releaseDomain", "n5")) == "EACCES"
+        assert await g.error(Op.SET_PERMS, join("@releaseDomain", "n5")) == "EACCES"
         await dom0.set_perms("@releaseDomain", "n0", "r5")
         await g.watch("@releaseDomain", "rel")
         assert await g.event() == (b"@releaseDomain", b"rel")
@@ -157,7 +151,7 @@ async def test_permissions_of_a_released_domain_are_ignored(env: tuple[XenStored
         assert await RawClient(stream).read("/shared") == b"s"
     server.domain_died(6)
     async with server.guest(6) as stream:  # a new domain 6: the old grant does not apply (XSA-322)
-        assert await error_of(RawClient(stream), Op.READ, join("/shared")) == "EACCES"
+        assert await RawClient(stream).error(Op.READ, join("/shared")) == "EACCES"
     assert await dom0.get_perms("/shared") == [b"n0", b"r6"]
 
 
@@ -169,7 +163,7 @@ async def test_a_rewritten_node_keeps_ignoring_a_dead_domains_grant(env: tuple[X
     await dom0.write("/shared", "rewritten while 6 is gone")  # stores the entry as ignored
     async with server.guest(6) as stream:
         await dom0.write("/shared", "rewritten after the new 6 appeared")
-        assert await error_of(RawClient(stream), Op.READ, join("/shared")) == "EACCES"
+        assert await RawClient(stream).error(Op.READ, join("/shared")) == "EACCES"
 
 
 async def test_a_grant_older_than_the_domain_stays_ignored_when_rewritten(
@@ -183,6 +177,6 @@ async def test_a_grant_older_than_the_domain_stays_ignored_when_rewritten(
         await dom0.write("/shared", "rewritten")
         await dom0.write("/shared/child", "inherits the ignored entry")
         g = RawClient(stream)
-        assert await error_of(g, Op.READ, join("/shared")) == "EACCES"
-        assert await error_of(g, Op.READ, join("/shared/child")) == "EACCES"
+        assert await g.error(Op.READ, join("/shared")) == "EACCES"
+        assert await g.error(Op.READ, join("/shared/child")) == "EACCES"
     assert await dom0.get_perms("/shared") == [b"n0", b"r6"]

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 from actors.xenstored import Quotas
-from actors.xenstored.testing import RawClient, XsError, serving
+from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
-
-
-async def error_of(client: RawClient, op: int, payload: bytes, tx: int = 0) -> str:
-    with pytest.raises(XsError) as info:
-        await client.call(op, payload, tx)
-    return info.value.name
 
 
 async def home(dom0: RawClient, domid: int) -> None:
@@ -35,10 +28,10 @@ async def test_node_size() -> None:
             g = RawClient(stream)
             # record: 24-byte header + 8 bytes per permission + value + children; 2048 is too big
             await g.write("v", b"x" * 2015)
-            assert await error_of(g, Op.WRITE, join("v", b"x" * 2016, terminate=False)) == "ENOSPC"
+            assert await g.error(Op.WRITE, join("v", b"x" * 2016, terminate=False)) == "ENOSPC"
             assert await g.read("v") == b"x" * 2015
-            assert await error_of(g, Op.WRITE, join("w/deep", b"x" * 2016, terminate=False)) == "ENOSPC"
-            assert await error_of(g, Op.READ, join("w")) == "ENOENT"  # nothing half made
+            assert await g.error(Op.WRITE, join("w/deep", b"x" * 2016, terminate=False)) == "ENOSPC"
+            assert await g.error(Op.READ, join("w")) == "ENOENT"  # nothing half made
         await dom0.write("/local/domain/5/big", b"x" * 3000)  # dom0 is not limited
 
 
@@ -49,9 +42,9 @@ async def test_node_count() -> None:
             g = RawClient(stream)
             for i in range(8):
                 await g.write(f"n{i}", "")
-            assert await error_of(g, Op.WRITE, join("a/b", "", terminate=False)) == "ENOSPC"
+            assert await g.error(Op.WRITE, join("a/b", "", terminate=False)) == "ENOSPC"
             await g.write("n8", "")  # the tenth node
-            assert await error_of(g, Op.MKDIR, join("n9")) == "ENOSPC"
+            assert await g.error(Op.MKDIR, join("n9")) == "ENOSPC"
             await g.rm("n0")
             await g.mkdir("n9")
             for i in range(20):  # dom0 may still create nodes owned by 5
@@ -65,7 +58,7 @@ async def test_permission_count() -> None:
             g = RawClient(stream)
             await g.write("p", "")
             await g.set_perms("p", "n5", "r1", "r2", "r3", "r4")
-            assert await error_of(g, Op.SET_PERMS, join("p", "n5", "r1", "r2", "r3", "r4", "r6")) == "ENOSPC"
+            assert await g.error(Op.SET_PERMS, join("p", "n5", "r1", "r2", "r3", "r4", "r6")) == "ENOSPC"
 
 
 async def test_outstanding_requests_stall_only_that_guest() -> None:

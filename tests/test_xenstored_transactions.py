@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.xenstored import Quotas, XenStored
-from actors.xenstored.testing import RawClient, XsError, serving
+from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
@@ -21,12 +21,6 @@ async def env() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
         yield server, a, b
 
 
-async def error_of(client: RawClient, op: int, payload: bytes, tx: int = 0) -> str:
-    with pytest.raises(XsError) as info:
-        await client.call(op, payload, tx)
-    return info.value.name
-
-
 async def test_changes_are_visible_only_after_commit(env: tuple[XenStored, RawClient, RawClient]) -> None:
     _, a, b = env
     await a.write("/t/x", "old")
@@ -38,7 +32,7 @@ async def test_changes_are_visible_only_after_commit(env: tuple[XenStored, RawCl
     assert await a.ls("/t", tx) == [b"x", b"y"]
     assert await b.read("/t/x") == b"old"
     assert await a.read("/t/x") == b"old"  # the same connection outside the transaction
-    assert await error_of(b, Op.READ, join("/t/y/z")) == "ENOENT"
+    assert await b.error(Op.READ, join("/t/y/z")) == "ENOENT"
     await a.end(tx)
     assert await b.read("/t/x") == b"new"
     assert await b.read("/t/y/z") == b"created"
@@ -51,9 +45,9 @@ async def test_abort_discards(env: tuple[XenStored, RawClient, RawClient]) -> No
     await a.write("/gone", "x", tx)
     await a.rm("/tool", tx)
     await a.end(tx, commit=False)
-    assert await error_of(b, Op.READ, join("/gone")) == "ENOENT"
+    assert await b.error(Op.READ, join("/gone")) == "ENOENT"
     assert await b.ls("/") == [b"tool"]
-    assert await error_of(a, Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"
+    assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"
 
 
 async def test_conflicting_change_is_eagain(env: tuple[XenStored, RawClient, RawClient]) -> None:
@@ -64,18 +58,18 @@ async def test_conflicting_change_is_eagain(env: tuple[XenStored, RawClient, Raw
     await b.write("/c/x", "1")
     assert await a.read("/c/x", tx) == b"0"  # the transaction keeps what it read first
     await a.write("/c/y", "from tx", tx)
-    assert await error_of(a, Op.TRANSACTION_END, b"T\0", tx) == "EAGAIN"
-    assert await error_of(b, Op.READ, join("/c/y")) == "ENOENT"
-    assert await error_of(a, Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"  # it is gone
+    assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "EAGAIN"
+    assert await b.error(Op.READ, join("/c/y")) == "ENOENT"
+    assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"  # it is gone
 
 
 async def test_concurrent_creation_conflicts(env: tuple[XenStored, RawClient, RawClient]) -> None:
     _, a, b = env
     tx = await a.start()
-    assert await error_of(a, Op.READ, join("/n"), tx) == "ENOENT"
+    assert await a.error(Op.READ, join("/n"), tx) == "ENOENT"
     await b.write("/n", "b")
     await a.write("/other", "a", tx)
-    assert await error_of(a, Op.TRANSACTION_END, b"T\0", tx) == "EAGAIN"
+    assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "EAGAIN"
 
 
 async def test_unrelated_changes_do_not_conflict(env: tuple[XenStored, RawClient, RawClient]) -> None:
@@ -96,7 +90,7 @@ async def test_two_transactions_second_commit_fails(env: tuple[XenStored, RawCli
     await a.write("/k", "a", ta)
     await b.write("/k", "b", tb)
     await a.end(ta)
-    assert await error_of(b, Op.TRANSACTION_END, b"T\0", tb) == "EAGAIN"
+    assert await b.error(Op.TRANSACTION_END, b"T\0", tb) == "EAGAIN"
     assert await a.read("/k") == b"a"
 
 
@@ -109,7 +103,7 @@ async def test_rm_in_a_transaction(env: tuple[XenStored, RawClient, RawClient]) 
     assert await b.ls("/r") == [b"x"]
     await a.end(tx)
     assert await b.ls("/r") == []
-    assert await error_of(b, Op.READ, join("/r/x/y")) == "ENOENT"
+    assert await b.error(Op.READ, join("/r/x/y")) == "ENOENT"
 
 
 async def test_watch_events_fire_at_commit(env: tuple[XenStored, RawClient, RawClient]) -> None:
@@ -131,11 +125,11 @@ async def test_watch_events_fire_at_commit(env: tuple[XenStored, RawClient, RawC
 
 async def test_transaction_errors(env: tuple[XenStored, RawClient, RawClient]) -> None:
     _, a, _ = env
-    assert await error_of(a, Op.READ, join("/"), 42) == "ENOENT"  # unknown transaction
-    assert await error_of(a, Op.TRANSACTION_END, b"T\0") == "ENOENT"  # no transaction named
+    assert await a.error(Op.READ, join("/"), 42) == "ENOENT"  # unknown transaction
+    assert await a.error(Op.TRANSACTION_END, b"T\0") == "ENOENT"  # no transaction named
     tx = await a.start()
-    assert await error_of(a, Op.TRANSACTION_START, b"\0", tx) == "EBUSY"  # no nesting
-    assert await error_of(a, Op.TRANSACTION_END, b"commit\0", tx) == "EINVAL"
+    assert await a.error(Op.TRANSACTION_START, b"\0", tx) == "EBUSY"  # no nesting
+    assert await a.error(Op.TRANSACTION_END, b"commit\0", tx) == "EINVAL"
     # WATCH and UNWATCH ignore the transaction id
     await a.call(Op.WATCH, join("/", "t"), tx_id=999)
     await a.end(tx)
@@ -145,7 +139,7 @@ async def test_reset_watches_drops_transactions(env: tuple[XenStored, RawClient,
     _, a, _ = env
     tx = await a.start()
     await a.call(Op.RESET_WATCHES, b"")
-    assert await error_of(a, Op.READ, join("/"), tx) == "ENOENT"
+    assert await a.error(Op.READ, join("/"), tx) == "ENOENT"
 
 
 async def test_guest_transaction_quotas() -> None:
@@ -158,14 +152,14 @@ async def test_guest_transaction_quotas() -> None:
         await dom0.set_perms("/local/domain/3", "n3")
         g = RawClient(stream)
         ids = [await g.start() for _ in range(11)]  # C: "started > quota" fails: 11 are fine
-        assert await error_of(g, Op.TRANSACTION_START, b"\0") == "ENOSPC"
+        assert await g.error(Op.TRANSACTION_START, b"\0") == "ENOSPC"
         for tx in ids[1:]:
             await g.end(tx, commit=False)
         tx = ids[0]
         for i in range(4):  # with /local/domain/3 itself: 5 nodes accessed
             await g.write(f"n{i}", "x", tx)
-        assert await error_of(g, Op.WRITE, join("n9", "x", terminate=False), tx) == "ENOSPC"
-        assert await error_of(g, Op.TRANSACTION_END, b"T\0", tx) == "ENOMEM"  # the failure sticks
+        assert await g.error(Op.WRITE, join("n9", "x", terminate=False), tx) == "ENOSPC"
+        assert await g.error(Op.TRANSACTION_END, b"T\0", tx) == "ENOMEM"  # the failure sticks
         # dom0 has no such quota
         tx = await dom0.start()
         for i in range(10):

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from actors.xenstored import Quotas, XenStored
-from actors.xenstored.testing import RawClient, XsError, serving
+from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
@@ -21,12 +21,6 @@ async def env() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
         await RawClient.connect(path) as b,
     ):
         yield server, a, b
-
-
-async def error_of(client: RawClient, op: int, payload: bytes, tx: int = 0) -> str:
-    with pytest.raises(XsError) as info:
-        await client.call(op, payload, tx)
-    return info.value.name
 
 
 async def test_initial_event_and_event_frame(env: tuple[XenStored, RawClient, RawClient]) -> None:
@@ -41,7 +35,7 @@ async def test_initial_event_and_event_frame(env: tuple[XenStored, RawClient, Ra
         0,
         b"/nothing/here\0tok\0",
     )
-    assert await error_of(a, Op.WATCH, join("/nothing/here", "tok")) == "EEXIST"
+    assert await a.error(Op.WATCH, join("/nothing/here", "tok")) == "EEXIST"
     await a.watch("/nothing/here", "other-token")  # another token is another watch
     assert await a.event() == (b"/nothing/here", b"other-token")
 
@@ -97,13 +91,13 @@ async def test_watch_on_root_sees_everything_but_special_events(
 
 async def test_unwatch(env: tuple[XenStored, RawClient, RawClient]) -> None:
     _, a, b = env
-    assert await error_of(b, Op.UNWATCH, join("/u", "t")) == "ENOENT"
+    assert await b.error(Op.UNWATCH, join("/u", "t")) == "ENOENT"
     await b.watch("/u", "t")
     await b.event()
     await b.unwatch("/u", "t")
     await a.write("/u", "1")
     await b.no_event()
-    assert await error_of(b, Op.UNWATCH, join("/u", "t")) == "ENOENT"
+    assert await b.error(Op.UNWATCH, join("/u", "t")) == "ENOENT"
 
 
 async def test_relative_watch_gives_relative_paths(env: tuple[XenStored, RawClient, RawClient]) -> None:
@@ -203,7 +197,7 @@ async def test_watch_quota_of_a_guest() -> None:
         g = RawClient(stream)
         for i in range(4):  # C: "watches > quota" fails: one past the quota still passes
             await g.watch(f"/w{i}", "t")
-        assert await error_of(g, Op.WATCH, join("/w9", "t")) == "E2BIG"
+        assert await g.error(Op.WATCH, join("/w9", "t")) == "E2BIG"
         await g.call(Op.RESET_WATCHES, b"")
         await g.watch("/w9", "t")
 

@@ -109,6 +109,14 @@ class RawClient:
     async def request(self, op: int, payload: bytes, tx_id: int = 0) -> Frame:
         return await self.reply(await self.send(op, payload, tx_id))
 
+    async def error(self, op: int, payload: bytes, tx_id: int = 0) -> str:
+        """The error name of a request that must fail (AssertionError if it succeeds)."""
+        try:
+            reply = await self.call(op, payload, tx_id)
+        except XsError as exc:
+            return exc.name
+        raise AssertionError(f"{Op(op).name if op in set(Op) else op} succeeded: {reply!r}")
+
     async def call(self, op: int, payload: bytes, tx_id: int = 0) -> bytes:
         """The reply payload; raises :class:`XsError` for an ERROR reply."""
         frame = await self.request(op, payload, tx_id)
