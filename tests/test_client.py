@@ -43,7 +43,7 @@ async def test_every_operation(xs: actors.XenStore) -> None:
     await xs.resume(3)
     await xs.release(3)
     assert not await xs.is_domain_introduced(3)
-    assert b"check" in (await xs.control("help")) or await xs.control("help")
+    assert b"check" in await xs.control("help")
     await xs.control("check")
     async with xs.watch("/vm") as events:
         assert (await events.receive()).path == "/vm"

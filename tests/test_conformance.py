@@ -304,7 +304,7 @@ async def test_guest_quotas(server: Server) -> None:
 async def test_control(server: Server) -> None:
     async with dom0(server) as xs:
         await xs.control("check")
-        assert await xs.control("help")
+        assert b"quota" in await xs.control("help")
     async with raw(server) as conn:
         assert await conn.error(Op.DEBUG, b"no-such-command\0") == "EINVAL"
 
