@@ -1,9 +1,9 @@
 """The root of the actor tree: one connection (reconnected when lost), the registry that follows the lifecycle
-source, the router, the default actor and one actor per live guest domain, all in one root nursery."""
+source (this module's :class:`Runtime` is the registry's sink), the router, the default actor and one actor per
+live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from typing import Literal
@@ -13,12 +13,12 @@ from loguru import logger
 from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
-from ..xs.errors import ConnectionLost, XenStoreError, XenStoreUnavailable
-from ..xs.subscription import WatchEvent
-from .context import DomainContext, DomainSnapshot, State
-from .domain import DomainActor, HandlerFailed, call_handler, log_failure
+from ..xs.errors import ConnectionLost, XenStoreUnavailable
+from .context import DomainSnapshot, State
+from .default import DefaultActor
+from .domain import DomainActor
 from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource
-from .mailbox import Envelope, Mailbox
+from .router import Router
 from .supervisor import ReconnectPolicy, RestartPolicy
 from .watches import Handler, Hook, Route, Watch
 
@@ -28,61 +28,6 @@ ConnectionFactory = Callable[[], AbstractAsyncContextManager[XenStore]]
 Observer = Callable[[str, int, float], None]
 
 _ATTACH_CONCURRENCY = 256
-
-
-class _DefaultActor:
-    """Runs the events that belong to no live domain actor, one at a time, like dom0's default xenwatch
-    thread. A failing handler is logged and counted; the actor carries on."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self.mailbox = Mailbox(runtime.mailbox_size, runtime.overflow_limit)
-        self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
-        self.handled = 0
-        self.failures = 0
-        self.finished = trio.Event()
-        self._closing = False
-        self._idle_scope: trio.CancelScope | None = None
-        self._busy_scope: trio.CancelScope | None = None
-
-    def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
-        self.mailbox.post(Envelope(watch, event, 0, watch_path))
-
-    def stop(self, grace: float) -> None:
-        """Take no new events; a running handler gets ``grace`` seconds, then is cancelled."""
-        self._closing = True
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
-        if self._busy_scope is not None:
-            self._busy_scope.deadline = min(self._busy_scope.deadline, trio.current_time() + grace)
-
-    async def run(self) -> None:
-        with logger.contextualize(domid=0):
-            try:
-                await self._serve()
-            finally:
-                self.finished.set()
-
-    async def _serve(self) -> None:
-        while not self._closing:
-            envelope = None
-            with trio.CancelScope() as self._idle_scope:
-                envelope = await self.mailbox.receive()
-            self._idle_scope = None
-            if envelope is None or not envelope.watch.active:
-                continue
-            self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
-            try:
-                with trio.CancelScope() as self._busy_scope:
-                    if await call_handler(self.ctx, envelope.watch, envelope.event):
-                        self.handled += 1
-                        self.rt._count_event(0)
-            except HandlerFailed as failure:
-                self.failures += 1
-                self.rt._count_failure(0)
-                log_failure(self.ctx.log, failure)
-            finally:
-                self._busy_scope = None
 
 
 class Runtime:
@@ -117,7 +62,8 @@ class Runtime:
         self._stop_hooks: list[Hook] = []
         self._observers: list[Observer] = []
         self._latency_observers: list[Callable[[int, float], None]] = []
-        self._default = _DefaultActor(self)
+        self._default = DefaultActor(self)
+        self._router = Router(self, self._default)
         self._closing = False
 
     # -- public face ---------------------------------------------------------------------------------------
@@ -164,7 +110,7 @@ class Runtime:
         if watch.per_domain:
             self._for_each_actor(lambda actor: actor.attach())
         else:
-            self._nursery.start_soon(self._register_global, watch)
+            self._nursery.start_soon(self._router.register, watch)
         return watch
 
     def unwatch(self, watch: Watch) -> None:
@@ -176,7 +122,7 @@ class Runtime:
         if watch.per_domain:
             self._for_each_actor(lambda actor: actor.detach(watch))
         else:
-            self._nursery.start_soon(self._unregister_global, watch)
+            self._nursery.start_soon(self._router.unregister, watch)
 
     def on_start(self, hook: Hook) -> Hook:
         """``async def hook(ctx)`` run when a domain actor starts or restarts, before its watches; usable as a
@@ -290,45 +236,6 @@ class Runtime:
             self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
             self._changed()
 
-    # -- the router: global watches ---------------------------------------------------------------------
-
-    def _route(self, watch: Watch, event: WatchEvent) -> None:
-        domid: int | None = None
-        if watch.route is not None:
-            try:
-                domid = watch.route(event.path)
-            except Exception:
-                logger.opt(exception=True).error(
-                    "route function of {!r} failed on {}", watch.name, event.path
-                )
-        if domid is not None:
-            actor = self._actors.get(domid)
-            if actor is not None:
-                if actor.state in (State.STARTING, State.RUNNING):
-                    actor.post(watch, actor.generation, watch.template, event)
-                else:
-                    actor.dropped += 1
-                return
-        self._default.post(watch, watch.template, event)
-
-    async def _register_global(self, watch: Watch) -> None:
-        xs = self.connection
-        if xs is None or xs.is_lost or not watch.active:
-            return
-        try:
-            await xs.add_watch(watch.template, watch.token(None, 0), functools.partial(self._route, watch))
-        except (ConnectionLost, ValueError):
-            pass  # lost: the reconnect registers it; ValueError: registered already
-        except XenStoreError as exc:
-            logger.warning("cannot watch {}: {}", watch.template, exc)
-
-    async def _unregister_global(self, watch: Watch) -> None:
-        xs = self.connection
-        if xs is None or xs.is_lost:
-            return
-        with suppress(XenStoreError):
-            await xs.remove_watch(watch.template, watch.token(None, 0))
-
     # -- the connection ---------------------------------------------------------------------------------
 
     async def _serve_connection(self, xs: XenStore) -> None:
@@ -340,7 +247,7 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 for watch in self._watches:
                     if not watch.per_domain:
-                        await self._register_global(watch)
+                        await self._router.register(watch)
                 self._for_each_actor(lambda actor: actor.attach())
                 nursery.start_soon(self._follow_lifecycle, xs)
                 await xs.wait_lost()

@@ -1,0 +1,73 @@
+"""Where an event goes.
+
+A per-domain watch needs no lookup here: its token (``mtw/<domid>/<generation>/<watch>``) is registered with a
+sink bound to its domain actor, so the connection's reader hands the event straight to that actor's mailbox,
+and a late event of an earlier incarnation finds no sink (or the wrong generation) and is dropped. A global
+watch's events come through :meth:`Router.deliver`: to the actor of the domain its ``route(path)`` names when
+that domain is live, else to the default actor (the mtwatch design's ``get_domid``).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.subscription import WatchEvent
+from .context import State
+from .default import DefaultActor
+from .watches import Watch
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Global watches: registration on the current connection, and delivery of their events."""
+
+    def __init__(self, runtime: Runtime, default: DefaultActor) -> None:
+        self.rt = runtime
+        self.default = default
+
+    def deliver(self, watch: Watch, event: WatchEvent) -> None:
+        """Called from the connection's reader task: constant work, never blocks."""
+        domid: int | None = None
+        if watch.route is not None:
+            try:
+                domid = watch.route(event.path)
+            except Exception:
+                logger.opt(exception=True).error(
+                    "route function of {!r} failed on {}", watch.name, event.path
+                )
+        if domid is not None:
+            actor = self.rt._actors.get(domid)
+            if actor is not None:
+                if actor.state in (State.STARTING, State.RUNNING):
+                    actor.post(watch, actor.generation, watch.template, event)
+                else:
+                    actor.dropped += 1
+                return
+        self.default.post(watch, watch.template, event)
+
+    async def register(self, watch: Watch) -> None:
+        xs = self.rt.connection
+        if xs is None or xs.is_lost or not watch.active:
+            return
+        try:
+            await xs.add_watch(watch.template, watch.token(None, 0), functools.partial(self.deliver, watch))
+        except (ConnectionLost, ValueError):
+            pass  # lost: the reconnect registers it; ValueError: registered already
+        except XenStoreError as exc:
+            logger.warning("cannot watch {}: {}", watch.template, exc)
+
+    async def unregister(self, watch: Watch) -> None:
+        xs = self.rt.connection
+        if xs is None or xs.is_lost:
+            return
+        with suppress(XenStoreError):
+            await xs.remove_watch(watch.template, watch.token(None, 0))
