@@ -31,7 +31,6 @@ class DefaultActor:
         self.failures = 0
         self.finished = trio.Event()
         self._closing = False
-        self._idle_scope: trio.CancelScope | None = None
         self._busy_scope: trio.CancelScope | None = None
 
     def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
@@ -40,8 +39,7 @@ class DefaultActor:
     def stop(self, grace: float) -> None:
         """Take no new events; a running handler gets ``grace`` seconds, then is cancelled."""
         self._closing = True
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        self.mailbox.interrupt()
         if self._busy_scope is not None:
             self._busy_scope.deadline = min(self._busy_scope.deadline, trio.current_time() + grace)
 
@@ -54,10 +52,7 @@ class DefaultActor:
 
     async def _serve(self) -> None:
         while not self._closing:
-            envelope = None
-            with trio.CancelScope() as self._idle_scope:
-                envelope = await self.mailbox.receive()
-            self._idle_scope = None
+            envelope = await self.mailbox.receive()
             if envelope is None or not envelope.watch.active:
                 continue
             self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)

@@ -117,9 +117,10 @@ class DomainActor:
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
         self._attach_lock = trio.Lock()
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
-        self._wake = trio.Event()  # set when ``desired`` changes or a reset is asked for
+        self._wake: trio.Event | None = (
+            None  # while in backoff or failed: set when desired changes or a reset
+        )
         self._reset_requested = False
-        self._idle_scope: trio.CancelScope | None = None  # while waiting for the mailbox
         self._busy_scope: trio.CancelScope | None = None  # while a handler or hook runs
 
     def snapshot(self) -> DomainSnapshot:
@@ -139,7 +140,8 @@ class DomainActor:
     def reset(self) -> None:
         """Leave the failed state and start again with a clean restart history."""
         self._reset_requested = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def set_desired(self, identity: bytes | None) -> None:
         """The registry's word: run with this identity (a change means the domid was reused), or stop (None).
@@ -150,16 +152,19 @@ class DomainActor:
         if identity == self.desired:
             return
         self.desired = identity
-        self._wake.set()
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        if self._wake is not None:
+            self._wake.set()
+        self.mailbox.interrupt()  # an idle actor wakes up and sees the change
         if self._busy_scope is not None:
             grace = trio.current_time() + self.rt.stop_deadline * 0.75
             self._busy_scope.deadline = min(self._busy_scope.deadline, grace)
 
     async def _wait_wake(self) -> None:
         self._wake = trio.Event()
-        await self._wake.wait()
+        try:
+            await self._wake.wait()
+        finally:
+            self._wake = None
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
         """The router's way in: called from the connection's reader task, never blocks."""
@@ -290,12 +295,9 @@ class DomainActor:
         """Handle events one at a time, in order, until ``desired`` changes. Raises HandlerFailed."""
         generation = self.generation
         while self.desired == identity:
-            envelope = None
-            with trio.CancelScope() as self._idle_scope:
-                envelope = await self.mailbox.receive()
-            self._idle_scope = None
+            envelope = await self.mailbox.receive()
             if envelope is None:
-                continue  # woken by a stop request
+                continue  # interrupted: look at desired again
             if envelope.generation != generation or not envelope.watch.active:
                 self.dropped += 1
                 continue

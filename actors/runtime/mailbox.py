@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,8 @@ class Mailbox:
             raise ValueError("mailbox capacity and overflow limit must be at least 1")
         self.capacity = capacity
         self.overflow_limit = overflow_limit
-        self._send, self._receive = trio.open_memory_channel[Envelope](capacity)
+        # None in the channel is an interruption (see interrupt), not an event.
+        self._send, self._receive = trio.open_memory_channel[Envelope | None](capacity)
         self._overflow: dict[
             tuple[Hashable, str], Envelope
         ] = {}  # insertion-ordered; smaller than OrderedDict
@@ -93,7 +95,14 @@ class Mailbox:
         self.coalesced += len(self._overflow) - len(hints)
         self._overflow = hints
 
-    async def receive(self) -> Envelope:
+    def interrupt(self) -> None:
+        """Make a waiting :meth:`receive` return None. When the channel is full nobody is waiting, and the
+        receiver gets to look at its state again after the envelope at hand: nothing to do."""
+        with suppress(trio.WouldBlock):
+            self._send.send_nowait(None)
+
+    async def receive(self) -> Envelope | None:
+        """The next envelope, or None after :meth:`interrupt`."""
         envelope = await self._receive.receive()
         self._refill()
         return envelope
@@ -114,7 +123,8 @@ class Mailbox:
         self._overflow.clear()
         while True:
             try:
-                self._receive.receive_nowait()
+                envelope = self._receive.receive_nowait()
             except trio.WouldBlock:
                 return dropped
-            dropped += 1
+            if envelope is not None:
+                dropped += 1
