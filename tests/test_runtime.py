@@ -464,3 +464,27 @@ async def test_default_actor_counts_failures_and_carries_on(
     await trio.sleep(1)
     assert rt.default_failures == 1
     assert "/global/good" in seen
+
+
+async def test_on_stop_gets_the_deadline_and_no_more(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    finished: list[int] = []
+
+    async def tidy(ctx: DomainContext) -> None:
+        await trio.sleep(3 if ctx.domid == 81 else 100)
+        finished.append(ctx.domid)
+
+    async with actors.open_runtime(xs, stop_deadline=4) as rt:
+        rt.on_stop(tidy)
+        await announce(xs, 81, 82)
+        await rt.wait_domain(81, State.RUNNING)
+        await rt.wait_domain(82, State.RUNNING)
+        start = trio.current_time()
+        await actors.retire_domain(xs, 81)
+        await actors.retire_domain(xs, 82)
+        await rt.wait_domain(81, None)
+        await rt.wait_domain(82, None)
+        elapsed = trio.current_time() - start
+    assert finished == [81]  # 3 s fits in the idle actor's 4 s; 100 s is cut at the deadline
+    assert 3.9 <= elapsed <= 4.5

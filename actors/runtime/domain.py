@@ -117,11 +117,11 @@ class DomainActor:
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
         self._attach_lock = trio.Lock()
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
-        self._wake: trio.Event | None = (
-            None  # while in backoff or failed: set when desired changes or a reset
-        )
+        # _wake exists while the actor waits in backoff or failed, _busy_scope while a handler or hook runs.
+        self._wake: trio.Event | None = None
         self._reset_requested = False
-        self._busy_scope: trio.CancelScope | None = None  # while a handler or hook runs
+        self._busy_scope: trio.CancelScope | None = None
+        self._changed_at = 0.0  # when ``desired`` last changed: the stop deadline counts from there
 
     def snapshot(self) -> DomainSnapshot:
         return DomainSnapshot(
@@ -152,6 +152,7 @@ class DomainActor:
         if identity == self.desired:
             return
         self.desired = identity
+        self._changed_at = trio.current_time()
         if self._wake is not None:
             self._wake.set()
         self.mailbox.interrupt()  # an idle actor wakes up and sees the change
@@ -313,13 +314,18 @@ class DomainActor:
                 self.interrupted += 1  # a lost connection, or cut short by a stop request
 
     async def _stop(self, ctx: DomainContext) -> None:
-        """No new events; on_stop hooks within the stop deadline. (A handler that was running had most of the
-        deadline to finish, through set_desired, before it was cancelled.)"""
+        """No new events; on_stop hooks within the stop deadline. (A handler that was running had up to three
+        quarters of the deadline to finish, through set_desired, before it was cancelled.)"""
         self._set_state(State.STOPPING)
         self.log.info("domain actor stopping")
         await self.detach()
         self.dropped += self.mailbox.purge()
-        with trio.move_on_after(self.rt.stop_deadline * 0.25) as scope:
+        # The whole stop, a running handler's grace included, ends within the deadline of the request; on_stop
+        # gets what the handler left of it, and at least a quarter.
+        stop_at = max(
+            self._changed_at + self.rt.stop_deadline, trio.current_time() + self.rt.stop_deadline * 0.25
+        )
+        with trio.move_on_at(stop_at) as scope:
             for hook in self.rt.stop_hooks():
                 try:
                     await call_hook(ctx, hook, "on_stop hook")
