@@ -107,8 +107,11 @@ async def test_scrape_shows_domains_and_their_counts(
         await rt.wait_domain(4, None)
         _, _, body = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
     samples = parse(body)
-    for name in ("mtwatch_handler_failures_total", "mtwatch_restarts_total", "mtwatch_mailbox_depth"):
+    for name in ("mtwatch_restarts_total", "mtwatch_mailbox_depth"):
         assert set(by_domid(samples, name)) == {"3"}
+    # Events and failures also have the default actor's series, domid 0.
+    for name in ("mtwatch_events_total", "mtwatch_handler_failures_total"):
+        assert set(by_domid(samples, name)) == {"0", "3"}
     assert set(by_domid(samples, "mtwatch_events_total")) == {"0", "3"}  # 0: the default actor
 
 

@@ -103,7 +103,8 @@ class _RuntimeCollector:
         depth = GaugeMetricFamily(
             "mtwatch_mailbox_depth", "Events waiting in a domain's mailbox.", labels=["domid"]
         )
-        events.add_metric(["0"], rt.default_handled)
+        events.add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like dom0's xenwatch)
+        failures.add_metric(["0"], rt.default_failures)
         for domid, snapshot in domains:
             label = [str(domid)]
             state_of.add_metric([str(domid), snapshot.state.value], 1)
