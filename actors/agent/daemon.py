@@ -30,6 +30,7 @@ Exit status:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import signal
 import socket
@@ -327,19 +328,8 @@ class Agent:
             len(removed),
         )
         # What a restart would apply stays as it runs; the rest is the new file.
-        self.config = Config(
-            source=new.source,
-            xenstore_socket=old.xenstore_socket,
-            xenbus=old.xenbus,
-            root=old.root,
-            lifecycle=old.lifecycle,
-            mailbox_size=old.mailbox_size,
-            stop_deadline=old.stop_deadline,
-            restart=old.restart,
-            log_format=new.log_format,
-            log_level=new.log_level,
-            metrics=old.metrics,
-            watches=new.watches,
+        self.config = dataclasses.replace(
+            old, source=new.source, log_format=new.log_format, log_level=new.log_level, watches=new.watches
         )
         return True
 
