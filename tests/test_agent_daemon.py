@@ -251,7 +251,11 @@ async def test_agent_end_to_end(xenstored: Embedded, xs: actors.XenStore, workdi
                 domains = {dict(k)["state"]: v for k, v in samples["mtwatch_domains"].items()}
                 assert domains["running"] == 2 and sum(domains.values()) == 2
                 assert per_domain(samples, "mtwatch_events_total")[5] >= 1
-                assert per_domain(samples, "mtwatch_handler_failures_total") == {0: 0, 3: 0, 5: 0}  # 0: the default actor
+                assert per_domain(samples, "mtwatch_handler_failures_total") == {
+                    0: 0,
+                    3: 0,
+                    5: 0,
+                }  # 0: the default actor
                 assert samples["mtwatch_event_latency_seconds_count"][()] >= 2
 
                 # SIGHUP with one rule more: RELOADING=1 (MONOTONIC_USEC=), then READY=1; no domain restarts.
