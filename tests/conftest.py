@@ -15,6 +15,7 @@ import trio
 
 import actors
 from actors.xenstored import XenStored, open_xenstored
+from actors.xenstored.testing import RawClient, serving
 
 
 class Server(Protocol):
@@ -91,3 +92,14 @@ async def server(request: pytest.FixtureRequest, workdir: str) -> AsyncIterator[
 
     async with open_cxenstored(workdir) as real:
         yield real
+
+
+@pytest.fixture
+async def raw_pair() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
+    """The embedded xenstored and two raw-frame dom0 connections to it."""
+    async with (
+        serving() as (server, path),
+        await RawClient.connect(path) as a,
+        await RawClient.connect(path) as b,
+    ):
+        yield server, a, b

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from actors.xenstored import Quotas, XenStored
 from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
-    async with (
-        serving() as (server, path),
-        await RawClient.connect(path) as a,
-        await RawClient.connect(path) as b,
-    ):
-        yield server, a, b
-
-
-async def test_changes_are_visible_only_after_commit(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_changes_are_visible_only_after_commit(
+    raw_pair: tuple[XenStored, RawClient, RawClient],
+) -> None:
+    _, a, b = raw_pair
     await a.write("/t/x", "old")
     tx = await a.start()
     assert tx == 1
@@ -39,8 +27,8 @@ async def test_changes_are_visible_only_after_commit(env: tuple[XenStored, RawCl
     assert await a.start() == 2
 
 
-async def test_abort_discards(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_abort_discards(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     tx = await a.start()
     await a.write("/gone", "x", tx)
     await a.rm("/tool", tx)
@@ -50,8 +38,8 @@ async def test_abort_discards(env: tuple[XenStored, RawClient, RawClient]) -> No
     assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"
 
 
-async def test_conflicting_change_is_eagain(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_conflicting_change_is_eagain(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await a.write("/c/x", "0")
     tx = await a.start()
     assert await a.read("/c/x", tx) == b"0"
@@ -63,8 +51,8 @@ async def test_conflicting_change_is_eagain(env: tuple[XenStored, RawClient, Raw
     assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "ENOENT"  # it is gone
 
 
-async def test_concurrent_creation_conflicts(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_concurrent_creation_conflicts(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     tx = await a.start()
     assert await a.error(Op.READ, join("/n"), tx) == "ENOENT"
     await b.write("/n", "b")
@@ -72,8 +60,8 @@ async def test_concurrent_creation_conflicts(env: tuple[XenStored, RawClient, Ra
     assert await a.error(Op.TRANSACTION_END, b"T\0", tx) == "EAGAIN"
 
 
-async def test_unrelated_changes_do_not_conflict(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_unrelated_changes_do_not_conflict(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await a.write("/u/x", "0")
     await a.write("/v", "0")
     tx = await a.start()
@@ -83,8 +71,8 @@ async def test_unrelated_changes_do_not_conflict(env: tuple[XenStored, RawClient
     assert await b.read("/u/x") == b"tx"
 
 
-async def test_two_transactions_second_commit_fails(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_two_transactions_second_commit_fails(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await a.write("/k", "0")
     ta, tb = await a.start(), await b.start()
     await a.write("/k", "a", ta)
@@ -94,8 +82,8 @@ async def test_two_transactions_second_commit_fails(env: tuple[XenStored, RawCli
     assert await a.read("/k") == b"a"
 
 
-async def test_rm_in_a_transaction(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_rm_in_a_transaction(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await a.write("/r/x/y", "1")
     tx = await a.start()
     await a.rm("/r/x", tx)
@@ -106,8 +94,8 @@ async def test_rm_in_a_transaction(env: tuple[XenStored, RawClient, RawClient]) 
     assert await b.error(Op.READ, join("/r/x/y")) == "ENOENT"
 
 
-async def test_watch_events_fire_at_commit(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_watch_events_fire_at_commit(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await b.watch("/w", "tok")
     assert await b.event() == (b"/w", b"tok")
     tx = await a.start()
@@ -123,8 +111,8 @@ async def test_watch_events_fire_at_commit(env: tuple[XenStored, RawClient, RawC
     await b.no_event()
 
 
-async def test_transaction_errors(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, _ = env
+async def test_transaction_errors(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, _ = raw_pair
     assert await a.error(Op.READ, join("/"), 42) == "ENOENT"  # unknown transaction
     assert await a.error(Op.TRANSACTION_END, b"T\0") == "ENOENT"  # no transaction named
     tx = await a.start()
@@ -135,8 +123,8 @@ async def test_transaction_errors(env: tuple[XenStored, RawClient, RawClient]) -
     await a.end(tx)
 
 
-async def test_reset_watches_drops_transactions(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, _ = env
+async def test_reset_watches_drops_transactions(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, _ = raw_pair
     tx = await a.start()
     await a.call(Op.RESET_WATCHES, b"")
     assert await a.error(Op.READ, join("/"), tx) == "ENOENT"

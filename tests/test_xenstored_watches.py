@@ -3,8 +3,6 @@ XSA-326 deduplication and creation events, domain death."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import trio
 
@@ -13,18 +11,8 @@ from actors.xenstored.testing import RawClient, serving
 from actors.xs.wire import Op, join
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
-    async with (
-        serving() as (server, path),
-        await RawClient.connect(path) as a,
-        await RawClient.connect(path) as b,
-    ):
-        yield server, a, b
-
-
-async def test_initial_event_and_event_frame(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, _ = env
+async def test_initial_event_and_event_frame(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, _ = raw_pair
     rid = await a.send(Op.WATCH, join("/nothing/here", "tok"))
     frames = [await a.recv_frame(), await a.recv_frame()]
     assert (frames[0].op, frames[0].req_id, frames[0].payload) == (Op.WATCH, rid, b"OK\0")
@@ -41,9 +29,9 @@ async def test_initial_event_and_event_frame(env: tuple[XenStored, RawClient, Ra
 
 
 async def test_descendants_fire_creation_fires_only_the_created_node(
-    env: tuple[XenStored, RawClient, RawClient],
+    raw_pair: tuple[XenStored, RawClient, RawClient],
 ) -> None:
-    _, a, b = env
+    _, a, b = raw_pair
     await b.watch("/x", "t")
     await b.event()
     await a.write("/x/y/z", "1")  # creates /x, /x/y implicitly: one event (XSA-326)
@@ -59,9 +47,9 @@ async def test_descendants_fire_creation_fires_only_the_created_node(
 
 
 async def test_rm_fires_removed_path_and_watched_nodes_inside(
-    env: tuple[XenStored, RawClient, RawClient],
+    raw_pair: tuple[XenStored, RawClient, RawClient],
 ) -> None:
-    _, a, b = env
+    _, a, b = raw_pair
     await a.write("/r/s/t", "1")
     await a.write("/r/s/u", "1")
     await b.watch("/r", "parent")
@@ -78,9 +66,9 @@ async def test_rm_fires_removed_path_and_watched_nodes_inside(
 
 
 async def test_watch_on_root_sees_everything_but_special_events(
-    env: tuple[XenStored, RawClient, RawClient],
+    raw_pair: tuple[XenStored, RawClient, RawClient],
 ) -> None:
-    server, a, b = env
+    server, a, b = raw_pair
     await b.watch("/", "all")
     assert await b.event() == (b"/", b"all")
     await a.write("/p/q", "1")
@@ -89,8 +77,8 @@ async def test_watch_on_root_sees_everything_but_special_events(
     await b.no_event()
 
 
-async def test_unwatch(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_unwatch(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     assert await b.error(Op.UNWATCH, join("/u", "t")) == "ENOENT"
     await b.watch("/u", "t")
     await b.event()
@@ -100,8 +88,8 @@ async def test_unwatch(env: tuple[XenStored, RawClient, RawClient]) -> None:
     assert await b.error(Op.UNWATCH, join("/u", "t")) == "ENOENT"
 
 
-async def test_relative_watch_gives_relative_paths(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    _, a, b = env
+async def test_relative_watch_gives_relative_paths(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    _, a, b = raw_pair
     await b.watch("rel", "t")
     assert await b.event() == (b"rel", b"t")
     await a.write("/local/domain/0/rel/sub", "1")
@@ -110,9 +98,9 @@ async def test_relative_watch_gives_relative_paths(env: tuple[XenStored, RawClie
 
 
 async def test_special_watches_reach_only_privileged_connections(
-    env: tuple[XenStored, RawClient, RawClient],
+    raw_pair: tuple[XenStored, RawClient, RawClient],
 ) -> None:
-    server, a, _ = env
+    server, a, _ = raw_pair
     await a.watch("@introduceDomain", "in")
     await a.watch("@releaseDomain", "out")
     assert await a.event() == (b"@introduceDomain", b"in")
@@ -131,8 +119,8 @@ async def test_special_watches_reach_only_privileged_connections(
         await a.no_event()
 
 
-async def test_events_only_to_those_who_may_read(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    server, dom0, _ = env
+async def test_events_only_to_those_who_may_read(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    server, dom0, _ = raw_pair
     await dom0.write("/pub/readable", "")
     await dom0.set_perms("/pub", "n0", "r5")
     await dom0.set_perms("/pub/readable", "n0", "r5")
@@ -154,8 +142,8 @@ async def test_events_only_to_those_who_may_read(env: tuple[XenStored, RawClient
         await g.no_event()
 
 
-async def test_identical_queued_events_are_dropped(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    server, dom0, _ = env
+async def test_identical_queued_events_are_dropped(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    server, dom0, _ = raw_pair
     await dom0.write("/flood", "")
     await dom0.set_perms("/flood", "n0", "r5")
     async with server.guest(5) as stream:
@@ -177,8 +165,8 @@ async def test_identical_queued_events_are_dropped(env: tuple[XenStored, RawClie
         assert 1 <= received < 1000, received  # bounded by the socket buffer, not by the writes
 
 
-async def test_slow_reader_does_not_block_others(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    server, dom0, other = env
+async def test_slow_reader_does_not_block_others(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    server, dom0, other = raw_pair
     await other.watch("/", "x" * 2000)  # and never reads again
     with trio.fail_after(10):
         payload = b"".join(
@@ -202,8 +190,8 @@ async def test_watch_quota_of_a_guest() -> None:
         await g.watch("/w9", "t")
 
 
-async def test_domain_death(env: tuple[XenStored, RawClient, RawClient]) -> None:
-    server, dom0, _ = env
+async def test_domain_death(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
+    server, dom0, _ = raw_pair
     await dom0.write("/local/domain/6/name", "six")
     await dom0.set_perms("/local/domain/6", "n6")
     await dom0.watch("@releaseDomain", "rel")

@@ -34,7 +34,7 @@ class DefaultActor:
         self._busy_scope: trio.CancelScope | None = None
 
     def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
-        self.mailbox.post(Envelope(watch, event, 0, watch_path))
+        self.mailbox.post(Envelope(watch, event, watch_path))
 
     def stop(self, grace: float) -> None:
         """Take no new events; a running handler gets ``grace`` seconds, then is cancelled."""

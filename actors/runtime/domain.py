@@ -169,10 +169,10 @@ class DomainActor:
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
         """The router's way in: called from the connection's reader task, never blocks."""
-        if generation != self.generation or self.state is State.STOPPING:
+        if generation != self.generation or self.state not in (State.STARTING, State.RUNNING):
             self.dropped += 1
             return
-        self.mailbox.post(Envelope(watch, event, generation, watch_path))
+        self.mailbox.post(Envelope(watch, event, watch_path))
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet."""
@@ -294,12 +294,11 @@ class DomainActor:
 
     async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
         """Handle events one at a time, in order, until ``desired`` changes. Raises HandlerFailed."""
-        generation = self.generation
         while self.desired == identity:
             envelope = await self.mailbox.receive()
             if envelope is None:
                 continue  # interrupted: look at desired again
-            if envelope.generation != generation or not envelope.watch.active:
+            if not envelope.watch.active:
                 self.dropped += 1
                 continue
             self.rt._observe_latency(self.domid, trio.current_time() - envelope.event.received_at)

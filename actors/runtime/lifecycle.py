@@ -12,9 +12,9 @@ that names it. Both run on one connection and end when it is lost.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 from loguru import logger
@@ -27,7 +27,6 @@ from ..xs.wire import check_domid
 __all__ = ["DomainsSource", "LifecycleSink", "LifecycleSource", "MtwatchSource", "owner_of"]
 
 MTWATCH_ROOT = "/local/domain/0/mtwatch"
-_CONCURRENCY = 64
 
 
 class LifecycleSink(Protocol):
@@ -52,11 +51,14 @@ def owner_of(perms: list[str]) -> int | None:
         return None
 
 
-async def _gather(items: list[str], fn: Callable[[str], Awaitable[None]]) -> None:
-    """Run ``fn`` for every item, a bounded number at a time, pipelined on the one connection."""
-    limiter = trio.CapacityLimiter(_CONCURRENCY)
+T = TypeVar("T")
 
-    async def one(item: str) -> None:
+
+async def gather_bounded(items: Iterable[T], fn: Callable[[T], Awaitable[object]], limit: int = 64) -> None:
+    """Run ``fn`` for every item, at most ``limit`` at a time (requests pipelined on the one connection)."""
+    limiter = trio.CapacityLimiter(limit)
+
+    async def one(item: T) -> None:
         async with limiter:
             await fn(item)
 
@@ -138,7 +140,7 @@ class MtwatchSource:
                 if identity is not None:
                     live[domid] = identity
 
-        await _gather(names, examine)
+        await gather_bounded(names, examine)
         return live
 
 
@@ -210,5 +212,5 @@ class DomainsSource:
             except NotFound:
                 live[domid] = b""
 
-        await _gather(names, examine)
+        await gather_bounded(names, examine)
         return live

@@ -16,12 +16,11 @@ __all__ = ["Envelope", "Mailbox"]
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A watch event on its way to a handler: which watch (registration) it belongs to, and for which
-    incarnation of the domain actor (``generation``), so that a late event of an earlier one is dropped."""
+    """A watch event on its way to a handler, with the watch (registration) it belongs to. (A late event of an
+    earlier incarnation never gets this far: the actor's sink refuses it by generation.)"""
 
     watch: Any  # the runtime's Watch; only its identity matters here
     event: WatchEvent
-    generation: int
     watch_path: str  # the path this watch was registered at (the template filled in)
 
     @property
@@ -71,26 +70,18 @@ class Mailbox:
         self._spill(envelope)
 
     def _spill(self, envelope: Envelope) -> None:
-        overflow = self._overflow
         key = envelope.key
-        if key in overflow:
-            overflow[key] = envelope
-            self.coalesced += 1
-            return
-        if len(overflow) >= self.overflow_limit:
+        if key not in self._overflow and len(self._overflow) >= self.overflow_limit:
             self._collapse()
-            key = envelope.key
-            if key in overflow:
-                overflow[key] = envelope
-                self.coalesced += 1
-                return
-        overflow[key] = envelope
+        if key in self._overflow:
+            self.coalesced += 1
+        self._overflow[key] = envelope  # an existing key keeps its place: the order of distinct paths holds
 
     def _collapse(self) -> None:
         hints: dict[tuple[Hashable, str], Envelope] = {}
         for envelope in self._overflow.values():
             event = WatchEvent(envelope.watch_path, envelope.event.token, envelope.event.received_at)
-            hint = Envelope(envelope.watch, event, envelope.generation, envelope.watch_path)
+            hint = Envelope(envelope.watch, event, envelope.watch_path)
             hints[hint.key] = hint
         self.coalesced += len(self._overflow) - len(hints)
         self._overflow = hints

@@ -17,7 +17,6 @@ from loguru import logger
 
 from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.subscription import WatchEvent
-from .context import State
 from .default import DefaultActor
 from .watches import Watch
 
@@ -47,10 +46,9 @@ class Router:
         if domid is not None:
             actor = self.rt._actors.get(domid)
             if actor is not None:
-                if actor.state in (State.STARTING, State.RUNNING):
-                    actor.post(watch, actor.generation, watch.template, event)
-                else:
-                    actor.dropped += 1
+                actor.post(
+                    watch, actor.generation, watch.template, event
+                )  # refused and counted unless running
                 return
         self.default.post(watch, watch.template, event)
 

@@ -4,7 +4,7 @@ live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from typing import Literal
 
@@ -17,7 +17,7 @@ from ..xs.errors import ConnectionLost, XenStoreUnavailable
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
-from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource
+from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .router import Router
 from .supervisor import ReconnectPolicy, RestartPolicy
 from .watches import Handler, Hook, Route, Watch
@@ -195,22 +195,11 @@ class Runtime:
             self._emit("gone", actor.domid)
             self._changed()
 
-    def _for_each_actor(self, fn: Callable[[DomainActor], object]) -> None:
+    def _for_each_actor(self, fn: Callable[[DomainActor], Awaitable[object]]) -> None:
+        """In the background, ``fn`` for every actor there is now (attach or detach watches)."""
         actors = list(self._actors.values())
-
-        async def run_all() -> None:
-            limiter = trio.CapacityLimiter(_ATTACH_CONCURRENCY)
-
-            async def one(actor: DomainActor) -> None:
-                async with limiter:
-                    await fn(actor)  # type: ignore[misc]
-
-            async with trio.open_nursery() as nursery:
-                for actor in actors:
-                    nursery.start_soon(one, actor)
-
         if actors:
-            self._nursery.start_soon(run_all)
+            self._nursery.start_soon(gather_bounded, actors, fn, _ATTACH_CONCURRENCY)
 
     # -- the registry: a LifecycleSink --------------------------------------------------------------------
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["ReconnectPolicy", "RestartPolicy", "RestartTracker"]
+__all__ = ["ReconnectPolicy", "RestartPolicy", "RestartTracker", "backoff"]
+
+
+def backoff(attempt: int, initial: float, maximum: float, jitter: float) -> float:
+    """``min(maximum, initial * 2**(attempt-1))`` scaled by a random factor in ``[1 - jitter, 1]``."""
+    base = min(maximum, initial * 2.0 ** max(0, attempt - 1))
+    return base * (1 - random.uniform(0, jitter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +37,9 @@ class RestartPolicy:
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+    def delay(self, attempt: int) -> float:
         """Backoff before restart number ``attempt`` (1-based)."""
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** max(0, attempt - 1))
-        factor = 1 - (rng or random).uniform(0, self.jitter)
-        return base * factor
+        return backoff(attempt, self.backoff_initial, self.backoff_max, self.jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +51,7 @@ class ReconnectPolicy:
     jitter: float = 0.25
 
     def delay(self, attempt: int) -> float:
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** max(0, attempt - 1))
-        return base * (1 - random.uniform(0, self.jitter))
+        return backoff(attempt, self.backoff_initial, self.backoff_max, self.jitter)
 
 
 class RestartTracker:
