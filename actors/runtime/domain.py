@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from loguru import logger
 
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import XenStoreError
 from ..xs.subscription import WatchEvent
 from .calls import (
     HandlerFailed,
@@ -32,55 +29,17 @@ from .calls import (
     run_task,
 )
 from .context import DomainContext, DomainSnapshot, State
+from .host import ActorHost
 from .mailbox import Envelope, Mailbox
 from .messages import Message
-from .options import RuntimeOptions
 from .supervisor import RestartTracker
-from .watches import Hook, Watch
+from .watches import Registrations, Watch
 
-if TYPE_CHECKING:
-    from ..xs.client import XenStore
+__all__ = ["DomainActor"]
 
-__all__ = ["ActorHost", "DomainActor", "MessageHandler"]
-
-_UNWATCH_DEADLINE = 2.0
 _ACCEPTING = (State.STARTING, State.RUNNING)
 _DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping")}
 _REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
-
-MessageHandler = Callable[[DomainContext, Any], Awaitable[Any]]
-
-
-class ActorHost(Protocol):
-    """What a domain actor needs of its runtime."""
-
-    options: RuntimeOptions
-    connection: XenStore | None
-    message_handler: MessageHandler | None
-
-    @property
-    def xs(self) -> XenStore: ...
-
-    @property
-    def closing(self) -> bool: ...
-
-    def domain_watches(self) -> list[Watch]: ...
-
-    def start_hooks(self) -> Iterable[Hook]: ...
-
-    def stop_hooks(self) -> Iterable[Hook]: ...
-
-    def _changed(self) -> None: ...
-
-    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
-
-    def _count_event(self, domid: int) -> None: ...
-
-    def _observe_latency(self, domid: int, seconds: float) -> None: ...
-
-    def _stop_begins(self, actor: DomainActor) -> None: ...
-
-    def _forget(self, actor: DomainActor) -> None: ...
 
 
 class DomainActor:
@@ -113,8 +72,7 @@ class DomainActor:
         self.nursery: trio.Nursery | None = None
         self.task: trio.lowlevel.Task | None = None  # the actor's own task, while it runs
         self._dropped_by: dict[str, int] | None = None
-        self._registered: dict[int, tuple[XenStore, str, str]] = {}
-        self._attach_lock = trio.Lock()
+        self.watches = Registrations(domid, self.log)
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
         # _wake exists while the actor waits in backoff or failed.
         self._wake: trio.Event | None = None
@@ -222,39 +180,18 @@ class DomainActor:
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet."""
-        if self.state not in _ACCEPTING:
-            return
-        async with self._attach_lock:
-            xs = self.rt.connection
-            if xs is None or xs.is_lost:
-                return
+        if self.state in _ACCEPTING:
             generation = self.generation
-            for watch in self.rt.domain_watches():
-                held = self._registered.get(watch.id)
-                if held is not None and held[0] is xs:
-                    continue
-                path, token = watch.path(self.domid), watch.token(self.domid, generation)
-                sink = functools.partial(self.post, watch, generation, path)
-                try:
-                    await xs.add_watch(path, token, sink)
-                except ConnectionLost:
-                    return  # the reconnect attaches again
-                except XenStoreError as exc:
-                    self.log.warning("cannot watch {}: {}", path, exc)
-                    continue
-                self._registered[watch.id] = (xs, path, token)
+            await self.watches.attach(
+                self.rt.connection,
+                self.rt.domain_watches(),
+                generation,
+                lambda watch, path: functools.partial(self.post, watch, generation, path),
+            )
 
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation."""
-        with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
-            async with self._attach_lock:
-                for watch_id in list(self._registered):
-                    if only is not None and watch_id != only.id:
-                        continue
-                    xs, path, token = self._registered.pop(watch_id)
-                    if not xs.is_lost:
-                        with suppress(XenStoreError):
-                            await xs.remove_watch(path, token)
+        await self.watches.detach(only)
 
     # -- the actor's own task ----------------------------------------------------------------------------
 
@@ -270,7 +207,7 @@ class DomainActor:
                 self.log.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
             finally:
                 self.task = None
-                self.rt._forget(self)
+                self.rt._forget(self.domid, self)
 
     async def _live(self, identity: bytes) -> None:
         """Incarnations with this identity, supervised, until ``desired`` changes."""
@@ -444,7 +381,7 @@ class DomainActor:
     def _begin_stop(self) -> None:
         self._set_state(State.STOPPING)
         self.stopping_since = trio.current_time()
-        self.rt._stop_begins(self)
+        self.rt._stop_begins(self.domid)
 
     async def _stop(self, ctx: DomainContext) -> None:
         """No new events; on_stop hooks within the stop deadline. (A handler that was running had up to three

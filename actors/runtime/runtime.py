@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -14,21 +14,23 @@ from loguru import logger
 from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import ConnectionLost
 from .calls import HandlerFailed, log_failure
+from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
-from .domain import DomainActor, MessageHandler
+from .domain import DomainActor
+from .host import MessageHandler
 from .lifecycle import DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .messages import AskTimeout, DomainNotRunning, MailboxFull, Message, MessageError, Reply
 from .options import RuntimeOptions
 from .router import Router
 from .stopwatch import StopWatch
+from .supervisor import ReconnectPolicy
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
 
-ConnectionFactory = Callable[[], AbstractAsyncContextManager[XenStore]]
 Observer = Callable[[str, int, float], None]
 
 _ATTACH_CONCURRENCY = 256
@@ -223,6 +225,10 @@ class Runtime:
         return tuple(self._stop_hooks)
 
     @property
+    def reconnect_policy(self) -> ReconnectPolicy:
+        return self.options.reconnect
+
+    @property
     def closing(self) -> bool:
         """True once the owner has left ``open_runtime``: every actor is being stopped."""
         return self._closing
@@ -253,17 +259,19 @@ class Runtime:
         if self._observers:
             self._emit("event", domid)
 
-    def _stop_begins(self, actor: DomainActor) -> None:
-        self._stopwatch.add(actor)
+    def _stop_begins(self, domid: int) -> None:
+        actor = self._actors.get(domid)
+        if actor is not None:
+            self._stopwatch.add(actor)
 
     def _observe_latency(self, domid: int, seconds: float) -> None:
         if self._observers:
             self._emit("latency", domid, seconds)
 
-    def _forget(self, actor: DomainActor) -> None:
-        if self._actors.get(actor.domid) is actor:
-            del self._actors[actor.domid]
-            self._emit("gone", actor.domid)
+    def _forget(self, domid: int, actor: object) -> None:
+        if self._actors.get(domid) is actor:
+            del self._actors[domid]
+            self._emit("gone", domid)
             self._changed()
 
     def _for_each_actor(self, fn: Callable[[DomainActor], Awaitable[object]]) -> None:
@@ -310,67 +318,12 @@ class Runtime:
                     if not watch.per_domain:
                         await self._router.register(watch)
                 self._for_each_actor(lambda actor: actor.attach())
-                nursery.start_soon(self._follow_lifecycle, xs)
+                nursery.start_soon(follow_lifecycle, self.source, xs, self, self.options.reconnect)
                 await xs.wait_lost()
                 nursery.cancel_scope.cancel()
         finally:
             self.connected.value = False
             self.disconnected_since = trio.current_time()
-
-    async def _follow_lifecycle(self, xs: XenStore) -> None:
-        """Follow the lifecycle source until the connection is lost. A request of the source's that fails
-        with an error reply (or a bug in the source) is logged and the source follows again after a backoff:
-        nothing it raises ends the runtime."""
-        attempt = 0
-        while not xs.is_lost:
-            try:
-                await self.source.follow(xs, self)
-            except* ConnectionLost:
-                pass
-            except* XenStoreError as group:
-                logger.warning("following the {} lifecycle failed: {}", self.source.name, _first_leaf(group))
-            except* Exception as group:
-                logger.opt(exception=_first_leaf(group)).error("lifecycle source {} failed", self.source.name)
-            attempt += 1
-            if not xs.is_lost:
-                await trio.sleep(self.options.reconnect.delay(attempt))
-
-    async def _connection_loop(
-        self, xs: XenStore | None, connect: ConnectionFactory | None, task_status: trio.TaskStatus[None]
-    ) -> None:
-        """Serve the given connection, then (with ``connect``) every later one. ``reconnects`` counts the
-        connections made after the first; failed attempts are logged with the backoff before the next."""
-        attempt = 0  # failed attempts since the last good connection
-        connections = 0
-        task_status.started()
-        while True:
-            if xs is not None:
-                conn_cm: AbstractAsyncContextManager[XenStore] = nullcontext(xs)
-                xs = None
-            elif connect is not None:
-                conn_cm = connect()
-            else:
-                raise ConnectionLost(
-                    "connection to xenstored lost, and the runtime has no connect= to reconnect"
-                )
-            try:
-                async with conn_cm as conn:
-                    connections += 1
-                    if connections > 1:
-                        self.reconnects += 1
-                        self._emit("reconnect", 0)
-                        logger.info("reconnected to xenstored ({})", conn.name)
-                    attempt = 0
-                    await self._serve_connection(conn)
-                logger.warning("connection to xenstored lost")
-            except* (XenStoreError, OSError) as group:  # a loss, a refused connect, a daemon's protocol error
-                logger.warning("xenstored unreachable: {}", _first_leaf(group))
-            if connect is None:
-                continue  # raises above
-            attempt += 1
-            delay = self.options.reconnect.delay(attempt)
-            logger.info("connecting to xenstored again in {:.2g} s", delay)
-            await trio.sleep(delay)
 
     async def _shutdown(self) -> None:
         """Stop every actor, the default one included (each within the stop deadline, all at once)."""
@@ -419,7 +372,7 @@ async def open_runtime(
             rt = Runtime(nursery, source, opts)
             nursery.start_soon(rt._default.run, name="mtwatch-default")
             nursery.start_soon(rt._stopwatch.run, name="mtwatch-stopwatch")
-            await nursery.start(rt._connection_loop, xs, connect)
+            await nursery.start(keep_connected, rt, xs, connect)
             try:
                 yield rt
             except BaseException as exc:
@@ -433,12 +386,7 @@ async def open_runtime(
         # else is a bug and comes out as it is.
         rest = group.split(ConnectionLost)[1]
         if rest is None:
-            raise _first_leaf(group) from None
+            raise first_leaf(group) from None
         raise
     if body_error is not None:
         raise body_error
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
