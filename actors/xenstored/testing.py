@@ -25,12 +25,12 @@ __all__ = ["RawClient", "XsError", "serving"]
 
 
 @asynccontextmanager
-async def serving(quotas: Quotas | None = None) -> AsyncIterator[tuple[XenStored, str]]:
+async def serving(quotas: Quotas | None = None, compat: str = "4.22") -> AsyncIterator[tuple[XenStored, str]]:
     """A server on a fresh socket under /tmp (short enough for AF_UNIX): yields (server, socket path)."""
     directory = tempfile.mkdtemp(prefix="xsd-", dir="/tmp")
     path = os.path.join(directory, "socket")
     try:
-        async with open_xenstored(path, quotas=quotas) as server:
+        async with open_xenstored(path, quotas=quotas, compat=compat) as server:
             yield server, path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
