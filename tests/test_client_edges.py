@@ -10,73 +10,14 @@ import os
 import socket
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
 
 import actors
 from actors.xs.transport import connect_unix
-from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
-
-Script = Callable[[trio.SocketStream, "Peer"], Awaitable[None]]
-
-
-class Peer:
-    """The daemon side of one connection: frames in, frames out."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder(allow_unknown_ops=True)
-        self.queue: list[Frame] = []
-
-    async def receive(self) -> Frame:
-        while not self.queue:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise trio.EndOfChannel
-            self.queue += self.decoder.feed(data)
-        return self.queue.pop(0)
-
-    async def answer_everything(self) -> None:
-        while True:
-            await self.reply(await self.receive(), b"OK\0")
-
-    async def reply(self, request: Frame, payload: bytes, op: int | None = None) -> None:
-        await self.stream.send_all(
-            encode(request.op if op is None else op, payload, request.req_id, request.tx_id)
-        )
-
-    async def event(self, path: str, token: str) -> None:
-        await self.stream.send_all(encode(Op.WATCH_EVENT, join(path, token)))
-
-
-@asynccontextmanager
-async def scripted(script: Callable[[Peer], Awaitable[None]]) -> AsyncIterator[str]:
-    """Serve one connection on a fresh unix socket with ``script``; yields the socket path."""
-    folder = tempfile.mkdtemp(prefix="mtw", dir="/tmp")
-    path = os.path.join(folder, "socket")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-    trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener))
-
-    async def serve() -> None:
-        stream = await trio_listener.accept()
-        async with stream:
-            with suppress(trio.EndOfChannel, trio.BrokenResourceError):
-                await script(Peer(stream))
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
-            yield path
-            nursery.cancel_scope.cancel()
-    finally:
-        await trio_listener.aclose()
-        os.unlink(path)
-        os.rmdir(folder)
+from actors.xs.wire import Op, encode
+from harness.scripted import Peer, scripted
 
 
 async def test_replies_out_of_order_are_matched_by_req_id() -> None:

@@ -108,6 +108,7 @@ def test_reply_of_another_op_is_a_protocol_error(reply_op: Op) -> None:
     with pytest.raises(errors.ProtocolError, match=f"a {reply_op.name} reply .* answers a READ request"):
         protocol.receive_data(encode(reply_op, b"OK\0", request.req_id))
     assert request.reply is None  # never a wrong value
+    assert protocol.drain() == [request]  # its caller is woken with the others when the connection ends
     with pytest.raises(errors.ProtocolError):  # the connection is unusable
         protocol.request(Op.READ, b"/b\0")
     with pytest.raises(errors.ProtocolError):

@@ -243,14 +243,18 @@ class ClientProtocol:
         watch.sink(WatchEvent(_text(path), watch.token, now, initial, domid))
 
     def _reply(self, op: int, req_id: int, tx_id: int, payload: bytes) -> Request | None:
-        request = self._pending.pop(req_id, None)
+        # Checked before it leaves the pending table: on a ProtocolError its caller is woken with the rest.
+        request = self._pending.get(req_id)
         if request is None:
-            abandoned_op = self._abandoned.pop(req_id, None)
+            abandoned_op = self._abandoned.get(req_id)
             if abandoned_op is not None:  # checked, then dropped: nobody waits for it
                 self._check_op(op, abandoned_op, req_id)
+                del self._abandoned[req_id]
                 return None
             request = self._unmatched(op, req_id)
-        self._check_op(op, request.op, req_id)
+        else:
+            self._check_op(op, request.op, req_id)
+        del self._pending[request.req_id]
         request.reply = Frame(op, req_id, tx_id, payload)
         return request
 
@@ -261,9 +265,8 @@ class ClientProtocol:
     def _unmatched(self, op: int, req_id: int) -> Request:
         if req_id == 0 and self.xenbus and op in _WATCH_OPS:
             # Old xenbus kernels acknowledge WATCH/UNWATCH with req_id 0 (pyxs PR #18): the oldest such request.
-            for pending_id, request in self._pending.items():
+            for request in self._pending.values():
                 if request.op == op:
-                    del self._pending[pending_id]
                     return request
         if req_id == 0:
             self._fail(f"a {_op_name(op)} frame with req_id 0 that is not a watch event")
