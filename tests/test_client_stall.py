@@ -15,6 +15,7 @@ import trio
 
 import actors
 from actors.xs.errors import ConnectionLost, ConnectionStalled
+from actors.xs.transport import connect_unix
 from harness.scripted import Peer, scripted
 
 
@@ -26,9 +27,14 @@ async def xenstored_process(workdir: str) -> AsyncIterator[tuple[trio.Process, s
         [sys.executable, "-m", "actors.xenstored", "--socket", path, "--log-level", "WARNING"]
     )
     try:
-        with trio.fail_after(20):
-            while not os.path.exists(path):
+        for _ in range(1000):  # up to 20 s for the process to listen
+            try:
+                stream = await connect_unix(path)
+            except OSError:
                 await trio.sleep(0.02)
+                continue
+            await stream.aclose()
+            break
         yield process, path
     finally:
         if process.returncode is None:
