@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from actors.xs.wire import Frame, FrameDecoder, Op, encode, join, split
+from actors.xs.wire import HEADER, Frame, FrameDecoder, Op, encode, join, split
 
 __all__ = ["Peer", "answer_as", "scripted"]
 
@@ -30,6 +30,11 @@ class Peer:
         self.decoder = FrameDecoder(allow_unknown_ops=True)
         self.queue: list[Frame] = []
         self.received: list[Frame] = []  # every frame the client sent, in order
+        self._sending = trio.Lock()  # a test may send events while the script answers
+
+    async def send(self, data: bytes) -> None:
+        async with self._sending:
+            await self.stream.send_all(data)
 
     async def receive(self) -> Frame:
         while not self.queue:
@@ -48,20 +53,16 @@ class Peer:
     async def reply(
         self, request: Frame, payload: bytes, op: int | None = None, req_id: int | None = None
     ) -> None:
-        await self.stream.send_all(
-            encode(
-                request.op if op is None else op,
-                payload,
-                request.req_id if req_id is None else req_id,
-                request.tx_id,
-            )
-        )
+        # Packed here, not with wire.encode: a daemon may answer with more than 4096 bytes (oxenstored does).
+        op = request.op if op is None else op
+        req_id = request.req_id if req_id is None else req_id
+        await self.send(HEADER.pack(op, req_id, request.tx_id, len(payload)) + payload)
 
     async def error(self, request: Frame, name: str) -> None:
         await self.reply(request, name.encode() + b"\0", op=Op.ERROR)
 
     async def event(self, path: str, token: str) -> None:
-        await self.stream.send_all(encode(Op.WATCH_EVENT, join(path, token)))
+        await self.send(encode(Op.WATCH_EVENT, join(path, token)))
 
 
 @asynccontextmanager
