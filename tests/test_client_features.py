@@ -50,7 +50,13 @@ async def test_capabilities_of_c417_and_unsupported_ops() -> None:
         caps = await xs.capabilities()
         assert caps.features == Feature(0)
         assert (caps.directory_part, caps.reset_watches, caps.daemon) == (True, True, "cxenstored")
-        for call in (xs.features(), xs.set_features(5, 4), xs.quota(), xs.quota("nodes"), xs.set_quota("nodes", 9)):
+        for call in (
+            xs.features(),
+            xs.set_features(5, 4),
+            xs.quota(),
+            xs.quota("nodes"),
+            xs.set_quota("nodes", 9),
+        ):
             with pytest.raises(Unsupported) as info:
                 await call
             assert info.value.errno_name == "ENOSYS"
@@ -120,7 +126,8 @@ async def test_depth_over_xenbus_is_refused() -> None:
         await answer_as(peer, "c422")
 
     async with scripted(script) as path:
-        async with actors.open_xenstore(await connect_unix(path), xenbus=True) as xs:
+        stream = await connect_unix(path)
+        async with actors.open_xenstore(stream, xenbus=True) as xs:
             with pytest.raises(Unsupported, match="xenbus device drops a watch's depth"):
                 await xs.add_watch("/a", "t", lambda e: None, depth=1)
             for bad in (-1, True, 1.5):
