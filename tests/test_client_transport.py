@@ -37,7 +37,9 @@ async def test_connect_falls_back_to_the_xenbus_device(no_sockets: str) -> None:
 
 
 async def test_neither_socket_nor_device_is_a_clear_error(no_sockets: str) -> None:
-    with pytest.raises(actors.XenStoreUnavailable, match="no xenstored socket .*run-socket.* and no xenbus device"):
+    with pytest.raises(
+        actors.XenStoreUnavailable, match=r"no xenstored socket .*run-socket.* and no xenbus device"
+    ):
         async with actors.connect():
             pass
 
