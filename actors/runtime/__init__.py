@@ -10,6 +10,7 @@ from .lifecycle import MTWATCH_ROOT as MTWATCH_ROOT
 from .lifecycle import DomainsSource as DomainsSource
 from .lifecycle import MtwatchSource as MtwatchSource
 from .mailbox import Mailbox as Mailbox
+from .options import RuntimeOptions as RuntimeOptions
 from .runtime import Runtime as Runtime
 from .runtime import open_runtime as open_runtime
 from .supervisor import ReconnectPolicy as ReconnectPolicy
