@@ -11,7 +11,7 @@ import trio
 import actors
 from actors.xs.daemon import Feature
 from actors.xs.errors import Unsupported
-from actors.xs.subscription import WatchEvent
+from actors.xs.events import WatchEvent
 from actors.xs.transport import connect_unix
 from actors.xs.wire import DOMID_ANY, Op
 from conftest import Server

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.xs import errors
+from actors.xs.events import WatchEvent
 from actors.xs.protocol import ClientProtocol, DirectoryParts
-from actors.xs.subscription import WatchEvent
 from actors.xs.wire import PAYLOAD_MAX, Frame, FrameDecoder, Op, encode, join
 
 ANSWERABLE = [Op.READ, Op.WRITE, Op.DIRECTORY, Op.GET_PERMS, Op.MKDIR, Op.RM, Op.TRANSACTION_START]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Final
 
 from .errors import ProtocolError, TransactionConflict
-from .subscription import WatchEvent
+from .events import WatchEvent
 from .wire import HEADER, PAYLOAD_MAX, Frame, Op, encode, join
 
 __all__ = [
