@@ -4,12 +4,8 @@ real unix socket that answers chosen requests with an ERROR frame, in front of t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import trio
-from loguru import logger
 
 import actors
 from actors import State
@@ -17,18 +13,7 @@ from actors.runtime.lifecycle import MTWATCH_ROOT, gather_bounded
 from actors.xs.wire import Frame, Op
 from conftest import Embedded, Server
 from harness.faultproxy import fault_proxy, path_of
-
-
-@contextmanager
-def warnings_logged() -> Iterator[list[str]]:
-    seen: list[str] = []
-    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
-    logger.enable("actors")
-    try:
-        yield seen
-    finally:
-        logger.disable("actors")
-        logger.remove(sink)
+from harness.stockhost import warnings_logged
 
 
 def node(domid: int) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 from contextlib import suppress
 
 import trio
+from loguru import logger
 
 from ..xs.client import XenStore
 from ..xs.errors import InvalidDomid, NotFound, XenStoreError
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_domid
-from .source import LifecycleSink, Skipped, gather_bounded, patiently
+from .source import LifecycleSink, Skipped, gather_bounded, patiently, untrusted_because
 
 __all__ = ["DomainsSource"]
 
@@ -26,6 +27,7 @@ class DomainsSource:
 
     def __init__(self, base: str = "/local/domain") -> None:
         self.base = base
+        self._warned: dict[int, str] = {}
 
     def _relevant(self, path: str) -> bool:
         if path in self.SPECIAL or path == self.base:
@@ -61,6 +63,32 @@ class DomainsSource:
                     with suppress(XenStoreError):
                         await xs.remove_watch(path, token)
 
+    async def identity(self, xs: XenStore, domid: int) -> bytes:
+        """``/local/domain/<domid>/vm`` if the guest cannot have written it (dom0's node, writable by no other
+        domain, as libxl makes it), else empty (warned once): a guest must not choose its own identity."""
+        path = f"{self.base}/{domid}/vm"
+        try:
+            perms = await patiently(f"GET_PERMS {path}", lambda: xs.get_perms(path))
+            value = await patiently(f"READ {path}", lambda: xs.read(path))
+        except NotFound:
+            return b""
+        if isinstance(perms, Skipped) or isinstance(value, Skipped):
+            return b""
+        why = untrusted_because(perms)
+        if why is not None:
+            if self._warned.get(domid) != why:
+                self._warned[domid] = why
+                logger.warning(
+                    "not trusting {} as domain {}'s identity: {} (permissions {})",
+                    path,
+                    domid,
+                    why,
+                    " ".join(perms)[:128],
+                )
+            return b""
+        self._warned.pop(domid, None)
+        return value
+
     async def listing(self, xs: XenStore) -> dict[int, bytes] | None:
         try:
             names = await patiently(f"DIRECTORY {self.base}", lambda: xs.ls(self.base))
@@ -77,10 +105,7 @@ class DomainsSource:
                 return
             if not await xs.is_domain_introduced(domid):
                 return
-            try:
-                live[domid] = await xs.read(f"{self.base}/{name}/vm")
-            except NotFound:
-                live[domid] = b""
+            live[domid] = await self.identity(xs, domid)
 
         await gather_bounded(names, examine)
         return live
