@@ -36,6 +36,7 @@ class FaultProxy:
         self.requests: list[Frame] = []  # every request from every client, in order
         self.refused: list[tuple[Frame, str]] = []  # requests answered with an error
         self.events = 0  # watch events passed to clients
+        self.errors: list[str] = []  # the daemon's own error replies (errno names)
 
     async def _serve(self, client: trio.SocketStream) -> None:
         upstream = await connect_unix(self.upstream)
@@ -64,6 +65,8 @@ class FaultProxy:
             while data := await upstream.receive_some(65536):
                 for frame in decoder.feed(bytes(data)):
                     self.events += frame.op == Op.WATCH_EVENT
+                    if frame.op == Op.ERROR:
+                        self.errors.append(frame.payload.rstrip(b"\0").decode("ascii", "replace"))
                     await to_client(frame.encode())
 
         async with client, upstream, trio.open_nursery() as nursery:
