@@ -2,18 +2,40 @@
 
 - ``mtwatch`` (:mod:`.mtwatch_tree`): the xenwatch-multithreading nodes under ``/local/domain/0/mtwatch``.
 - ``domains`` (:mod:`.host_domains`): a stock Xen host's domains, as its daemon knows them.
+- ``auto`` (:class:`AutoSource`, the default): ``mtwatch`` whenever its root node exists (a toolstack that
+  speaks the protocol, or ``mtwatch domain bridge``, made it), ``domains`` otherwise; it switches when the root
+  appears or goes.
 
 The protocol between a source and the registry, and the tools sources share, are in :mod:`.source`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import suppress
+
+import trio
+from loguru import logger
+
+from ..xs.client import XenStore
+from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.subscription import WatchEvent
 from .host_domains import DomainsSource
 from .mtwatch_tree import MtwatchSource
-from .source import MTWATCH_ROOT, LifecycleSink, LifecycleSource, gather_bounded, owner_of
+from .source import (
+    MTWATCH_ROOT,
+    LifecycleSink,
+    LifecycleSource,
+    Skipped,
+    gather_bounded,
+    one_connection_lost,
+    owner_of,
+    patiently,
+)
 
 __all__ = [
     "MTWATCH_ROOT",
+    "AutoSource",
     "DomainsSource",
     "LifecycleSink",
     "LifecycleSource",
@@ -21,3 +43,83 @@ __all__ = [
     "gather_bounded",
     "owner_of",
 ]
+
+
+class AutoSource:
+    """``mtwatch`` while the root node exists, ``domains`` while it does not (see the module docstring).
+
+    ``current`` names the source in use ("mtwatch" or "domains"; "domains" until the first look at the root);
+    every choice is logged. A switch hands over with the new source's full listing, so domains the two agree
+    on keep running only if their identities agree too (they differ: the toolstack's UUID against the ``vm``
+    path), and restart otherwise.
+    """
+
+    name = "auto"
+
+    def __init__(self, root: str = MTWATCH_ROOT, base: str = "/local/domain") -> None:
+        self.root = root.rstrip("/") or "/"
+        self.mtwatch = MtwatchSource(self.root)
+        self.domains = DomainsSource(base)
+        self.current = "domains"
+        self.switches = 0  # changes of source after the first choice
+        self._chosen = False
+
+    async def _choice(self, xs: XenStore) -> str:
+        exists = await patiently(f"READ {self.root}", lambda: xs.exists(self.root))
+        if isinstance(exists, Skipped):
+            return self.current
+        return "mtwatch" if exists else "domains"
+
+    def _choose(self, mode: str) -> None:
+        if self._chosen and mode == self.current:
+            return
+        if self._chosen:
+            self.switches += 1
+        self._chosen = True
+        self.current = mode
+        state = "exists" if mode == "mtwatch" else "does not exist"
+        logger.info("lifecycle: following {} ({} {})", mode, self.root, state)
+
+    async def follow(self, xs: XenStore, sink: LifecycleSink) -> None:
+        changed = [trio.Event()]
+
+        def mark(event: WatchEvent) -> None:
+            # The root's appearance fires for the child that made it (XSA-326: no events for nodes created
+            # implicitly); its removal fires for the root itself.
+            if self.current == "domains" or event.path == self.root:
+                changed[0].set()
+
+        token = "mtw/auto"
+        await self._add_watch(xs, token, mark)
+        try:
+            mode = await self._choice(xs)
+            while True:
+                self._choose(mode)
+                source: LifecycleSource = self.mtwatch if mode == "mtwatch" else self.domains
+                with one_connection_lost():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(source.follow, xs, sink)
+                        while mode == self.current:
+                            await changed[0].wait()
+                            changed[0] = trio.Event()
+                            mode = await self._choice(xs)
+                        nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(XenStoreError):
+                if not xs.is_lost:
+                    await xs.remove_watch(self.root, token)
+
+    async def _add_watch(self, xs: XenStore, token: str, mark: Callable[[WatchEvent], None]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await xs.add_watch(self.root, token, mark)
+                return
+            except (ConnectionLost, ValueError):
+                raise
+            except XenStoreError as exc:
+                logger.warning(
+                    "registry: cannot watch {}: {}; trying again in {:.2g} s", self.root, exc, delay
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)

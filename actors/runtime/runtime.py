@@ -17,7 +17,7 @@ from ..xs.errors import ConnectionLost, XenStoreUnavailable
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
-from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
+from .lifecycle import MTWATCH_ROOT, AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .router import Router
 from .supervisor import ReconnectPolicy, RestartPolicy
 from .watches import Handler, Hook, Route, Watch
@@ -300,6 +300,7 @@ class Runtime:
 _LIFECYCLES: dict[str, Callable[[str], LifecycleSource]] = {
     "mtwatch": MtwatchSource,
     "domains": lambda root: DomainsSource(),
+    "auto": AutoSource,
 }
 
 
@@ -309,7 +310,7 @@ async def open_runtime(
     *,
     connect: ConnectionFactory | None = None,
     root: str = MTWATCH_ROOT,
-    lifecycle: Literal["mtwatch", "domains"] | LifecycleSource = "mtwatch",
+    lifecycle: Literal["auto", "mtwatch", "domains"] | LifecycleSource = "auto",
     mailbox_size: int = 64,
     overflow_limit: int = 1024,
     restart: RestartPolicy | None = None,
@@ -324,7 +325,8 @@ async def open_runtime(
     runtime with ConnectionLost.
 
     ``lifecycle="mtwatch"`` follows ``root`` (the xenwatch-multithreading nodes); ``"domains"`` follows a stock
-    host's domains. Leaving the block stops every actor within ``stop_deadline`` seconds and unwatches.
+    host's domains; ``"auto"`` (the default) follows ``root`` whenever it exists and the host's domains
+    otherwise. Leaving the block stops every actor within ``stop_deadline`` seconds and unwatches.
     """
     if xs is None and connect is None:
         raise TypeError("open_runtime needs a connection (xs) or a connection factory (connect=)")

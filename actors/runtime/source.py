@@ -9,7 +9,8 @@ error reply is the request's, never the source's (see :func:`patiently`).
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final, Protocol, TypeVar
 
 import trio
@@ -25,6 +26,7 @@ __all__ = [
     "LifecycleSource",
     "Skipped",
     "gather_bounded",
+    "one_connection_lost",
     "owner_of",
     "patiently",
     "untrusted_because",
@@ -65,13 +67,23 @@ async def gather_bounded(items: Iterable[T], fn: Callable[[T], Awaitable[object]
         async with limiter:
             await fn(item)
 
-    try:
+    with one_connection_lost():
         async with trio.open_nursery() as nursery:
             for item in items:
                 nursery.start_soon(one, item)
+
+
+@contextmanager
+def one_connection_lost() -> Iterator[None]:
+    """Around a nursery: a group holding ConnectionLost (and perhaps the Cancelled of siblings) comes out as
+    one bare ConnectionLost, which ``except ConnectionLost`` and ``suppress`` catch on Python 3.11 too; a group
+    with anything else in it comes out as it is.
+
+    Not ``except*``: an exception raised in an ``except*`` clause is wrapped in a new group together with the
+    unhandled rest."""
+    try:
+        yield
     except BaseExceptionGroup as group:
-        # Not ``except*``: an exception raised in an ``except*`` clause is wrapped in a new group together with
-        # the unhandled rest (the Cancelled of siblings when the connection's scope is cancelled too).
         lost, rest = group.split(ConnectionLost)
         if lost is None or (rest is not None and rest.split(trio.Cancelled)[1] is not None):
             raise
