@@ -1,5 +1,6 @@
 """The actors: a registry following the mtwatch tree, one supervised actor per guest domain."""
 
+from .. import _log  # noqa: F401  (actors loggers off until the application enables them)
 from .calls import HandlerError as HandlerError
 from .calls import HandlerTimeout as HandlerTimeout
 from .context import DomainContext as DomainContext
