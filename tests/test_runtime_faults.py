@@ -26,11 +26,14 @@ DOMAINS = 100
 class LastValues:
     """Every handler's reads, by domain: what each saw last."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0) -> None:
         self.last: dict[int, bytes] = {}
         self.changed = trio.Event()
+        self.delay = delay
 
     async def __call__(self, ctx: DomainContext, event: WatchEvent) -> None:
+        if self.delay:
+            await trio.sleep(self.delay)
         with contextlib.suppress(actors.NotFound):  # announced, but never written to yet
             self.last[ctx.domid] = await ctx.xs.read(f"/local/domain/{ctx.domid}/data")
         self.changed.set()
@@ -116,3 +119,40 @@ async def test_a_hundred_random_cuts_end_nothing_and_cost_no_domain(
         assert rt.reconnects >= CUTS
         for snap in rt.domains.values():
             assert (snap.failures, snap.restarts) == (0, 0), snap
+
+
+async def test_stalls_of_the_daemon_are_not_charged_to_domains_and_drop_nothing(
+    xenstored: Embedded, xs: actors.XenStore, workdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The proxy holds every byte for 5 s, then twelve times for 2 s within 36 s: handlers (timeout 1.5 s)
+    waiting on their reads are interrupted, not failed; every domain handles its last value afterwards."""
+    for domid in range(1, 21):
+        await actors.announce_domain(xs, domid, identity="a")
+        await xs.write(f"/local/domain/{domid}/data", "0")
+    handler = LastValues(delay=0.2)
+    stalls: list[int] = []
+    async with (
+        open_proxy(xenstored.socket_path, os.path.join(workdir, "proxy")) as proxy,
+        actors.open_runtime(connect=lambda: actors.connect(proxy.path), stall_after=0.5) as rt,
+    ):
+        rt.observe(lambda kind, domid, value: stalls.append(domid) if kind == "stall" else None)
+        rt.watch("/local/domain/{domid}/data", handler, timeout=1.5)
+        with trio.fail_after(30):
+            while len(handler.last) < 20:
+                await handler.changed.wait()
+        for n, length in enumerate([5.0] + [2.0] * 12, start=1):
+            for domid in range(1, 21):
+                await xs.write(f"/local/domain/{domid}/data", f"{n}")
+            await trio.sleep(0.1)  # the handlers have their events, and will read in 0.1 s
+            proxy.stall()
+            await trio.sleep(length)
+            proxy.resume()
+            await trio.sleep(1)
+        with trio.fail_after(30):
+            while any(handler.last.get(d) != b"13" for d in range(1, 21)):
+                await handler.changed.wait()
+        assert len(stalls) >= 10 and set(stalls) == {0}
+        for snap in rt.domains.values():
+            assert snap.state is State.RUNNING
+            assert (snap.failures, snap.restarts, snap.dropped) == (0, 0, 0), snap
+        assert rt.reconnects == 0

@@ -24,6 +24,7 @@ __all__ = [
     "failure_of",
     "is_connection_loss",
     "log_failure",
+    "stalled_since",
 ]
 
 
@@ -55,6 +56,16 @@ def is_connection_loss(exc: BaseException) -> bool:
     return False
 
 
+def stalled_since(ctx: DomainContext, start: float) -> bool:
+    """Was the domain's connection stalled at some moment since ``start``? Then what went wrong meanwhile
+    (a timeout, a RequestTimeout) is the daemon's doing, not the domain's."""
+    try:
+        xs = ctx.xs
+    except ConnectionLost:
+        return False
+    return xs.stalled_during(start, trio.current_time())
+
+
 def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed:
     """The first failure in what an actor's nursery raised (a HandlerFailed as it is, anything else - a bug
     in the actor's own code, a task started through ``ctx.nursery`` - wrapped with ``what``)."""
@@ -64,10 +75,11 @@ def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed
     return first if isinstance(first, HandlerFailed) else HandlerFailed(first, what)
 
 
-async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent) -> bool:
-    """Run one handler under its watch's timeout (no cancel scope when there is none). True if it completed,
-    False if it was cut short by a lost connection (not the domain's fault: the watch fires again after the
-    reconnect). Raises HandlerFailed."""
+async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, start: float) -> bool:
+    """Run one handler (begun at ``start``) under its watch's timeout (no cancel scope when there is none).
+    True if it completed, False if it was interrupted by the daemon: the connection was lost (the watch fires
+    again after the reconnect) or stalled while it ran (its timeout or error is not the domain's fault).
+    Raises HandlerFailed."""
     try:
         if watch.timeout is None:
             await watch.handler(ctx, event)
@@ -77,18 +89,19 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent) -> b
             if scope.cancelled_caught:
                 raise HandlerTimeout(f"handler of {watch.name!r} overran its timeout of {watch.timeout:g} s")
     except Exception as exc:
-        if is_connection_loss(exc):
+        if is_connection_loss(exc) or stalled_since(ctx, start):
             return False
         raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
     return True
 
 
 async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
-    """Run a hook; a lost connection is not its failure. Raises HandlerFailed."""
+    """Run a hook; a lost or stalled connection is not its failure. Raises HandlerFailed."""
+    start = trio.current_time()
     try:
         await hook(ctx)
     except Exception as exc:
-        if is_connection_loss(exc):
+        if is_connection_loss(exc) or stalled_since(ctx, start):
             return
         raise HandlerFailed(exc, what) from exc
 

@@ -89,9 +89,10 @@ class DefaultActor:
             envelope = await self.mailbox.receive()
             if envelope is None or not isinstance(envelope, Envelope) or not envelope.watch.active:
                 continue
-            self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
+            now = trio.current_time()
+            self.rt._observe_latency(0, now - envelope.event.received_at)
             try:
-                if await call_handler(self.ctx, envelope.watch, envelope.event):
+                if await call_handler(self.ctx, envelope.watch, envelope.event, now):
                     self.handled += 1
                     self.rt._count_event(0)
             except HandlerFailed as failure:

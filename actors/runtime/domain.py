@@ -27,6 +27,7 @@ from .calls import (
     is_connection_loss,
     log_failure,
     run_task,
+    stalled_since,
 )
 from .context import DomainContext, DomainSnapshot, State
 from .host import ActorHost
@@ -343,16 +344,23 @@ class DomainActor:
             if not item.watch.active:
                 self.dropped += 1
                 continue
-            self.busy_since = now = trio.current_time()
             self.busy_path = item.event.path
+            now = trio.current_time()
             self.rt._observe_latency(self.domid, now - item.event.received_at)
-            completed = await call_handler(ctx, item.watch, item.event)
-            self.busy_since = None
-            if completed:
-                self.handled += 1
-                self.rt._count_event(self.domid)
-            else:
-                self.interrupted += 1  # a lost connection: not the domain's fault
+            while True:
+                self.busy_since = now
+                completed = await call_handler(ctx, item.watch, item.event, now)
+                self.busy_since = None
+                if completed:
+                    self.handled += 1
+                    self.rt._count_event(self.domid)
+                    break
+                self.interrupted += 1  # by the daemon: not the domain's fault
+                xs = self.rt.connection
+                if xs is None or xs.is_lost:
+                    break  # the reconnect's resync event stands for this one
+                await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
+                now = trio.current_time()
 
     async def _handle_message(self, ctx: DomainContext, message: Message) -> None:
         self.messages -= 1
@@ -366,7 +374,7 @@ class DomainActor:
         except Exception as exc:
             if message.reply is not None:
                 message.reply.fail(exc)
-            if is_connection_loss(exc):
+            if is_connection_loss(exc) or stalled_since(ctx, self.busy_since or 0.0):
                 self.interrupted += 1
                 return
             raise HandlerFailed(exc, "message handler") from exc

@@ -182,8 +182,8 @@ class Runtime:
 
     def observe(self, fn: Observer) -> None:
         """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
-        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0), ``gone``,
-        ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
+        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
+        ``stall`` (domid 0: the daemon stalled), ``gone``, ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
         ``stopping``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
         counted as a default actor failure)."""
         self._observers.append(fn)
@@ -311,11 +311,15 @@ class Runtime:
     async def _serve_connection(self, xs: XenStore) -> None:
         """Everything that lives on one connection: global watches, every live domain's watches (their initial
         events are the resync), and the registry. Returns when the connection is lost."""
+        xs.request_timeout = self.options.request_timeout
+        xs.stall_after = self.options.stall_after
+        xs.stall_limit = self.options.stall_limit
         self.connection = xs
         self.connected.value = True
         self.disconnected_since = None
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_stalls, xs)
                 for watch in self._watches:
                     if not watch.per_domain:
                         await self._router.register(watch)
@@ -326,6 +330,15 @@ class Runtime:
         finally:
             self.connected.value = False
             self.disconnected_since = trio.current_time()
+
+    async def _report_stalls(self, xs: XenStore) -> None:
+        """Observer kind ``stall`` (domid 0) and a log line whenever the daemon stalls, one when it answers."""
+        while True:
+            await xs.stalled.wait_value(True)
+            self._emit("stall", 0)
+            logger.warning("xenstored stalled: no reply for {:g} s with requests pending", xs.stall_after)
+            await xs.stalled.wait_value(False)
+            logger.info("xenstored answers again")
 
     async def _shutdown(self) -> None:
         """Stop every actor, the default one included (each within the stop deadline, all at once)."""
