@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -21,10 +22,10 @@ __all__ = [
     "HandlerTimeout",
     "call_handler",
     "call_hook",
+    "excused_since",
     "failure_of",
     "is_connection_loss",
     "log_failure",
-    "stalled_since",
 ]
 
 
@@ -56,14 +57,10 @@ def is_connection_loss(exc: BaseException) -> bool:
     return False
 
 
-def stalled_since(ctx: DomainContext, start: float) -> bool:
-    """Was the domain's connection stalled at some moment since ``start``? Then what went wrong meanwhile
-    (a timeout, a RequestTimeout) is the daemon's doing, not the domain's."""
-    try:
-        xs = ctx.xs
-    except ConnectionLost:
-        return False
-    return xs.stalled_during(start, trio.current_time())
+def excused_since(ctx: DomainContext, start: float) -> bool:
+    """Was the domain's connection stalled, or the loop blocked by another domain, at some moment since
+    ``start``? Then what went wrong meanwhile (a timeout, a RequestTimeout) is not the domain's doing."""
+    return bool(ctx._source.excused(ctx.domid, start))
 
 
 def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed:
@@ -82,17 +79,27 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, star
     Raises HandlerFailed."""
     try:
         if watch.timeout is None:
-            await watch.handler(ctx, event)
+            await _run(ctx, watch, event)
         else:
             with trio.move_on_after(watch.timeout) as scope:
-                await watch.handler(ctx, event)
+                await _run(ctx, watch, event)
             if scope.cancelled_caught:
+                if watch.threaded:
+                    watch.abandoned += 1  # trio cannot stop a thread: it runs on, still holding its pool slot
                 raise HandlerTimeout(f"handler of {watch.name!r} overran its timeout of {watch.timeout:g} s")
     except Exception as exc:
-        if is_connection_loss(exc) or stalled_since(ctx, start):
+        if is_connection_loss(exc) or excused_since(ctx, start):
             return False
         raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
     return True
+
+
+async def _run(ctx: DomainContext, watch: Watch, event: WatchEvent) -> None:
+    if watch.threaded:
+        handler = functools.partial(watch.handler, ctx, event)
+        await trio.to_thread.run_sync(handler, abandon_on_cancel=True, limiter=watch.limiter)
+    else:
+        await cast("Awaitable[None]", watch.handler(ctx, event))
 
 
 async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
@@ -101,13 +108,16 @@ async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
     try:
         await hook(ctx)
     except Exception as exc:
-        if is_connection_loss(exc) or stalled_since(ctx, start):
+        if is_connection_loss(exc) or excused_since(ctx, start):
             return
         raise HandlerFailed(exc, what) from exc
 
 
-async def run_task(fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str) -> None:
-    """A per-domain task (``ctx.start_soon``): what it raises is its domain's failure (HandlerFailed)."""
+async def run_task(
+    ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
+) -> None:
+    """A per-domain task (``ctx.start_soon``) of ``ctx``'s domain (the watchdog finds the domid here): what it
+    raises is its domain's failure (HandlerFailed)."""
     try:
         await fn(*args)
     except Exception as exc:

@@ -33,6 +33,8 @@ class DefaultHost(Protocol):
 
     def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
 
+    def excused(self, domid: int, start: float) -> bool: ...
+
     def _observe_latency(self, domid: int, seconds: float) -> None: ...
 
 
@@ -78,7 +80,9 @@ class DefaultActor:
         self.rt._emit("failure", 0)
         log_failure(self.ctx.log, failure)
 
-    async def _run_task(self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str) -> None:
+    async def _run_task(
+        self, ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
+    ) -> None:
         try:
             await fn(*args)
         except Exception as exc:

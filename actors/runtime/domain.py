@@ -23,11 +23,11 @@ from .calls import (
     HandlerFailed,
     call_handler,
     call_hook,
+    excused_since,
     failure_of,
     is_connection_loss,
     log_failure,
     run_task,
-    stalled_since,
 )
 from .context import DomainContext, DomainSnapshot, State
 from .host import ActorHost
@@ -374,7 +374,7 @@ class DomainActor:
         except Exception as exc:
             if message.reply is not None:
                 message.reply.fail(exc)
-            if is_connection_loss(exc) or stalled_since(ctx, self.busy_since or 0.0):
+            if is_connection_loss(exc) or excused_since(ctx, self.busy_since or 0.0):
                 self.interrupted += 1
                 return
             raise HandlerFailed(exc, "message handler") from exc

@@ -52,6 +52,7 @@ class Mailbox:
         # None in the channel is an interruption (see interrupt), not an event.
         self._send, self._receive = trio.open_memory_channel[Item | None](capacity)
         self._overflow: dict[tuple[Hashable, str], Item] = {}  # insertion-ordered; smaller than OrderedDict
+        self._overflow_messages = 0
         self.coalesced = 0
         self.posted = 0
 
@@ -75,7 +76,11 @@ class Mailbox:
 
     def _spill(self, envelope: Item) -> None:
         key = envelope.key
-        if key not in self._overflow and len(self._overflow) >= self.overflow_limit:
+        if isinstance(envelope, Message):
+            self._overflow_messages += 1  # never collapsed, so not counted against overflow_limit
+        elif (
+            key not in self._overflow and len(self._overflow) - self._overflow_messages >= self.overflow_limit
+        ):
             self._collapse()
         if key in self._overflow:
             self.coalesced += 1
@@ -109,17 +114,21 @@ class Mailbox:
         overflow = self._overflow
         while overflow:
             key = next(iter(overflow))
+            item = overflow[key]
             try:
-                self._send.send_nowait(overflow[key])
+                self._send.send_nowait(item)
             except trio.WouldBlock:
                 return
             del overflow[key]
+            if isinstance(item, Message):
+                self._overflow_messages -= 1
 
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
         many."""
         waiting = list(self._overflow.values())
         self._overflow.clear()
+        self._overflow_messages = 0
         while True:
             try:
                 item = self._receive.receive_nowait()

@@ -4,7 +4,6 @@ live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,11 +21,12 @@ from .default import DefaultActor
 from .domain import DomainActor
 from .host import MessageHandler
 from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
-from .messages import AskTimeout, DomainNotRunning, MailboxFull, Message, MessageError, Reply
+from .mailing import Messaging
 from .options import RuntimeOptions
 from .router import Router
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
+from .watchdog import LoopBlocked, Watchdog
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
@@ -36,7 +36,7 @@ Observer = Callable[[str, int, float], None]
 _ATTACH_CONCURRENCY = 256
 
 
-class Runtime:
+class Runtime(Messaging):
     """Made by :func:`open_runtime`; see there."""
 
     def __init__(self, nursery: trio.Nursery, source: LifecycleSource, options: RuntimeOptions) -> None:
@@ -58,6 +58,8 @@ class Runtime:
         self._router = Router(self, self._default)
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self.message_handler: MessageHandler | None = None
+        self._workers = trio.CapacityLimiter(options.worker_threads)
+        self._watchdog: Watchdog | None = None
         self._closing = False
 
     # -- public face ---------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ class Runtime:
         without, one watch whose events go to the default actor, or to ``route(path)``'s domain when it is live.
         ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure.
         """
-        watch = Watch(template, handler, timeout=timeout, route=route, name=name)
+        watch = Watch(template, handler, timeout=timeout, route=route, name=name, limiter=self._workers)
         self._watches.append(watch)
         if watch.per_domain:
             self._for_each_actor(lambda actor: actor.attach())
@@ -137,43 +139,6 @@ class Runtime:
         self._stop_hooks.append(hook)
         return hook
 
-    def on_message(self, handler: MessageHandler) -> MessageHandler:
-        """``async def handler(ctx, message)`` handles what :meth:`send` and :meth:`ask` deliver, in the
-        domain's actor, in order with its watch events; usable as a decorator. One per runtime (a second
-        replaces the first). What it raises is a failure of that domain (and the asker's exception)."""
-        self.message_handler = handler
-        return handler
-
-    def send(self, domid: int, message: object) -> None:
-        """Deliver ``message`` to domain ``domid``'s message handler; never blocks. Raises DomainNotRunning
-        (no actor, or not running), MailboxFull (``message_limit`` waiting), MessageError (no handler)."""
-        self._post_message(domid, Message(message, None))
-
-    async def ask(self, domid: int, message: object, *, timeout: float | None = 30.0) -> Any:  # noqa: ASYNC109 (the issue asks for timeout=)
-        """Deliver ``message`` like :meth:`send` and return what the handler returns (or raise what it
-        raised). DomainNotRunning if the domain stops before it handles it; AskTimeout past ``timeout``
-        seconds (None: no limit; the message stays queued and is still handled)."""
-        reply = Reply()
-        self._post_message(domid, Message(message, reply))
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            await reply.wait()
-        if not reply.done:
-            raise AskTimeout(f"domain {domid} did not answer within {timeout:g} s")
-        if reply.error is not None:
-            raise reply.error
-        return reply.result
-
-    def _post_message(self, domid: int, message: Message) -> None:
-        if self.message_handler is None:
-            raise MessageError("no message handler: register one with rt.on_message")
-        actor = self._actors.get(domid)
-        if actor is None:
-            raise DomainNotRunning(f"no domain actor for domid {domid}")
-        if not actor.post_message(message):
-            if actor.state in (State.STARTING, State.RUNNING):
-                raise MailboxFull(f"domain {domid} has {self.options.message_limit} messages waiting")
-            raise DomainNotRunning(f"domain {domid} is {actor.state}")
-
     def reload(self, domid: int | None = None) -> None:
         """Restart domain ``domid``'s actor (every running one with None) without counting a failure: its
         tasks are cancelled with reason ``reload``, on_stop hooks run, then on_start hooks and watches again."""
@@ -183,7 +148,8 @@ class Runtime:
     def observe(self, fn: Observer) -> None:
         """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
         (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
-        ``stall`` (domid 0: the daemon stalled), ``gone``, ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
+        ``stall`` (domid 0: the daemon stalled), ``blocked`` (seconds the loop was blocked, charged
+        to the domain whose code ran), ``gone``, ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
         ``stopping``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
         counted as a default actor failure)."""
         self._observers.append(fn)
@@ -234,6 +200,36 @@ class Runtime:
     def closing(self) -> bool:
         """True once the owner has left ``open_runtime``: every actor is being stopped."""
         return self._closing
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of plain ``def`` handlers left running past their timeout (each holds a pool slot until it
+        ends)."""
+        return sum(watch.abandoned for watch in self._watches)
+
+    @property
+    def loop_blocks(self) -> int:
+        """How many times the watchdog found the event loop blocked."""
+        return 0 if self._watchdog is None else self._watchdog.blocks
+
+    def excused(self, domid: int, start: float) -> bool:
+        """Was the connection stalled, or the loop blocked by another domain, at some moment since ``start``
+        (trio clock)? A timeout or error of ``domid``'s meanwhile is then not its failure."""
+        xs = self.connection
+        if xs is not None and xs.stalled_during(start, trio.current_time()):
+            return True
+        return self._watchdog is not None and self._watchdog.blocked_during(start, domid)
+
+    def _loop_blocked(self, domid: int | None, seconds: float) -> None:
+        """The watchdog's report, in the trio thread: the block is ``domid``'s failure."""
+        self._emit("blocked", domid or 0, seconds)
+        failure = HandlerFailed(LoopBlocked(f"blocked the event loop for {seconds:.3g} s"), "domain code")
+        actor = self._actors.get(domid) if domid else None
+        if actor is not None:
+            actor.charge(failure)
+        elif domid == 0:
+            self._default.failures += 1
+            log_failure(logger.bind(domid=0), failure)
 
     def _changed(self) -> None:
         self.changed.set()
@@ -389,6 +385,9 @@ async def open_runtime(
             rt = Runtime(nursery, source, opts)
             nursery.start_soon(rt._default.run, name="mtwatch-default")
             nursery.start_soon(rt._stopwatch.run, name="mtwatch-stopwatch")
+            if opts.block_threshold is not None:
+                rt._watchdog = Watchdog(opts.block_threshold, rt._loop_blocked)
+                rt._watchdog.start()
             await nursery.start(keep_connected, rt, xs, connect)
             try:
                 yield rt
@@ -397,6 +396,8 @@ async def open_runtime(
             finally:
                 with trio.CancelScope(shield=True):
                     await rt._shutdown()
+                    if rt._watchdog is not None:
+                        rt._watchdog.stop()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The runtime's own tasks raise nothing but ConnectionLost (no connect= to reconnect with); anything

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import string
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,8 @@ __all__ = ["Handler", "Hook", "Registrations", "Route", "Watch"]
 
 _UNWATCH_DEADLINE = 2.0
 
-Handler = Callable[["DomainContext", WatchEvent], Awaitable[None]]
+Handler = Callable[["DomainContext", WatchEvent], Awaitable[None] | None]
+"""``async def handler(ctx, event)``, or a plain ``def`` one, run in a worker thread (bounded pool)."""
 Hook = Callable[["DomainContext"], Awaitable[None]]
 
 
@@ -51,8 +53,14 @@ class Watch:
     name: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     active: bool = True
+    limiter: trio.CapacityLimiter | None = None  # the worker threads of a plain def handler
+    abandoned: int = 0  # threads of this watch's handler left running past its timeout
 
     def __post_init__(self) -> None:
+        # A plain def function or method runs in a worker thread; anything else is called and awaited.
+        handler = self.handler
+        plain = inspect.isfunction(handler) or inspect.ismethod(handler)
+        self.threaded = plain and not inspect.iscoroutinefunction(handler)
         fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
         if fields - {"domid"}:
             raise ValueError(f"watch template {self.template!r}: only {{domid}} may be filled in")
