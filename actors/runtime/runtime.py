@@ -106,7 +106,10 @@ class Runtime(Messaging):
 
         ``template`` with ``{domid}`` is one watch per live domain, its events handled by that domain's actor;
         without, one watch whose events go to the default actor, or to ``route(path)``'s domain when it is live.
-        ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure.
+        ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure
+        (unless the daemon stalled or another domain blocked the loop meanwhile: then it runs again). A plain
+        ``def`` function or method runs in a worker thread of a bounded pool (``worker_threads``); past its
+        timeout the domain fails and the thread is left to finish (``abandoned_threads``).
         """
         watch = Watch(template, handler, timeout=timeout, route=route, name=name, limiter=self._workers)
         self._watches.append(watch)
