@@ -9,6 +9,7 @@ oxenstored is known by either sign, and RESET_WATCHES (which oxenstored never an
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import overload
@@ -87,10 +88,8 @@ class DaemonOperations:
         oxenstored = not directory_part or b"@introduceDomain" in root
         features = Feature(0)
         if not oxenstored:
-            try:
+            with contextlib.suppress(Unsupported):  # C xenstored before 4.21: ENOSYS
                 features = Feature(_number(await self._request(Op.GET_FEATURE, b""), "GET_FEATURE"))
-            except Unsupported:
-                pass
         # The embedded xenstored answers as C xenstored does, by design: on the wire it is "cxenstored".
         daemon = "oxenstored" if oxenstored else "cxenstored"
         return Capabilities(features, directory_part, not oxenstored, daemon)
@@ -130,7 +129,9 @@ class DaemonOperations:
         """This connection's features, or domain ``domid``'s (dom0 only). Unsupported before Xen 4.21."""
         if domid is None:
             return Feature(_number(await self._request_empty(Op.GET_FEATURE), "GET_FEATURE"))
-        return Feature(_number(await self._request(Op.GET_FEATURE, join(str(check_domid(domid)))), "GET_FEATURE"))
+        return Feature(
+            _number(await self._request(Op.GET_FEATURE, join(str(check_domid(domid)))), "GET_FEATURE")
+        )
 
     async def set_features(self, domid: int, bits: int) -> None:
         """Set a domain's features, before it is introduced (EBUSY after). Unsupported before Xen 4.21."""
