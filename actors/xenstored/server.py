@@ -16,9 +16,11 @@ from typing import Final
 import trio
 from loguru import logger
 
+from . import lifecycle
 from .connection import Connection
 from .core import COMPATS, Core
 from .domains import DOMID_FIRST_RESERVED, Quotas
+from .handlers import op_table
 from .store import Store
 
 __all__ = ["DEFAULT_SOCKET", "XenStored", "main", "open_xenstored"]
@@ -33,7 +35,7 @@ class XenStored:
     """
 
     def __init__(self, quotas: Quotas | None = None, compat: str = "4.22") -> None:
-        self.core = Core(quotas, compat)
+        self.core = Core(op_table(compat), quotas, compat)
 
     @property
     def compat(self) -> str:
@@ -99,8 +101,8 @@ class XenStored:
         if domid:
             _check_guest(domid)
             if core.domains.introduced(domid) is None:
-                core.introduce(domid)
-            conn = core.attach(domid, stream)
+                lifecycle.introduce(core, domid)
+            conn = lifecycle.attach(core, domid, stream)
         else:
             conn = core.connect(stream, 0)
         try:
@@ -109,7 +111,7 @@ class XenStored:
             logger.exception("dropping {!r} after an internal error", conn)
         finally:
             if domid:
-                core.detach(conn)
+                lifecycle.detach(core, conn)
             else:
                 core.disconnect(conn)
             await trio.aclose_forcefully(stream)
@@ -127,7 +129,7 @@ class XenStored:
         server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
         if self.core.domains.introduced(domid) is None:
-            self.core.introduce(domid)
+            lifecycle.introduce(self.core, domid)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.handle_stream, server_end, domid)
             try:
@@ -139,17 +141,17 @@ class XenStored:
     def introduce(self, domid: int) -> bool:
         """Introduce guest ``domid`` as INTRODUCE does (fires @introduceDomain); False if it already was."""
         _check_guest(domid)
-        return self.core.introduce(domid)
+        return lifecycle.introduce(self.core, domid)
 
     def domain_shutdown(self, domid: int) -> None:
         """The hypervisor reports ``domid`` shut down: fire @releaseDomain once (4.22: ``@releaseDomain/<domid>``
         first), until RESUME re-arms it. The domain stays until it dies or is released."""
-        self.core.shutdown_domain(domid)
+        lifecycle.shutdown_domain(self.core, domid)
 
     def domain_died(self, domid: int) -> None:
         """The hypervisor reports ``domid`` dead: drop its connection, remove the nodes it owns and, if it
         had been introduced, fire @releaseDomain (as C xenstored's ``check_domains()``)."""
-        self.core.destroy_domain(domid)
+        lifecycle.destroy_domain(self.core, domid)
 
     def is_introduced(self, domid: int) -> bool:
         return self.core.domains.introduced(domid) is not None

@@ -9,18 +9,16 @@ may use these ops, except GET_FEATURE for the caller's own features.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from actors.xs.wire import Frame
 
-from .domains import DOMID_FIRST_RESERVED, FEATURES, Domain, Quotas
-from .failure import EACCES, EBUSY, EINVAL, ENOENT, Fail
-from .permissions import atoi
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .core import Core, Handler
-    from .transactions import Transaction, View
+from ..connection import Connection
+from ..core import Core, Handler
+from ..domains import DOMID_FIRST_RESERVED, FEATURES, Domain, Quotas
+from ..failure import EACCES, EBUSY, EINVAL, ENOENT, Fail
+from ..permissions import atoi
+from ..transactions import Transaction, View
 
 __all__ = ["FEATURE_HANDLERS", "FEATURE_PRIVILEGED", "QUOTA_NAMES"]
 
@@ -65,7 +63,7 @@ def _parse_domid(raw: bytes) -> int:
     return value
 
 
-def _existing_domain(core: Core, raw: bytes) -> Domain:
+def _existing_domain(core: Core, raw: bytes) -> Domain[Connection]:
     """``find_or_alloc_existing_domain()``: every domid below DOMID_FIRST_RESERVED exists here."""
     domid = _parse_domid(raw)
     if domid >= DOMID_FIRST_RESERVED:
