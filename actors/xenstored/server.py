@@ -172,7 +172,9 @@ async def _bind_error(socket_path: str, exc: OSError) -> OSError:
         )
     if exc.errno == errno.ENOENT:
         folder = os.path.dirname(socket_path) or "."
-        return OSError(errno.ENOENT, f"folder {folder} does not exist (only the socket file is made): create it")
+        return OSError(
+            errno.ENOENT, f"folder {folder} does not exist (only the socket file is made): create it"
+        )
     return OSError(exc.errno, f"cannot listen on {socket_path}: {exc.strerror}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from actors.xs.wire import Frame
+from actors.xs.wire import Frame, Op
 
 from ..connection import Connection
 from ..core import Core, Handler
@@ -21,11 +21,6 @@ from ..permissions import atoi
 from ..transactions import Transaction, View
 
 __all__ = ["FEATURE_HANDLERS", "FEATURE_PRIVILEGED", "QUOTA_NAMES"]
-
-GET_FEATURE: Final = 23
-SET_FEATURE: Final = 24
-GET_QUOTA: Final = 25
-SET_QUOTA: Final = 26
 
 # The quota names of C 4.22 in its order, each with the Quotas field it sets. Every other soft quota is off.
 QUOTA_NAMES: Final = (
@@ -134,9 +129,9 @@ def do_set_quota(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
 
 
 FEATURE_HANDLERS: Final[dict[int, Handler]] = {
-    GET_FEATURE: do_get_feature,
-    SET_FEATURE: do_set_feature,
-    GET_QUOTA: do_get_quota,
-    SET_QUOTA: do_set_quota,
+    int(Op.GET_FEATURE): do_get_feature,
+    int(Op.SET_FEATURE): do_set_feature,
+    int(Op.GET_QUOTA): do_get_quota,
+    int(Op.SET_QUOTA): do_set_quota,
 }
-FEATURE_PRIVILEGED: Final = frozenset({SET_FEATURE, GET_QUOTA, SET_QUOTA})
+FEATURE_PRIVILEGED: Final = frozenset(int(op) for op in (Op.SET_FEATURE, Op.GET_QUOTA, Op.SET_QUOTA))
