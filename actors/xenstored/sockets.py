@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from typing import Final
 
 import trio
@@ -16,10 +17,13 @@ CONNECT_TIMEOUT: Final = 5.0
 
 def _connect(path: str, timeout: float) -> socket.socket:
     # A blocking connect: with the listener's backlog full (C xenstored listens with a backlog of 1) it waits
-    # for room, where a non-blocking one fails with EAGAIN.
+    # for room, up to the send timeout, where a non-blocking one (Python's timeout mode too) fails with EAGAIN.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
+        seconds = int(timeout)
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+        )
         sock.connect(path)
     except BaseException:
         sock.close()
@@ -29,8 +33,8 @@ def _connect(path: str, timeout: float) -> socket.socket:
 
 async def connect_unix(path: str) -> trio.SocketStream:
     """A stream connected to the unix socket ``path``; OSError if nothing listens there, TimeoutError if the
-    listener's backlog stays full for CONNECT_TIMEOUT seconds."""
-    sock = await trio.to_thread.run_sync(_connect, path, CONNECT_TIMEOUT, abandon_on_cancel=True)
+    listener's backlog stays full for CONNECT_TIMEOUT seconds (BlockingIOError); not cancellable meanwhile."""
+    sock = await trio.to_thread.run_sync(_connect, path, CONNECT_TIMEOUT)
     sock.setblocking(False)
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
@@ -40,8 +44,6 @@ def daemon_answers(path: str, timeout: float = 1.0) -> bool:
     or no file; True also when the listener is too busy to accept within ``timeout``."""
     try:
         _connect(path, timeout).close()
-    except TimeoutError:
-        return True
     except OSError as exc:
         return exc.errno == errno.EAGAIN
     return True
