@@ -10,6 +10,7 @@ oxenstored is known by either sign, and RESET_WATCHES (which oxenstored never an
 from __future__ import annotations
 
 import enum
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import overload
 
@@ -87,10 +88,8 @@ class DaemonOperations:
         oxenstored = not directory_part or b"@introduceDomain" in root
         features = Feature(0)
         if not oxenstored:
-            try:
+            with suppress(Unsupported):
                 features = Feature(_number(await self._request(Op.GET_FEATURE, b""), "GET_FEATURE"))
-            except Unsupported:
-                pass
         # The embedded xenstored answers as C xenstored does, by design: on the wire it is "cxenstored".
         daemon = "oxenstored" if oxenstored else "cxenstored"
         return Capabilities(features, directory_part, not oxenstored, daemon)
