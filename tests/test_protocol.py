@@ -315,3 +315,14 @@ def test_directory_parts_are_bounded() -> None:
 def test_malformed_or_stuck_directory_parts(reply: bytes) -> None:
     with pytest.raises(errors.ProtocolError):
         DirectoryParts(b"/big").feed(reply)
+
+
+def test_long_reply_in_pieces() -> None:
+    protocol = ClientProtocol()
+    request = protocol.request(Op.DIRECTORY, b"/big\0")
+    stream = encode_long(Op.DIRECTORY, b"child\0" * 20000, request.req_id) + encode(
+        Op.WATCH_EVENT, join("/a", "t")
+    )
+    assert feed_in_chunks(protocol, stream, list(range(0, len(stream), 999))) == [request.req_id]
+    assert request.reply is not None and len(request.reply.payload) == 120000
+    assert protocol.unknown_events == 1
