@@ -246,6 +246,6 @@ async def test_oversized_watch_is_refused_before_anything_is_registered() -> Non
         await peer.answer_everything()
 
     async with scripted(script) as path, actors.connect(path) as xs:
-        with pytest.raises(ValueError, match="payload limit"):
+        with pytest.raises(actors.PayloadTooLarge, match="payload limit"):
             await xs.add_watch("/" + "a" * 3000, "t" * 2000, lambda e: None)
         assert xs._sinks == {}
