@@ -32,7 +32,7 @@ WatchSink = Callable[[WatchEvent], None]
 
 SOCKET_REPLY_MAX: Final = 1 << 20  # oxenstored answers DIRECTORY on a socket in one reply of any length
 DIRECTORY_MAX_BYTES: Final = 1 << 20  # a DIRECTORY_PART listing, all chunks together
-_ABANDONED_MAX: Final = 4096  # requests whose callers left before the reply: remembered to discard the reply
+_ABANDONED_MAX: Final = 1 << 16  # requests whose callers left before the reply, remembered to discard it
 _WATCH_OPS: Final = frozenset((int(Op.WATCH), int(Op.UNWATCH)))
 _ERROR: Final = int(Op.ERROR)
 _WATCH_EVENT: Final = int(Op.WATCH_EVENT)
