@@ -326,3 +326,13 @@ def test_long_reply_in_pieces() -> None:
     assert feed_in_chunks(protocol, stream, list(range(0, len(stream), 999))) == [request.req_id]
     assert request.reply is not None and len(request.reply.payload) == 120000
     assert protocol.unknown_events == 1
+
+
+def test_watch_events_compare_by_path_token_and_domid() -> None:
+    first = WatchEvent("/a", "t", 1.0, True)
+    assert first == WatchEvent("/a", "t", 2.0) and hash(first) == hash(WatchEvent("/a", "t"))
+    assert first != WatchEvent("/a", "t", domid=3)
+    assert first != WatchEvent("/b", "t")
+    assert first != ("/a", "t", 1.0, True, None)  # a tuple underneath, but never equal to a plain one
+    with pytest.raises(AttributeError):
+        first.path = "/b"  # type: ignore[misc]
