@@ -22,6 +22,7 @@ from .daemon import Capabilities, DaemonOperations
 from .errors import (
     ConnectionLost,
     ConnectionStalled,
+    ErrorReply,
     ProtocolError,
     RequestTimeout,
     TransactionConflict,
@@ -202,16 +203,35 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
             self._mark_lost(exc)
 
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
+        return await self._wait(self._queue(op, payload, tx_id, path), path)
+
+    def _queue(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> Request:
         if self._lost is not None:
             raise self._lost_error()
-        # PayloadTooLarge before anything is queued
-        return await self._wait(self._protocol.request(op, payload, tx_id, path), path)
+        if not self._protocol.pending:
+            self._stall.requests_began()
+        request = self._protocol.request(
+            op, payload, tx_id, path
+        )  # PayloadTooLarge before anything is queued
+        request.waiter = trio.Event()
+        return request
+
+    async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
+        """Requests queued at once (one write on a socket), then their answers in order: a payload or the
+        error reply. Other errors (lost, timeout) are raised."""
+        requests = [(self._queue(op, payload, 0, path), path) for op, payload, path in calls]
+        answers: list[bytes | ErrorReply] = []
+        for request, path in requests:
+            try:
+                answers.append(await self._wait(request, path))
+            except ErrorReply as exc:
+                answers.append(exc)
+        return answers
 
     async def _wait(self, request: Request, path: str | None) -> bytes:
         protocol = self._protocol
-        if protocol.pending == 1:
-            self._stall.requests_began()
-        done = request.waiter = trio.Event()
+        done = request.waiter
+        assert isinstance(done, trio.Event)  # set when queued: the reply may come before this waits
         self._outbox_ready.set()
         timeout = self.request_timeout
         try:

@@ -29,7 +29,12 @@ class WatchEvent(NamedTuple):
 
     def __eq__(self, other: object) -> bool:
         # Never equal to a plain tuple, though it is one.
-        return isinstance(other, WatchEvent) and self[0] == other[0] and self[1] == other[1] and self[4] == other[4]
+        return (
+            isinstance(other, WatchEvent)
+            and self[0] == other[0]
+            and self[1] == other[1]
+            and self[4] == other[4]
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)

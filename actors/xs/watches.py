@@ -11,6 +11,7 @@ import trio
 from .daemon import Capabilities
 from .errors import ConnectionLost, PayloadTooLarge, TokenInUse, Unsupported, XenStoreError
 from .protocol import ClientProtocol, Request, WatchSink
+from .stall import StallDetector
 from .subscription import Subscription
 from .wire import PAYLOAD_MAX, Op, check_watch_path, join
 
@@ -27,6 +28,7 @@ class WatchOperations:
     _subscriptions: dict[str, Subscription]
     _tokens: itertools.count[int]
     _lost: BaseException | None
+    _stall: StallDetector
 
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
         raise NotImplementedError
@@ -62,7 +64,10 @@ class WatchOperations:
             raise self._lost_error()
         if self._protocol.has_watch(token):  # taken while the capabilities were probed
             raise TokenInUse(path=path)
+        if not self._protocol.pending:
+            self._stall.requests_began()
         request = self._protocol.watch(raw, token, sink, depth, label=path)
+        request.waiter = trio.Event()
         try:
             await self._wait(request, path)
         except BaseException:
