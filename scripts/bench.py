@@ -301,12 +301,13 @@ async def stock_host_samples(xs: actors.XenStore, size: int, samples: int) -> di
     }
 
 
-async def bench_stock_host(sizes: list[int], samples: int) -> dict[str, object]:
-    result: dict[str, object] = {"target_ms_4_17": 60, "target_ms_watch_depth": 10}
+async def stock_host_embedded(compat: str, sizes: list[int], samples: int) -> dict[str, object]:
+    """The embedded xenstored as a process of its own, answering as C xenstored ``compat`` does."""
     folder = tempfile.mkdtemp(prefix="mtwb", dir="/tmp")
     path = os.path.join(folder, "socket")
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "actors.xenstored", "--socket", path], stderr=subprocess.PIPE
+        [sys.executable, "-m", "actors.xenstored", "--socket", path, "--compat", compat],
+        stderr=subprocess.PIPE,
     )
     try:
         assert proc.stderr is not None
@@ -325,20 +326,27 @@ async def bench_stock_host(sizes: list[int], samples: int) -> dict[str, object]:
                     pass
 
             nursery.start_soon(drain)
-            result["embedded"] = await stock_host_figures(path, sizes, samples)
+            result = await stock_host_figures(path, sizes, samples)
             nursery.cancel_scope.cancel()
+        return result
     finally:
         proc.terminate()
         await proc.wait()
         if proc.stderr is not None:
             await proc.stderr.aclose()
+
+
+async def bench_stock_host(sizes: list[int], samples: int) -> dict[str, object]:
+    result: dict[str, object] = {"target_ms_4_17": 60, "target_ms_watch_depth": 10}
+    result["embedded_4_22_watch_depth"] = await stock_host_embedded("4.22", sizes, samples)
+    result["embedded_4_17"] = await stock_host_embedded("4.17", sizes, samples)
     try:
         from harness.cxenstored import CXenStoredUnavailable, open_cxenstored
 
         async with open_cxenstored(tempfile.mkdtemp(prefix="mtwc", dir="/tmp")) as real:
-            result["cxenstored"] = await stock_host_figures(real.socket_path, sizes, samples)
+            result["cxenstored_4_17"] = await stock_host_figures(real.socket_path, sizes, samples)
     except CXenStoredUnavailable as exc:
-        result["cxenstored"] = {"unavailable": str(exc)}
+        result["cxenstored_4_17"] = {"unavailable": str(exc)}
     return result
 
 
