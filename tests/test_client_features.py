@@ -14,7 +14,7 @@ from actors.xs.errors import Unsupported
 from actors.xs.events import WatchEvent
 from actors.xs.transport import connect_unix
 from actors.xs.wire import DOMID_ANY, Op
-from conftest import Server
+from conftest import Server, answer
 from harness.scripted import Peer, answer_as, scripted
 
 Check = Callable[[actors.XenStore, list[Peer]], Awaitable[None]]
@@ -42,7 +42,7 @@ async def test_capabilities_of_c422_are_probed_once() -> None:
         assert await xs.capabilities() is caps
 
     sent = await against("c422", check)
-    assert sent == [Op.GET_FEATURE, Op.DIRECTORY_PART, Op.DIRECTORY]
+    assert sent == [Op.DIRECTORY_PART, Op.GET_FEATURE, Op.DIRECTORY]
 
 
 async def test_capabilities_of_c417_and_unsupported_ops() -> None:
@@ -136,7 +136,7 @@ async def test_depth_over_xenbus_is_refused() -> None:
 
 
 async def test_initial_event_and_later_ones(server: Server) -> None:
-    async with actors.connect(server.socket_path) as xs:
+    async with actors.connect(server.socket_path, request_timeout=10) as xs:
         got: list[WatchEvent] = []
         await xs.add_watch("/vm", "t", got.append)
         await xs.write("/vm/x", "1")
@@ -152,29 +152,45 @@ async def test_initial_event_and_later_ones(server: Server) -> None:
 
 
 async def test_capabilities_of_the_real_daemons(server: Server) -> None:
-    # Both answer as C xenstored 4.17 (the embedded one by design): no 4.21+ ops, DIRECTORY_PART,
-    # RESET_WATCHES answered.
+    # The embedded xenstored speaks C 4.22; Debian's C xenstored is 4.17 (no 4.21+ ops); oxenstored 4.17 has
+    # no DIRECTORY_PART either and never answers RESET_WATCHES.
+    expected = answer(
+        server,
+        (Feature(0), True, True, "cxenstored", False),
+        embedded=(Feature.ERROR | Feature.WATCHDEPTH | Feature.DOMID_ANY, True, True, "cxenstored", True),
+        oxenstored=(Feature(0), False, False, "oxenstored", False),
+    )
     async with actors.connect(server.socket_path) as xs:
-        caps = await xs.capabilities()
-        assert (caps.features, caps.directory_part, caps.reset_watches, caps.daemon) == (
-            Feature(0),
-            True,
-            True,
-            "cxenstored",
-        )
-        with pytest.raises(Unsupported):
-            await xs.features()
-        with pytest.raises(Unsupported):
-            await xs.quota("nodes")
-        with pytest.raises(Unsupported, match="WATCHDEPTH"):
-            await xs.add_watch("@releaseDomain", "t", lambda e: None, depth=1)
-        async with xs.watch("/vm") as events:
+        with trio.fail_after(10):  # the probe's three requests go out in one write: every answer is awaited
+            caps = await xs.capabilities()
+        assert (
+            caps.features,
+            caps.directory_part,
+            caps.reset_watches,
+            caps.daemon,
+            caps.feature_ops,
+        ) == expected
+        if caps.feature_ops:
+            assert await xs.features() == caps.features
+            assert await xs.quota("nodes") > 0
+        else:
+            with pytest.raises(Unsupported):
+                await xs.features()
+            with pytest.raises(Unsupported):
+                await xs.quota("nodes")
+            with pytest.raises(Unsupported, match="WATCHDEPTH"):
+                await xs.add_watch("@releaseDomain", "t", lambda e: None, depth=1)
+        async with xs.watch("/local") as events:
             assert (await events.receive()).initial
-            await xs.reset_watches()
+            if caps.reset_watches:
+                await xs.reset_watches()
+            else:
+                with pytest.raises(Unsupported):
+                    await xs.reset_watches()
 
 
 async def test_token_in_use_on_a_real_daemon(server: Server) -> None:
-    async with actors.connect(server.socket_path) as xs:
+    async with actors.connect(server.socket_path, request_timeout=10) as xs:
         await xs.add_watch("/vm", "t", lambda e: None)
         with pytest.raises(actors.AlreadyExists, match="EEXIST"):
             await xs.add_watch("/other", "t", lambda e: None)
