@@ -381,14 +381,19 @@ async def test_reconnect_restores_every_watch_without_failures(
                 await announce(toolstack, 70, 71)
             await rt.wait_domain(70, State.RUNNING)
             await rt.wait_domain(71, State.RUNNING)
-            resyncs_before = len(rec.values(70, "/local/domain/70/data"))
+            # Running means watched; the watch's registration event may still be on its way to the handler.
+            watched = {d: f"/local/domain/{d}/data" for d in (70, 71)}
+            while not all(rec.values(d, p) for d, p in watched.items()):
+                await rec.changed.wait()
+            resyncs_before = {d: len(rec.values(d, p)) for d, p in watched.items()}
             first.cancel()
             await rt.connected.wait_value(False)
             await trio.sleep(3)  # a few failed attempts while nothing listens
             await nursery.start(serve, trio.CancelScope())
             await rt.connected.wait_value(True)
-            # The resync: the re-registered watch fires once more for its own path.
-            while len(rec.values(70, "/local/domain/70/data")) == resyncs_before:
+            # The resync: each re-registered watch fires once more for its own path (a write made before that
+            # would be seen by the resync's re-read, not as an event of its own).
+            while any(len(rec.values(d, p)) == resyncs_before[d] for d, p in watched.items()):
                 await rec.changed.wait()
             async with actors.connect(path) as toolstack:
                 await toolstack.write(data(70), "after")
