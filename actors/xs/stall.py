@@ -48,9 +48,9 @@ class StallDetector:
             self._wakeup.set()  # the watchdog waits for the stall's end to watch for the next one
 
     def requests_began(self) -> None:
-        """Requests are pending where none were: the silence counts from now."""
+        """Requests are pending where none were: the silence counts from now. The watchdog is not woken (that
+        would cost a task switch per request): it looks at least every ``stall_after`` seconds anyway."""
         self._waiting_since = trio.current_time()
-        self._wakeup.set()
 
     def poke(self) -> None:
         """The thresholds changed: re-check."""
@@ -67,7 +67,8 @@ class StallDetector:
     # -- the watchdog task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The watchdog: sleeps while nothing is pending, else until the next threshold."""
+        """The watchdog: wakes every ``stall_after`` seconds while nothing is pending, else at the next
+        threshold."""
         conn = self.conn
         while not conn.is_lost:
             self._wakeup = trio.Event()
@@ -82,7 +83,8 @@ class StallDetector:
         if not self.conn._protocol.pending:
             if self.stalled.value:
                 self._end(now)
-            return math.inf
+            # Requests that begin before this deadline stall at the earliest stall_after after it: on time.
+            return now + self.stall_after
         silent_since = max(self._last_frame, self._waiting_since)
         if not self.stalled.value:
             if now < silent_since + self.stall_after:
