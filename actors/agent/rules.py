@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..runtime.watches import Watch
     from ..xs.subscription import WatchEvent
 
-from ..runtime.domain import HandlerError
+from ..runtime.calls import HandlerError
 
 __all__ = ["CommandFailed", "RuleSet", "RunHandler", "handler_for"]
 

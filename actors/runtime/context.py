@@ -32,9 +32,14 @@ class ConnectionSource(Protocol):
     @property
     def xs(self) -> XenStore: ...
 
+    def excused(self, domid: int, start: float) -> bool:
+        """Was the connection stalled, or the loop blocked by another domain, since ``start``?"""
 
-TaskRunner = Callable[[Callable[..., Awaitable[object]], tuple[Any, ...], str], Awaitable[None]]
-"""``runner(fn, args, what)``: how the owner of a context runs one of its per-domain tasks (and what a task
+
+TaskRunner = Callable[
+    ["DomainContext", Callable[..., Awaitable[object]], tuple[Any, ...], str], Awaitable[None]
+]
+"""``runner(ctx, fn, args, what)``: how the owner of a context runs one of its per-domain tasks (and what a task
 that raises costs: a domain actor fails, the default actor counts it)."""
 
 
@@ -84,7 +89,7 @@ class DomainContext:
         if self._run_task is None:
             self.nursery.start_soon(fn, *args, name=what)
         else:
-            self.nursery.start_soon(self._run_task, fn, args, what, name=what)
+            self.nursery.start_soon(self._run_task, self, fn, args, what, name=what)
 
     def __repr__(self) -> str:
         return f"DomainContext(domid={self.domid}, identity={self.identity!r})"

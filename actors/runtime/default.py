@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from loguru import logger
 
 from ..xs.subscription import WatchEvent
+from .calls import HandlerFailed, call_handler, log_failure
 from .context import DomainContext
-from .domain import HandlerFailed, call_handler, log_failure
 from .mailbox import Envelope, Mailbox
+from .options import RuntimeOptions
 from .watches import Watch
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..xs.client import XenStore
 
-__all__ = ["DefaultActor"]
+__all__ = ["DefaultActor", "DefaultHost"]
+
+
+class DefaultHost(Protocol):
+    """What the default actor needs of its runtime."""
+
+    options: RuntimeOptions
+
+    @property
+    def xs(self) -> XenStore: ...
+
+    def _count_event(self, domid: int) -> None: ...
+
+    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
+
+    def excused(self, domid: int, start: float) -> bool: ...
+
+    def _observe_latency(self, domid: int, seconds: float) -> None: ...
 
 
 class DefaultActor:
     """Runs the events that belong to no live domain actor, one at a time, like dom0's default xenwatch
-    thread. A failing handler is logged and counted; the actor carries on."""
+    thread. A failing handler (or a task of ``ctx.start_soon``) is logged and counted; the actor carries on."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: DefaultHost) -> None:
         self.rt = runtime
         self.mailbox = Mailbox(runtime.options.mailbox_size, runtime.options.overflow_limit)
         self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
@@ -31,39 +50,54 @@ class DefaultActor:
         self.failures = 0
         self.finished = trio.Event()
         self._closing = False
-        self._busy_scope: trio.CancelScope | None = None
+        self._scope: trio.CancelScope | None = None
 
     def post(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
         self.mailbox.post(Envelope(watch, event, watch_path))
 
     def stop(self, grace: float) -> None:
-        """Take no new events; a running handler gets ``grace`` seconds, then is cancelled."""
+        """Take no new events; a running handler gets ``grace`` seconds, then is cancelled (and so are the
+        default actor's tasks)."""
         self._closing = True
         self.mailbox.interrupt()
-        if self._busy_scope is not None:
-            self._busy_scope.deadline = min(self._busy_scope.deadline, trio.current_time() + grace)
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
 
     async def run(self) -> None:
         with logger.contextualize(domid=0):
             try:
-                await self._serve()
+                async with trio.open_nursery() as nursery:
+                    self._scope = nursery.cancel_scope
+                    self.ctx = DomainContext(0, b"", self.rt, self.ctx.log, nursery, self._run_task)
+                    await self._serve()
+                    nursery.cancel_scope.cancel(reason="shutdown")
             finally:
+                self._scope = None
                 self.finished.set()
+
+    def _fail(self, failure: HandlerFailed) -> None:
+        self.failures += 1
+        self.rt._emit("failure", 0)
+        log_failure(self.ctx.log, failure)
+
+    async def _run_task(
+        self, ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
+    ) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            self._fail(HandlerFailed(exc, f"task {what}"))
 
     async def _serve(self) -> None:
         while not self._closing:
             envelope = await self.mailbox.receive()
-            if envelope is None or not envelope.watch.active:
+            if envelope is None or not isinstance(envelope, Envelope) or not envelope.watch.active:
                 continue
-            self.rt._observe_latency(0, trio.current_time() - envelope.event.received_at)
+            now = trio.current_time()
+            self.rt._observe_latency(0, now - envelope.event.received_at)
             try:
-                with trio.CancelScope() as self._busy_scope:
-                    if await call_handler(self.ctx, envelope.watch, envelope.event):
-                        self.handled += 1
-                        self.rt._count_event(0)
+                if await call_handler(self.ctx, envelope.watch, envelope.event, now):
+                    self.handled += 1
+                    self.rt._count_event(0)
             except HandlerFailed as failure:
-                self.failures += 1
-                self.rt._count_failure(0)
-                log_failure(self.ctx.log, failure)
-            finally:
-                self._busy_scope = None
+                self._fail(failure)

@@ -1,104 +1,52 @@
-"""The per-domU actor: its own mailbox, its own cancel scope, its own supervisor.
+"""The per-domU actor: its own mailbox, its own nursery per incarnation, its own supervisor.
 
 One actor per guest domain, as a ``[xen-mtwatch-<domid>]`` kthread would be: its handlers run one at a time in
-event order; a handler that raises or overruns its timeout cancels only this actor's scope, is logged with the
-domid and counted, and the actor restarts after a backoff (on_start again, watches again; registering a watch
-makes the daemon fire it once, which is the resync event). Too many failures within the policy's period and the
-actor stays ``failed`` until its identity changes or ``rt.reset(domid)``.
+event order. Everything that runs for the domain runs inside one nursery per incarnation (on_start hooks,
+watches, handlers, messages, the tasks of ``ctx.start_soon``); whatever raises there, or an observer called for
+the domain, or a bug in this module, is a failure of this domain only: logged with the domid, counted, the
+incarnation cancelled, and the actor restarted after a backoff (on_start again, watches again; registering a
+watch makes the daemon fire it once, which is the resync event). Too many failures within the policy's period
+and the actor stays ``failed`` until its identity changes or ``rt.reset(domid)``.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import suppress
-from typing import TYPE_CHECKING
+import math
 
 import trio
 from loguru import logger
 
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import XenStoreError
 from ..xs.subscription import WatchEvent
+from .calls import (
+    HandlerFailed,
+    call_handler,
+    call_hook,
+    excused_since,
+    failure_of,
+    is_connection_loss,
+    log_failure,
+    run_task,
+)
 from .context import DomainContext, DomainSnapshot, State
+from .host import ActorHost
 from .mailbox import Envelope, Mailbox
+from .messages import Message
 from .supervisor import RestartTracker
-from .watches import Hook, Watch
+from .watches import Registrations, Watch
 
-if TYPE_CHECKING:
-    from loguru import Logger
+__all__ = ["DomainActor"]
 
-    from ..xs.client import XenStore
-    from .runtime import Runtime
-
-__all__ = ["DomainActor", "HandlerError", "HandlerFailed", "HandlerTimeout", "call_handler", "log_failure"]
-
-_UNWATCH_DEADLINE = 2.0
-
-
-class HandlerError(Exception):
-    """Raise this (or a subclass) from a handler for an expected failure, e.g. a command that exited non-zero:
-    the supervisor treats it like any other, but logs it in one line, without a traceback."""
-
-
-class HandlerTimeout(HandlerError):
-    """A handler ran longer than its watch's ``timeout``."""
-
-
-class HandlerFailed(Exception):
-    """Carries a handler's (or hook's) exception to its actor's supervisor; never leaves the actor."""
-
-    def __init__(self, error: BaseException, what: str) -> None:
-        super().__init__(f"{what}: {error!r}")
-        self.error = error
-        self.what = what
-
-
-def _is_connection_loss(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionLost):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_connection_loss(e) for e in exc.exceptions)
-    return False
-
-
-async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent) -> bool:
-    """Run one handler under its watch's timeout. True if it completed, False if it was cut short by a lost
-    connection (not the domain's fault: the watch fires again after the reconnect). Raises HandlerFailed."""
-    try:
-        if watch.timeout is None:
-            await watch.handler(ctx, event)
-        else:
-            with trio.move_on_after(watch.timeout) as scope:
-                await watch.handler(ctx, event)
-            if scope.cancelled_caught:
-                raise HandlerTimeout(f"handler of {watch.name!r} overran its timeout of {watch.timeout:g} s")
-    except Exception as exc:
-        if _is_connection_loss(exc):
-            return False
-        raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
-    return True
-
-
-def log_failure(log: Logger, failure: HandlerFailed, level: str = "ERROR") -> None:
-    """A failure with its traceback; an expected one (HandlerError) in one line."""
-    if isinstance(failure.error, HandlerError):
-        log.log(level, "{} failed: {}", failure.what, failure.error)
-    else:
-        log.opt(exception=failure.error).log(level, "{} failed", failure.what)
-
-
-async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
-    try:
-        await hook(ctx)
-    except Exception as exc:
-        if _is_connection_loss(exc):
-            return
-        raise HandlerFailed(exc, what) from exc
+_ACCEPTING = (State.STARTING, State.RUNNING)
+_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping")}
+_REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
 
 
 class DomainActor:
     """Lives from its mtwatch node's appearance to its removal; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, domid: int, identity: bytes) -> None:
+    def __init__(self, runtime: ActorHost, domid: int, identity: bytes) -> None:
         self.rt = runtime
         self.domid = domid
         self.identity = identity
@@ -112,15 +60,25 @@ class DomainActor:
         self.interrupted = 0
         self.failures = 0
         self.restarts = 0
+        self.messages = 0  # messages waiting in the mailbox
+        self.name: str | None = None
+        self.busy_since: float | None = None
+        self.busy_path: str | None = None
+        self.stopping_since: float | None = None
         self.last_error: str | None = None
+        self.last_exception: BaseException | None = None
+        self.failure: HandlerFailed | None = None  # the running incarnation's failure, once it has one
         self.log = logger.bind(domid=domid)
-        self._registered: dict[int, tuple[XenStore, str, str]] = {}
-        self._attach_lock = trio.Lock()
+        self.scope: trio.CancelScope | None = None  # the running incarnation's nursery's scope
+        self.nursery: trio.Nursery | None = None
+        self.task: trio.lowlevel.Task | None = None  # the actor's own task, while it runs
+        self._dropped_by: dict[str, int] | None = None
+        self.watches = Registrations(domid, self.log)
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
-        # _wake exists while the actor waits in backoff or failed, _busy_scope while a handler or hook runs.
+        # _wake exists while the actor waits in backoff or failed.
         self._wake: trio.Event | None = None
         self._reset_requested = False
-        self._busy_scope: trio.CancelScope | None = None
+        self._reload_requested = False
         self._changed_at = 0.0  # when ``desired`` last changed: the stop deadline counts from there
 
     def snapshot(self) -> DomainSnapshot:
@@ -135,7 +93,15 @@ class DomainActor:
             failures=self.failures,
             restarts=self.restarts,
             last_error=self.last_error,
+            name=self.name,
+            busy_since=self.busy_since,
+            busy_path=self.busy_path,
+            stopping_since=self.stopping_since,
+            last_exception=self.last_exception,
+            dropped_by_reason=dict(self._dropped_by or {}),
         )
+
+    # -- what the runtime calls (never blocks) ----------------------------------------------------------
 
     def reset(self) -> None:
         """Leave the failed state and start again with a clean restart history."""
@@ -143,11 +109,19 @@ class DomainActor:
         if self._wake is not None:
             self._wake.set()
 
+    def reload(self) -> None:
+        """End the running incarnation (its tasks cancelled with reason ``reload``, on_stop hooks run) and
+        start a new one (on_start hooks, watches): not a failure."""
+        if self.state in _ACCEPTING:
+            self._reload_requested = True
+            self._request_stop()
+
     def set_desired(self, identity: bytes | None) -> None:
         """The registry's word: run with this identity (a change means the domid was reused), or stop (None).
 
-        Never blocks: an idle actor is woken at once; a running handler gets most of the stop deadline to
-        finish (its cancel scope's deadline is brought forward), then is cancelled.
+        An idle actor is woken at once; a running handler or hook gets three quarters of the stop deadline to
+        finish (the incarnation's deadline is brought forward), then is cancelled. Asked back to what it
+        runs before it stopped, the actor carries on.
         """
         if identity == self.desired:
             return
@@ -155,10 +129,140 @@ class DomainActor:
         self._changed_at = trio.current_time()
         if self._wake is not None:
             self._wake.set()
+        if identity == self.identity and self.scope is not None and self.state in _ACCEPTING:
+            self.scope.deadline = math.inf  # a stop withdrawn in time
+            return
+        self._request_stop()
+
+    def _request_stop(self) -> None:
         self.mailbox.interrupt()  # an idle actor wakes up and sees the change
-        if self._busy_scope is not None:
+        if self.scope is not None:
             grace = trio.current_time() + self.rt.options.stop_deadline * 0.75
-            self._busy_scope.deadline = min(self._busy_scope.deadline, grace)
+            self.scope.deadline = min(self.scope.deadline, grace)
+
+    def charge(self, failure: HandlerFailed) -> None:
+        """A failure that happened for this domain outside its own task (an observer, the watchdog): it ends
+        the running incarnation like a handler's failure; between incarnations it is logged and counted."""
+        if self.scope is not None and self.failure is None and self.state in _ACCEPTING:
+            self.failure = failure
+            self.scope.cancel(reason="restart")
+        else:
+            self._record(failure)
+
+    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
+        """The router's way in: called from the connection's reader task, never blocks."""
+        if generation != self.generation or self.state not in _ACCEPTING:
+            self._drop(_REFUSAL.get(self.state, "stopping"))
+            return
+        self.mailbox.post(Envelope(watch, event, watch_path))
+
+    def post_message(self, message: Message) -> bool:
+        """Queue a message if the actor runs and has room (False otherwise); never blocks."""
+        if self.state not in _ACCEPTING or self.messages >= self.rt.options.message_limit:
+            return False
+        self.messages += 1
+        self.mailbox.post(message)
+        return True
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped += count
+        if self._dropped_by is None:
+            self._dropped_by = {}
+        self._dropped_by[reason] = self._dropped_by.get(reason, 0) + count
+        self.rt._emit(_DROPPED_KIND[reason], self.domid, count)
+
+    def _purge(self) -> None:
+        dropped = self.mailbox.purge(self.domid)
+        self.messages = 0
+        if dropped:
+            self._drop("stopping", dropped)
+
+    # -- watches ----------------------------------------------------------------------------------------
+
+    async def attach(self) -> None:
+        """Register every per-domain watch that is not registered on the current connection yet."""
+        if self.state in _ACCEPTING:
+            generation = self.generation
+            await self.watches.attach(
+                self.rt.connection,
+                self.rt.domain_watches(),
+                generation,
+                lambda watch, path: functools.partial(self.post, watch, generation, path),
+            )
+
+    async def detach(self, only: Watch | None = None) -> None:
+        """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation."""
+        await self.watches.detach(only)
+
+    # -- the actor's own task ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The whole life of the actor; returns once its node is gone and it has stopped. Raises nothing but
+        Cancelled: a bug here is logged and ends only this actor (the next registry event makes a new one)."""
+        self.task = trio.lowlevel.current_task()
+        with logger.contextualize(domid=self.domid):
+            try:
+                while (identity := self.desired) is not None:
+                    await self._live(identity)
+            except Exception:
+                self.log.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
+            finally:
+                self.task = None
+                self.rt._forget(self.domid, self)
+
+    async def _live(self, identity: bytes) -> None:
+        """Incarnations with this identity, supervised, until ``desired`` changes."""
+        self.identity = identity
+        self.tracker.reset()
+        self.log.info("domain actor starting (identity {!r})", identity)
+        while True:
+            try:
+                failure = await self._incarnation(identity)
+            except Exception as exc:  # a bug in the actor's own code costs only this domain
+                failure = HandlerFailed(exc, "domain actor")
+            if failure is not None:
+                self._record(failure)
+            if self.desired != identity:
+                return
+            if failure is None:
+                continue  # reloaded, or retired and announced again while it stopped: a fresh incarnation
+            if not await self._back_off(identity):
+                return
+            self.restarts += 1
+            self.rt._emit("restart", self.domid)
+
+    def _record(self, failure: HandlerFailed) -> None:
+        self.failures += 1
+        self.last_error = f"{failure.what}: {failure.error!r}"
+        self.last_exception = failure.error
+        log_failure(self.log, failure)
+        self.rt._emit("failure", self.domid)
+
+    async def _back_off(self, identity: bytes) -> bool:
+        """After a failure: wait the backoff, or stay failed until reset. False if ``desired`` changed."""
+        if not self.tracker.failure_allows_restart(trio.current_time()):
+            self._set_state(State.FAILED)
+            policy = self.tracker.policy
+            self.log.error(
+                "more than {} failures within {:g} s: domain failed; its events are dropped until its"
+                " identity changes or it is reset",
+                policy.max_restarts,
+                policy.period,
+            )
+            self._reset_requested = False
+            while self.desired == identity and not self._reset_requested:
+                await self._wait_wake()
+            if self.desired == identity:
+                self.log.info("domain reset")
+                self.tracker.reset()
+            return self.desired == identity
+        delay = self.tracker.next_delay()
+        self._set_state(State.BACKOFF)
+        self.log.info("restarting in {:.3g} s", delay)
+        with trio.move_on_after(delay):
+            while self.desired == identity:
+                await self._wait_wake()
+        return self.desired == identity
 
     async def _wait_wake(self) -> None:
         self._wake = trio.Event()
@@ -167,164 +271,136 @@ class DomainActor:
         finally:
             self._wake = None
 
-    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
-        """The router's way in: called from the connection's reader task, never blocks."""
-        if generation != self.generation or self.state not in (State.STARTING, State.RUNNING):
-            self.dropped += 1
-            return
-        self.mailbox.post(Envelope(watch, event, watch_path))
-
-    async def attach(self) -> None:
-        """Register every per-domain watch that is not registered on the current connection yet."""
-        if self.state not in (State.STARTING, State.RUNNING):
-            return
-        async with self._attach_lock:
-            xs = self.rt.connection
-            if xs is None or xs.is_lost:
-                return
-            generation = self.generation
-            for watch in self.rt.domain_watches():
-                held = self._registered.get(watch.id)
-                if held is not None and held[0] is xs:
-                    continue
-                path, token = watch.path(self.domid), watch.token(self.domid, generation)
-                sink = functools.partial(self.post, watch, generation, path)
-                try:
-                    await xs.add_watch(path, token, sink)
-                except ConnectionLost:
-                    return  # the reconnect attaches again
-                except XenStoreError as exc:
-                    self.log.warning("cannot watch {}: {}", path, exc)
-                    continue
-                self._registered[watch.id] = (xs, path, token)
-
-    async def detach(self, only: Watch | None = None) -> None:
-        """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation."""
-        with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
-            async with self._attach_lock:
-                for watch_id in list(self._registered):
-                    if only is not None and watch_id != only.id:
-                        continue
-                    xs, path, token = self._registered.pop(watch_id)
-                    if not xs.is_lost:
-                        with suppress(XenStoreError):
-                            await xs.remove_watch(path, token)
-
-    # -- the actor's own task ----------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """The whole life of the actor; returns once its node is gone and it has stopped."""
-        with logger.contextualize(domid=self.domid):
-            try:
-                while (identity := self.desired) is not None:
-                    await self._live(identity)
-            finally:
-                self.rt._forget(self)
-
-    async def _live(self, identity: bytes) -> None:
-        self.identity = identity
-        self.tracker.reset()
-        self.log.info("domain actor starting (identity {!r})", identity)
-        while True:
-            failure = await self._incarnation(identity)
-            if self.desired != identity:
-                return
-            assert failure is not None
-            self.failures += 1
-            self.last_error = f"{failure.what}: {failure.error!r}"
-            self.rt._count_failure(self.domid)
-            log_failure(self.log, failure)
-            if not self.tracker.failed(trio.current_time()):
-                self._set_state(State.FAILED)
-                policy = self.tracker.policy
-                self.log.error(
-                    "more than {} failures within {:g} s: domain failed; its events are dropped until its"
-                    " identity changes or it is reset",
-                    policy.max_restarts,
-                    policy.period,
-                )
-                self._reset_requested = False
-                while self.desired == identity and not self._reset_requested:
-                    await self._wait_wake()
-                if self.desired != identity:
-                    return
-                self.log.info("domain reset")
-                self.tracker.reset()
-                continue
-            delay = self.tracker.next_delay()
-            self._set_state(State.BACKOFF)
-            self.log.info("restarting in {:.3g} s", delay)
-            with trio.move_on_after(delay):
-                while self.desired == identity:
-                    await self._wait_wake()
-            if self.desired != identity:
-                return
-            self.restarts += 1
-            self.rt._count_restart(self.domid)
-
     def _set_state(self, state: State) -> None:
         self.state = state
         self.rt._changed()
 
     async def _incarnation(self, identity: bytes) -> HandlerFailed | None:
-        """Start, then serve until asked to stop (returns None) or until a handler fails (returns the failure)."""
+        """Start, then serve until asked to stop (stop, then return None) or until something in the domain's
+        scope fails (return the failure)."""
         self.generation += 1
-        self.dropped += self.mailbox.purge()
+        self._purge()
+        self.failure = None
+        self._reload_requested = False
         self._set_state(State.STARTING)
-        ctx = DomainContext(self.domid, identity, self.rt, self.log)
         try:
             try:
-                for hook in self.rt.start_hooks():
-                    with trio.CancelScope() as self._busy_scope:
-                        await call_hook(ctx, hook, "on_start hook")
-                    self._busy_scope = None
-                if self.desired == identity:
-                    await self.attach()
-                    self._set_state(State.RUNNING)
-                    await self._serve(ctx, identity)
-            except HandlerFailed as failure:
-                return failure
+                async with trio.open_nursery() as nursery:
+                    self.scope, self.nursery = nursery.cancel_scope, nursery
+                    ctx = DomainContext(self.domid, identity, self.rt, self.log, nursery, run_task)
+                    await self._start_and_serve(ctx, identity)
+                    self._begin_stop()
+                    nursery.cancel_scope.cancel(reason=self._stop_reason(identity))
+            except* Exception as group:
+                if self.failure is None:
+                    self.failure = failure_of(group, "domain actor")
             finally:
-                self._busy_scope = None
+                self.scope = self.nursery = None
+                self.busy_since = self.busy_path = None
+            if self.failure is not None:
+                return self.failure
+            if self.state is not State.STOPPING:  # the stop grace ran out and cancelled a handler or hook
+                self._begin_stop()
             await self._stop(ctx)
             return None
         finally:
+            self.stopping_since = None
             await self.detach()
-            self.dropped += self.mailbox.purge()
+            self._purge()
+
+    def _stop_reason(self, identity: bytes) -> str:
+        if self._reload_requested and self.desired == identity:
+            return "reload"
+        if self.desired is None:
+            return "shutdown" if self.rt.closing else "retired"
+        return "restart"
+
+    async def _start_and_serve(self, ctx: DomainContext, identity: bytes) -> None:
+        await self._read_name()
+        for hook in self.rt.start_hooks():
+            await call_hook(ctx, hook, "on_start hook")
+        if self.desired == identity and not self._reload_requested:
+            await self.attach()
+            self._set_state(State.RUNNING)
+            await self._serve(ctx, identity)
+
+    async def _read_name(self) -> None:
+        try:
+            self.name = (await self.rt.xs.read(f"/local/domain/{self.domid}/name")).decode(errors="replace")
+        except XenStoreError:  # absent, not permitted, or the connection is down: no name
+            self.name = None
 
     async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
-        """Handle events one at a time, in order, until ``desired`` changes. Raises HandlerFailed."""
-        while self.desired == identity:
-            envelope = await self.mailbox.receive()
-            if envelope is None:
+        """Handle events and messages one at a time, in order, until ``desired`` changes or a reload is
+        asked for. Raises HandlerFailed."""
+        while self.desired == identity and not self._reload_requested:
+            item = await self.mailbox.receive()
+            if item is None:
                 continue  # interrupted: look at desired again
-            if not envelope.watch.active:
+            if type(item) is Message:
+                await self._handle_message(ctx, item)
+                continue
+            assert isinstance(item, Envelope)
+            if not item.watch.active:
                 self.dropped += 1
                 continue
-            self.rt._observe_latency(self.domid, trio.current_time() - envelope.event.received_at)
-            completed = False
-            with trio.CancelScope() as self._busy_scope:
-                completed = await call_handler(ctx, envelope.watch, envelope.event)
-            self._busy_scope = None
-            if completed:
-                self.handled += 1
-                self.rt._count_event(self.domid)
-            else:
-                self.interrupted += 1  # a lost connection, or cut short by a stop request
+            self.busy_path = item.event.path
+            now = trio.current_time()
+            self.rt._observe_latency(self.domid, now - item.event.received_at)
+            while True:
+                self.busy_since = now
+                completed = await call_handler(ctx, item.watch, item.event, now)
+                self.busy_since = None
+                if completed:
+                    self.handled += 1
+                    self.rt._count_event(self.domid)
+                    break
+                self.interrupted += 1  # by the daemon: not the domain's fault
+                xs = self.rt.connection
+                if xs is None or xs.is_lost:
+                    break  # the reconnect's resync event stands for this one
+                await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
+                now = trio.current_time()
+
+    async def _handle_message(self, ctx: DomainContext, message: Message) -> None:
+        self.messages -= 1
+        handler = self.rt.message_handler
+        if handler is None:
+            message.abandon(self.domid)
+            return
+        self.busy_since, self.busy_path = trio.current_time(), "message"
+        try:
+            result = await handler(ctx, message.body)
+        except Exception as exc:
+            if message.reply is not None:
+                message.reply.fail(exc)
+            if is_connection_loss(exc) or excused_since(ctx, self.busy_since or 0.0):
+                self.interrupted += 1
+                return
+            raise HandlerFailed(exc, "message handler") from exc
+        else:
+            if message.reply is not None:
+                message.reply.succeed(result)
+            self.handled += 1
+        finally:
+            self.busy_since = None
+            message.abandon(self.domid)  # cancelled: the asker learns the domain stopped (no-op if answered)
+
+    def _begin_stop(self) -> None:
+        self._set_state(State.STOPPING)
+        self.stopping_since = trio.current_time()
+        self.rt._stop_begins(self.domid)
 
     async def _stop(self, ctx: DomainContext) -> None:
         """No new events; on_stop hooks within the stop deadline. (A handler that was running had up to three
         quarters of the deadline to finish, through set_desired, before it was cancelled.)"""
-        self._set_state(State.STOPPING)
         self.log.info("domain actor stopping")
         await self.detach()
-        self.dropped += self.mailbox.purge()
+        self._purge()
         # The whole stop, a running handler's grace included, ends within the deadline of the request; on_stop
         # gets what the handler left of it, and at least a quarter.
-        stop_at = max(
-            self._changed_at + self.rt.options.stop_deadline,
-            trio.current_time() + self.rt.options.stop_deadline * 0.25,
-        )
+        deadline = self.rt.options.stop_deadline
+        stop_at = max(self._changed_at + deadline, trio.current_time() + deadline * 0.25)
         with trio.move_on_at(stop_at) as scope:
             for hook in self.rt.stop_hooks():
                 try:

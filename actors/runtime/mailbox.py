@@ -1,4 +1,5 @@
-"""A domain's mailbox: a bounded trio memory channel that coalesces instead of blocking when full."""
+"""A domain's mailbox: a bounded trio memory channel that coalesces watch events instead of blocking when full;
+messages (:class:`~.messages.Message`) travel in it too, in order, and are never coalesced."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import trio
 
 from ..xs.subscription import WatchEvent
+from .messages import Message
 
-__all__ = ["Envelope", "Mailbox"]
+__all__ = ["Envelope", "Item", "Mailbox"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,9 @@ class Envelope:
         return (id(self.watch), self.event.path)
 
 
+Item = Envelope | Message
+
+
 class Mailbox:
     """Bounded and never blocking the sender.
 
@@ -35,7 +40,8 @@ class Mailbox:
     (watch, path): a newer event for a key already waiting replaces it in place, so the order of distinct paths
     is kept and the latest event of every path survives. Past ``overflow_limit`` keys the overflow collapses
     into one event per watch for the watch's own path (a "re-read everything" hint), so memory is bounded by
-    ``capacity + overflow_limit`` whatever the number of events.
+    ``capacity + overflow_limit`` whatever the number of events. Messages keep their place and are never
+    coalesced or collapsed (their number is bounded by whoever posts them).
     """
 
     def __init__(self, capacity: int = 64, overflow_limit: int = 1024) -> None:
@@ -44,10 +50,9 @@ class Mailbox:
         self.capacity = capacity
         self.overflow_limit = overflow_limit
         # None in the channel is an interruption (see interrupt), not an event.
-        self._send, self._receive = trio.open_memory_channel[Envelope | None](capacity)
-        self._overflow: dict[
-            tuple[Hashable, str], Envelope
-        ] = {}  # insertion-ordered; smaller than OrderedDict
+        self._send, self._receive = trio.open_memory_channel[Item | None](capacity)
+        self._overflow: dict[tuple[Hashable, str], Item] = {}  # insertion-ordered; smaller than OrderedDict
+        self._overflow_messages = 0
         self.coalesced = 0
         self.posted = 0
 
@@ -58,8 +63,8 @@ class Mailbox:
     def overflow(self) -> int:
         return len(self._overflow)
 
-    def post(self, envelope: Envelope) -> None:
-        """Queue an envelope; never blocks, never raises."""
+    def post(self, envelope: Item) -> None:
+        """Queue an envelope or a message; never blocks, never raises."""
         self.posted += 1
         if not self._overflow:
             try:
@@ -69,17 +74,24 @@ class Mailbox:
                 pass
         self._spill(envelope)
 
-    def _spill(self, envelope: Envelope) -> None:
+    def _spill(self, envelope: Item) -> None:
         key = envelope.key
-        if key not in self._overflow and len(self._overflow) >= self.overflow_limit:
+        if isinstance(envelope, Message):
+            self._overflow_messages += 1  # never collapsed, so not counted against overflow_limit
+        elif (
+            key not in self._overflow and len(self._overflow) - self._overflow_messages >= self.overflow_limit
+        ):
             self._collapse()
         if key in self._overflow:
             self.coalesced += 1
         self._overflow[key] = envelope  # an existing key keeps its place: the order of distinct paths holds
 
     def _collapse(self) -> None:
-        hints: dict[tuple[Hashable, str], Envelope] = {}
+        hints: dict[tuple[Hashable, str], Item] = {}
         for envelope in self._overflow.values():
+            if isinstance(envelope, Message):
+                hints[envelope.key] = envelope
+                continue
             event = WatchEvent(envelope.watch_path, envelope.event.token, envelope.event.received_at)
             hint = Envelope(envelope.watch, event, envelope.watch_path)
             hints[hint.key] = hint
@@ -92,8 +104,8 @@ class Mailbox:
         with suppress(trio.WouldBlock):
             self._send.send_nowait(None)
 
-    async def receive(self) -> Envelope | None:
-        """The next envelope, or None after :meth:`interrupt`."""
+    async def receive(self) -> Item | None:
+        """The next envelope or message, or None after :meth:`interrupt`."""
         envelope = await self._receive.receive()
         self._refill()
         return envelope
@@ -102,20 +114,29 @@ class Mailbox:
         overflow = self._overflow
         while overflow:
             key = next(iter(overflow))
+            item = overflow[key]
             try:
-                self._send.send_nowait(overflow[key])
+                self._send.send_nowait(item)
             except trio.WouldBlock:
                 return
             del overflow[key]
+            if isinstance(item, Message):
+                self._overflow_messages -= 1
 
-    def purge(self) -> int:
-        """Drop everything waiting; returns how many."""
-        dropped = len(self._overflow)
+    def purge(self, domid: int = 0) -> int:
+        """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
+        many."""
+        waiting = list(self._overflow.values())
         self._overflow.clear()
+        self._overflow_messages = 0
         while True:
             try:
-                envelope = self._receive.receive_nowait()
+                item = self._receive.receive_nowait()
             except trio.WouldBlock:
-                return dropped
-            if envelope is not None:
-                dropped += 1
+                break
+            if item is not None:
+                waiting.append(item)
+        for item in waiting:
+            if isinstance(item, Message):
+                item.abandon(domid)
+        return len(waiting)

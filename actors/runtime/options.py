@@ -28,6 +28,13 @@ class RuntimeOptions:
     - ``stop_deadline``: seconds a domain's stop (running handler, per-domain tasks, on_stop hooks) may take;
       ``stop_warn_every``: past the deadline, a warning naming what still runs, every this many seconds.
     - ``restart``: the supervisor's backoff and intensity; ``reconnect``: backoff between connection attempts.
+    - ``request_timeout``, ``stall_after``, ``stall_limit``: set on every connection the runtime serves (see
+      ``XenStore``): a request's deadline; the silence after which the daemon counts as stalled (handler
+      timeouts and errors during a stall are interruptions, not failures, and the event is handled again
+      once the daemon answers); the silence after which the connection counts as lost (None: never).
+    - ``block_threshold``: the watchdog thread reports a loop that did not run for this long and charges the
+      block to the domain whose code ran (None: no watchdog); ``worker_threads``: the pool of plain ``def``
+      handlers (a bound on threads, abandoned ones included).
     """
 
     root: str = MTWATCH_ROOT
@@ -39,13 +46,21 @@ class RuntimeOptions:
     stop_warn_every: float = 5.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    request_timeout: float | None = 30.0
+    stall_after: float = 2.0
+    stall_limit: float | None = 60.0
+    block_threshold: float | None = 0.5
+    worker_threads: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("mailbox_size", "overflow_limit", "message_limit"):
+        for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("stop_deadline", "stop_warn_every"):
+        optional = ("request_timeout", "stall_limit", "block_threshold")  # None: no limit, no watchdog
+        for name in ("stop_deadline", "stop_warn_every", "stall_after", *optional):
             value = getattr(self, name)
+            if value is None and name in optional:
+                continue
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"RuntimeOptions.{name} must be a positive number of seconds, not {value}")
         if isinstance(self.lifecycle, str) and self.lifecycle not in ("auto", "mtwatch", "domains"):

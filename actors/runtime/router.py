@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
@@ -21,15 +21,31 @@ from .default import DefaultActor
 from .watches import Watch
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..xs.client import XenStore
 
-__all__ = ["Router"]
+__all__ = ["RoutedActor", "Router", "RouterHost"]
+
+
+class RoutedActor(Protocol):
+    """What the router needs of a domain actor."""
+
+    generation: int
+
+    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None: ...
+
+
+class RouterHost(Protocol):
+    """What the router needs of its runtime."""
+
+    connection: XenStore | None
+
+    def live_actor(self, domid: int) -> RoutedActor | None: ...
 
 
 class Router:
     """Global watches: registration on the current connection, and delivery of their events."""
 
-    def __init__(self, runtime: Runtime, default: DefaultActor) -> None:
+    def __init__(self, runtime: RouterHost, default: DefaultActor) -> None:
         self.rt = runtime
         self.default = default
 
@@ -44,7 +60,7 @@ class Router:
                     "route function of {!r} failed on {}", watch.name, event.path
                 )
         if domid is not None:
-            actor = self.rt._actors.get(domid)
+            actor = self.rt.live_actor(domid)
             if actor is not None:
                 actor.post(
                     watch, actor.generation, watch.template, event

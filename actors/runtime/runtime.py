@@ -5,7 +5,7 @@ live guest domain, all in one root nursery."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -13,24 +13,30 @@ from loguru import logger
 from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
-from ..xs.errors import ConnectionLost, XenStoreUnavailable
+from ..xs.errors import ConnectionLost
+from .calls import HandlerFailed, log_failure
+from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
+from .host import MessageHandler
 from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
+from .mailing import Messaging
 from .options import RuntimeOptions
 from .router import Router
+from .stopwatch import StopWatch
+from .supervisor import ReconnectPolicy
+from .watchdog import LoopBlocked, Watchdog
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
 
-ConnectionFactory = Callable[[], AbstractAsyncContextManager[XenStore]]
 Observer = Callable[[str, int, float], None]
 
 _ATTACH_CONCURRENCY = 256
 
 
-class Runtime:
+class Runtime(Messaging):
     """Made by :func:`open_runtime`; see there."""
 
     def __init__(self, nursery: trio.Nursery, source: LifecycleSource, options: RuntimeOptions) -> None:
@@ -50,6 +56,10 @@ class Runtime:
         self._observers: list[Observer] = []
         self._default = DefaultActor(self)
         self._router = Router(self, self._default)
+        self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
+        self.message_handler: MessageHandler | None = None
+        self._workers = trio.CapacityLimiter(options.worker_threads)
+        self._watchdog: Watchdog | None = None
         self._closing = False
 
     # -- public face ---------------------------------------------------------------------------------------
@@ -96,9 +106,12 @@ class Runtime:
 
         ``template`` with ``{domid}`` is one watch per live domain, its events handled by that domain's actor;
         without, one watch whose events go to the default actor, or to ``route(path)``'s domain when it is live.
-        ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure.
+        ``handler(ctx, event)`` must return within ``timeout`` seconds, if given, or it counts as a failure
+        (unless the daemon stalled or another domain blocked the loop meanwhile: then it runs again). A plain
+        ``def`` function or method runs in a worker thread of a bounded pool (``worker_threads``); past its
+        timeout the domain fails and the thread is left to finish (``abandoned_threads``).
         """
-        watch = Watch(template, handler, timeout=timeout, route=route, name=name)
+        watch = Watch(template, handler, timeout=timeout, route=route, name=name, limiter=self._workers)
         self._watches.append(watch)
         if watch.per_domain:
             self._for_each_actor(lambda actor: actor.attach())
@@ -129,10 +142,17 @@ class Runtime:
         self._stop_hooks.append(hook)
         return hook
 
+    def reload(self, domid: int | None = None) -> None:
+        """Restart domain ``domid``'s actor (every running one with None) without counting a failure: its
+        tasks are cancelled with reason ``reload``, on_stop hooks run, then on_start hooks and watches again."""
+        for actor in self._actors.values() if domid is None else [self._actors[domid]]:
+            actor.reload()
+
     def observe(self, fn: Observer) -> None:
         """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
-        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0), ``gone``,
-        ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
+        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
+        ``stall`` (domid 0: the daemon stalled), ``blocked`` (seconds the loop was blocked, charged
+        to the domain whose code ran), ``gone``, ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
         ``stopping``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
         counted as a default actor failure)."""
         self._observers.append(fn)
@@ -162,6 +182,10 @@ class Runtime:
 
     # -- what the actors call ---------------------------------------------------------------------------
 
+    def live_actor(self, domid: int) -> DomainActor | None:
+        """Domain ``domid``'s actor, if it has one (whatever its state)."""
+        return self._actors.get(domid)
+
     def domain_watches(self) -> list[Watch]:
         return [w for w in self._watches if w.per_domain]
 
@@ -171,31 +195,84 @@ class Runtime:
     def stop_hooks(self) -> Iterable[Hook]:
         return tuple(self._stop_hooks)
 
+    @property
+    def reconnect_policy(self) -> ReconnectPolicy:
+        return self.options.reconnect
+
+    @property
+    def closing(self) -> bool:
+        """True once the owner has left ``open_runtime``: every actor is being stopped."""
+        return self._closing
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of plain ``def`` handlers left running past their timeout (each holds a pool slot until it
+        ends)."""
+        return sum(watch.abandoned for watch in self._watches)
+
+    @property
+    def loop_blocks(self) -> int:
+        """How many times the watchdog found the event loop blocked."""
+        return 0 if self._watchdog is None else self._watchdog.blocks
+
+    def excused(self, domid: int, start: float) -> bool:
+        """Was the connection stalled, or the loop blocked by another domain, at some moment since ``start``
+        (trio clock)? A timeout or error of ``domid``'s meanwhile is then not its failure."""
+        xs = self.connection
+        if xs is not None and xs.stalled_during(start, trio.current_time()):
+            return True
+        return self._watchdog is not None and self._watchdog.blocked_during(start, domid)
+
+    def _loop_blocked(self, domid: int | None, seconds: float) -> None:
+        """The watchdog's report, in the trio thread: the block is ``domid``'s failure."""
+        self._emit("blocked", domid or 0, seconds)
+        failure = HandlerFailed(LoopBlocked(f"blocked the event loop for {seconds:.3g} s"), "domain code")
+        actor = self._actors.get(domid) if domid else None
+        if actor is not None:
+            actor.charge(failure)
+        elif domid == 0:
+            self._default.failures += 1
+            log_failure(logger.bind(domid=0), failure)
+
     def _changed(self) -> None:
         self.changed.set()
 
     def _emit(self, kind: str, domid: int, value: float = 1.0) -> None:
         for fn in self._observers:
-            fn(kind, domid, value)
+            try:
+                fn(kind, domid, value)
+            except Exception as exc:
+                self._observer_failed(fn, kind, domid, exc)
+
+    def _observer_failed(self, fn: Observer, kind: str, domid: int, exc: Exception) -> None:
+        """An observer raised for ``domid``: that domain's failure (only logged where there is no running
+        actor to charge, or when the observer failed on the failure itself)."""
+        failure = HandlerFailed(exc, f"observer {getattr(fn, '__qualname__', fn)!r} on {kind!r}")
+        actor = self._actors.get(domid) if domid else None
+        if actor is not None and kind != "failure":
+            actor.charge(failure)
+            return
+        if domid == 0:
+            self._default.failures += 1
+        log_failure(logger.bind(domid=domid), failure)
 
     def _count_event(self, domid: int) -> None:
         if self._observers:
             self._emit("event", domid)
 
-    def _count_failure(self, domid: int) -> None:
-        self._emit("failure", domid)
-
-    def _count_restart(self, domid: int) -> None:
-        self._emit("restart", domid)
+    def _stop_begins(self, domid: int) -> None:
+        actor = self._actors.get(domid)
+        if actor is not None:
+            self._stopwatch.add(actor)
 
     def _observe_latency(self, domid: int, seconds: float) -> None:
         if self._observers:
             self._emit("latency", domid, seconds)
 
-    def _forget(self, actor: DomainActor) -> None:
-        if self._actors.get(actor.domid) is actor:
-            del self._actors[actor.domid]
-            self._emit("gone", actor.domid)
+    def _forget(self, domid: int, actor: object) -> None:
+        if self._actors.get(domid) is actor:
+            del self._actors[domid]
+            self._emit("gone", domid)
             self._changed()
 
     def _for_each_actor(self, fn: Callable[[DomainActor], Awaitable[object]]) -> None:
@@ -233,62 +310,34 @@ class Runtime:
     async def _serve_connection(self, xs: XenStore) -> None:
         """Everything that lives on one connection: global watches, every live domain's watches (their initial
         events are the resync), and the registry. Returns when the connection is lost."""
+        xs.request_timeout = self.options.request_timeout
+        xs.stall_after = self.options.stall_after
+        xs.stall_limit = self.options.stall_limit
         self.connection = xs
         self.connected.value = True
         self.disconnected_since = None
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_stalls, xs)
                 for watch in self._watches:
                     if not watch.per_domain:
                         await self._router.register(watch)
                 self._for_each_actor(lambda actor: actor.attach())
-                nursery.start_soon(self._follow_lifecycle, xs)
+                nursery.start_soon(follow_lifecycle, self.source, xs, self, self.options.reconnect)
                 await xs.wait_lost()
                 nursery.cancel_scope.cancel()
         finally:
             self.connected.value = False
             self.disconnected_since = trio.current_time()
 
-    async def _follow_lifecycle(self, xs: XenStore) -> None:
-        with suppress(ConnectionLost):
-            await self.source.follow(xs, self)
-
-    async def _connection_loop(
-        self, xs: XenStore | None, connect: ConnectionFactory | None, task_status: trio.TaskStatus[None]
-    ) -> None:
-        """Serve the given connection, then (with ``connect``) every later one. ``reconnects`` counts the
-        connections made after the first; failed attempts are logged with the backoff before the next."""
-        attempt = 0  # failed attempts since the last good connection
-        connections = 0
-        task_status.started()
+    async def _report_stalls(self, xs: XenStore) -> None:
+        """Observer kind ``stall`` (domid 0) and a log line whenever the daemon stalls, one when it answers."""
         while True:
-            if xs is not None:
-                conn_cm: AbstractAsyncContextManager[XenStore] = nullcontext(xs)
-                xs = None
-            elif connect is not None:
-                conn_cm = connect()
-            else:
-                raise ConnectionLost(
-                    "connection to xenstored lost, and the runtime has no connect= to reconnect"
-                )
-            try:
-                async with conn_cm as conn:
-                    connections += 1
-                    if connections > 1:
-                        self.reconnects += 1
-                        self._emit("reconnect", 0)
-                        logger.info("reconnected to xenstored ({})", conn.name)
-                    attempt = 0
-                    await self._serve_connection(conn)
-                logger.warning("connection to xenstored lost")
-            except (XenStoreUnavailable, ConnectionLost) as exc:
-                logger.warning("xenstored unreachable: {}", exc)
-            if connect is None:
-                continue  # raises above
-            attempt += 1
-            delay = self.options.reconnect.delay(attempt)
-            logger.info("connecting to xenstored again in {:.2g} s", delay)
-            await trio.sleep(delay)
+            await xs.stalled.wait_value(True)
+            self._emit("stall", 0)
+            logger.warning("xenstored stalled: no reply for {:g} s with requests pending", xs.stall_after)
+            await xs.stalled.wait_value(False)
+            logger.info("xenstored answers again")
 
     async def _shutdown(self) -> None:
         """Stop every actor, the default one included (each within the stop deadline, all at once)."""
@@ -338,7 +387,11 @@ async def open_runtime(
         async with trio.open_nursery() as nursery:
             rt = Runtime(nursery, source, opts)
             nursery.start_soon(rt._default.run, name="mtwatch-default")
-            await nursery.start(rt._connection_loop, xs, connect)
+            nursery.start_soon(rt._stopwatch.run, name="mtwatch-stopwatch")
+            if opts.block_threshold is not None:
+                rt._watchdog = Watchdog(opts.block_threshold, rt._loop_blocked)
+                rt._watchdog.start()
+            await nursery.start(keep_connected, rt, xs, connect)
             try:
                 yield rt
             except BaseException as exc:
@@ -346,18 +399,15 @@ async def open_runtime(
             finally:
                 with trio.CancelScope(shield=True):
                     await rt._shutdown()
+                    if rt._watchdog is not None:
+                        rt._watchdog.stop()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The runtime's own tasks raise nothing but ConnectionLost (no connect= to reconnect with); anything
         # else is a bug and comes out as it is.
         rest = group.split(ConnectionLost)[1]
         if rest is None:
-            raise _first_leaf(group) from None
+            raise first_leaf(group) from None
         raise
     if body_error is not None:
         raise body_error
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -55,14 +55,15 @@ class ReconnectPolicy:
 
 
 class RestartTracker:
-    """Failure times within the policy's period; says whether one more restart is allowed."""
+    """Failure times within the policy's period; says whether one more restart is allowed and after what
+    backoff."""
 
     def __init__(self, policy: RestartPolicy) -> None:
         self.policy = policy
         self._times: list[float] = []  # a list, not a deque: a deque's first block alone is ~600 bytes
         self.consecutive = 0
 
-    def failed(self, now: float) -> bool:
+    def failure_allows_restart(self, now: float) -> bool:
         """Record a failure at ``now``; True if the domain may restart, False if it must give up."""
         horizon = now - self.policy.period
         self._times = times = [t for t in self._times if t > horizon]
@@ -73,8 +74,10 @@ class RestartTracker:
         return True
 
     def next_delay(self) -> float:
+        """The backoff before the restart that the last allowed failure asks for."""
         return self.policy.delay(self.consecutive)
 
     def reset(self) -> None:
+        """Forget every failure (a new identity, or ``rt.reset``)."""
         self._times.clear()
         self.consecutive = 0

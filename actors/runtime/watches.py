@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import string
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
+from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_watch_path
 
 if TYPE_CHECKING:
+    from loguru import Logger
+
+    from ..xs.client import XenStore
     from .context import DomainContext
 
-__all__ = ["Handler", "Hook", "Route", "Watch"]
+__all__ = ["Handler", "Hook", "Registrations", "Route", "Watch"]
 
-Handler = Callable[["DomainContext", WatchEvent], Awaitable[None]]
+_UNWATCH_DEADLINE = 2.0
+
+Handler = Callable[["DomainContext", WatchEvent], Awaitable[None] | None]
+"""``async def handler(ctx, event)``, or a plain ``def`` one, run in a worker thread (bounded pool)."""
 Hook = Callable[["DomainContext"], Awaitable[None]]
 
 
@@ -42,8 +53,14 @@ class Watch:
     name: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     active: bool = True
+    limiter: trio.CapacityLimiter | None = None  # the worker threads of a plain def handler
+    abandoned: int = 0  # threads of this watch's handler left running past its timeout
 
     def __post_init__(self) -> None:
+        # A plain def function or method runs in a worker thread; anything else is called and awaited.
+        handler = self.handler
+        plain = inspect.isfunction(handler) or inspect.ismethod(handler)
+        self.threaded = plain and not inspect.iscoroutinefunction(handler)
         fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
         if fields - {"domid"}:
             raise ValueError(f"watch template {self.template!r}: only {{domid}} may be filled in")
@@ -63,3 +80,52 @@ class Watch:
         if domid is None:
             return f"mtw/g/{self.id}"
         return f"mtw/{domid}/{generation}/{self.id}"
+
+
+class Registrations:
+    """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
+
+    def __init__(self, domid: int, log: Logger) -> None:
+        self.domid = domid
+        self.log = log
+        self._registered: dict[int, tuple[XenStore, str, str]] = {}
+        self._lock = trio.Lock()
+
+    async def attach(
+        self,
+        xs: XenStore | None,
+        watches: list[Watch],
+        generation: int,
+        sink_for: Callable[[Watch, str], Callable[[WatchEvent], None]],
+    ) -> None:
+        """Register on ``xs`` every watch of ``watches`` not registered on it yet, with its token for
+        ``generation`` and the sink ``sink_for(watch, path)``. A lost connection ends it quietly (the
+        reconnect attaches again); an error reply is logged and that watch skipped."""
+        async with self._lock:
+            if xs is None or xs.is_lost:
+                return
+            for watch in watches:
+                held = self._registered.get(watch.id)
+                if held is not None and held[0] is xs:
+                    continue
+                path, token = watch.path(self.domid), watch.token(self.domid, generation)
+                try:
+                    await xs.add_watch(path, token, sink_for(watch, path))
+                except ConnectionLost:
+                    return
+                except XenStoreError as exc:
+                    self.log.warning("cannot watch {}: {}", path, exc)
+                    continue
+                self._registered[watch.id] = (xs, path, token)
+
+    async def detach(self, only: Watch | None = None) -> None:
+        """Unregister every watch (or one); bounded in time, safe under cancellation."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
+            async with self._lock:
+                for watch_id in list(self._registered):
+                    if only is not None and watch_id != only.id:
+                        continue
+                    xs, path, token = self._registered.pop(watch_id)
+                    if not xs.is_lost:
+                        with suppress(XenStoreError):
+                            await xs.remove_watch(path, token)

@@ -1,6 +1,7 @@
 """A cuttable unix-socket proxy: clients connect to ``proxy.path``, every byte goes to and from the daemon at
 ``target``; :meth:`CuttableProxy.cut` closes every connection through it at once (both sides see the socket
-close, as when a daemon dies), and new connections keep being accepted.
+close, as when a daemon dies), and new connections keep being accepted. :meth:`CuttableProxy.stall` holds
+every byte (both ways) until :meth:`CuttableProxy.resume`, as a SIGSTOPped daemon would.
 
 ``async with open_proxy(target, path) as proxy:`` runs it in the caller's trio loop (so it works on the
 autojump clock like the embedded xenstored).
@@ -28,6 +29,16 @@ class CuttableProxy:
         self.accepted = 0
         self._live: set[trio.CancelScope] = set()
         self.changed = trio.Event()
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Hold every byte until :meth:`resume` (nothing is lost)."""
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     @property
     def live(self) -> int:
@@ -80,10 +91,10 @@ class CuttableProxy:
                 self._live.discard(scope)
                 self._changed()
 
-    @staticmethod
-    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
         try:
             while data := await src.receive_some(65536):
+                await self._flowing.wait()
                 await dst.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -1,0 +1,132 @@
+"""Calling user code (handlers, hooks, per-domain tasks) and turning what it raises into a failure."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from ..xs.errors import ConnectionLost
+from ..xs.subscription import WatchEvent
+from .context import DomainContext
+from .watches import Hook, Watch
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = [
+    "HandlerError",
+    "HandlerFailed",
+    "HandlerTimeout",
+    "call_handler",
+    "call_hook",
+    "excused_since",
+    "failure_of",
+    "is_connection_loss",
+    "log_failure",
+]
+
+
+class HandlerError(Exception):
+    """Raise this (or a subclass) from a handler for an expected failure, e.g. a command that exited non-zero:
+    the supervisor treats it like any other, but logs it in one line, without a traceback."""
+
+
+class HandlerTimeout(HandlerError):
+    """A handler ran longer than its watch's ``timeout``."""
+
+
+class HandlerFailed(Exception):
+    """Carries what a handler, hook or per-domain task raised to its actor's supervisor; never leaves the
+    actor. ``error`` is the exception itself, ``what`` says who raised it."""
+
+    def __init__(self, error: BaseException, what: str) -> None:
+        super().__init__(f"{what}: {error!r}")
+        self.error = error
+        self.what = what
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """True for ConnectionLost, and for an exception group made of nothing else."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_connection_loss(e) for e in exc.exceptions)
+    return False
+
+
+def excused_since(ctx: DomainContext, start: float) -> bool:
+    """Was the domain's connection stalled, or the loop blocked by another domain, at some moment since
+    ``start``? Then what went wrong meanwhile (a timeout, a RequestTimeout) is not the domain's doing."""
+    return bool(ctx._source.excused(ctx.domid, start))
+
+
+def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed:
+    """The first failure in what an actor's nursery raised (a HandlerFailed as it is, anything else - a bug
+    in the actor's own code, a task started through ``ctx.nursery`` - wrapped with ``what``)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first if isinstance(first, HandlerFailed) else HandlerFailed(first, what)
+
+
+async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, start: float) -> bool:
+    """Run one handler (begun at ``start``) under its watch's timeout (no cancel scope when there is none).
+    True if it completed, False if it was interrupted by the daemon: the connection was lost (the watch fires
+    again after the reconnect) or stalled while it ran (its timeout or error is not the domain's fault).
+    Raises HandlerFailed."""
+    try:
+        if watch.timeout is None:
+            await _run(ctx, watch, event)
+        else:
+            with trio.move_on_after(watch.timeout) as scope:
+                await _run(ctx, watch, event)
+            if scope.cancelled_caught:
+                if watch.threaded:
+                    watch.abandoned += 1  # trio cannot stop a thread: it runs on, still holding its pool slot
+                raise HandlerTimeout(f"handler of {watch.name!r} overran its timeout of {watch.timeout:g} s")
+    except Exception as exc:
+        if is_connection_loss(exc) or excused_since(ctx, start):
+            return False
+        raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
+    return True
+
+
+async def _run(ctx: DomainContext, watch: Watch, event: WatchEvent) -> None:
+    if watch.threaded:
+        handler = functools.partial(watch.handler, ctx, event)
+        await trio.to_thread.run_sync(handler, abandon_on_cancel=True, limiter=watch.limiter)
+    else:
+        await cast("Awaitable[None]", watch.handler(ctx, event))
+
+
+async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
+    """Run a hook; a lost or stalled connection is not its failure. Raises HandlerFailed."""
+    start = trio.current_time()
+    try:
+        await hook(ctx)
+    except Exception as exc:
+        if is_connection_loss(exc) or excused_since(ctx, start):
+            return
+        raise HandlerFailed(exc, what) from exc
+
+
+async def run_task(
+    ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
+) -> None:
+    """A per-domain task (``ctx.start_soon``) of ``ctx``'s domain (the watchdog finds the domid here): what it
+    raises is its domain's failure (HandlerFailed)."""
+    try:
+        await fn(*args)
+    except Exception as exc:
+        raise HandlerFailed(exc, f"task {what}") from exc
+
+
+def log_failure(log: Logger, failure: HandlerFailed, level: str = "ERROR") -> None:
+    """A failure with its traceback; an expected one (HandlerError) in one line."""
+    if isinstance(failure.error, HandlerError):
+        log.log(level, "{} failed: {}", failure.what, failure.error)
+    else:
+        log.opt(exception=failure.error).log(level, "{} failed", failure.what)

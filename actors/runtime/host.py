@@ -1,0 +1,52 @@
+"""What a domain actor needs of its runtime: a narrow Protocol, so that the actor's module does not import the
+runtime's."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .context import DomainContext
+from .options import RuntimeOptions
+from .watches import Hook, Watch
+
+if TYPE_CHECKING:
+    from ..xs.client import XenStore
+
+__all__ = ["ActorHost", "MessageHandler"]
+
+MessageHandler = Callable[[DomainContext, Any], Awaitable[Any]]
+
+
+class ActorHost(Protocol):
+    """What a domain actor needs of its runtime."""
+
+    options: RuntimeOptions
+    connection: XenStore | None
+    message_handler: MessageHandler | None
+
+    @property
+    def xs(self) -> XenStore: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def domain_watches(self) -> list[Watch]: ...
+
+    def start_hooks(self) -> Iterable[Hook]: ...
+
+    def stop_hooks(self) -> Iterable[Hook]: ...
+
+    def _changed(self) -> None: ...
+
+    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
+
+    def excused(self, domid: int, start: float) -> bool: ...
+
+    def _count_event(self, domid: int) -> None: ...
+
+    def _observe_latency(self, domid: int, seconds: float) -> None: ...
+
+    def _stop_begins(self, domid: int) -> None: ...
+
+    def _forget(self, domid: int, actor: object) -> None: ...
