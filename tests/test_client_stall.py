@@ -167,3 +167,13 @@ async def test_timed_out_requests_still_count_for_a_stall(autojump_clock: trio.a
             await xs.read("/a")
         with trio.fail_after(10):
             await xs.stalled.wait_value(True)
+
+
+async def test_bad_thresholds_are_refused(xs: actors.XenStore) -> None:
+    for after in (0, -1):
+        with pytest.raises(ValueError, match="stall_after > 0"):
+            xs.stall_after = after
+    for limit in (0, -5):
+        with pytest.raises(ValueError, match="stall_limit > 0"):
+            xs.stall_limit = limit
+    assert (xs.stall_after, xs.stall_limit) == (2.0, None)

@@ -100,8 +100,7 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
 
     @stall_after.setter
     def stall_after(self, value: float) -> None:
-        self._stall.stall_after = value
-        self._stall.poke()
+        self._stall.configure(value, self._stall.stall_limit)
 
     @property
     def stall_limit(self) -> float | None:
@@ -109,8 +108,7 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
 
     @stall_limit.setter
     def stall_limit(self, value: float | None) -> None:
-        self._stall.stall_limit = value
-        self._stall.poke()
+        self._stall.configure(self._stall.stall_after, value)
 
     @property
     def stalled(self) -> trio_util.AsyncBool:

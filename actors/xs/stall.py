@@ -30,14 +30,23 @@ class StallDetector:
 
     def __init__(self, conn: XenStore, stall_after: float, stall_limit: float | None) -> None:
         self.conn = conn
-        self.stall_after = stall_after
-        self.stall_limit = stall_limit
+        self._wakeup = trio.Event()
+        self.configure(stall_after, stall_limit)
         self.stalled = trio_util.AsyncBool(False)
         self.count = 0
         self._last_frame = -math.inf
         self._waiting_since = -math.inf
         self._intervals: deque[list[float]] = deque(maxlen=_HISTORY)  # [start, end]; end inf while ongoing
-        self._wakeup = trio.Event()
+
+    def configure(self, stall_after: float, stall_limit: float | None) -> None:
+        """Set the thresholds (seconds); ValueError unless ``0 < stall_after`` and ``0 < stall_limit``."""
+        if not stall_after > 0 or (stall_limit is not None and not stall_limit > 0):
+            raise ValueError(
+                f"need stall_after > 0 and stall_limit > 0 or None, not {stall_after}, {stall_limit}"
+            )
+        self.stall_after = stall_after
+        self.stall_limit = stall_limit
+        self._wakeup.set()  # re-check with the new thresholds
 
     # -- called by the connection (cheap: the reader calls frame_received for every chunk) -----------------
 
@@ -48,13 +57,9 @@ class StallDetector:
             self._wakeup.set()  # the watchdog waits for the stall's end to watch for the next one
 
     def requests_began(self) -> None:
-        """Requests are pending where none were: the silence counts from now."""
+        """Requests are pending where none were: the silence counts from now. The watchdog is not woken (that
+        would cost a task switch per request): it looks at least every ``stall_after`` seconds anyway."""
         self._waiting_since = trio.current_time()
-        self._wakeup.set()
-
-    def poke(self) -> None:
-        """The thresholds changed: re-check."""
-        self._wakeup.set()
 
     def connection_lost(self) -> None:
         if self.stalled.value:
@@ -67,7 +72,8 @@ class StallDetector:
     # -- the watchdog task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The watchdog: sleeps while nothing is pending, else until the next threshold."""
+        """The watchdog: wakes every ``stall_after`` seconds while nothing is pending, else at the next
+        threshold."""
         conn = self.conn
         while not conn.is_lost:
             self._wakeup = trio.Event()
@@ -82,7 +88,8 @@ class StallDetector:
         if not self.conn._protocol.pending:
             if self.stalled.value:
                 self._end(now)
-            return math.inf
+            # Requests that begin before this deadline stall at the earliest stall_after after it: on time.
+            return now + self.stall_after
         silent_since = max(self._last_frame, self._waiting_since)
         if not self.stalled.value:
             if now < silent_since + self.stall_after:
