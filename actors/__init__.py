@@ -27,15 +27,38 @@ _EXPORTS: dict[str, str] = {
             "State",
             "Watch",
             "open_runtime",
+            "RuntimeOptions",
+            "AskTimeout",
+            "DomainNotRunning",
+            "MailboxFull",
+            "MessageError",
+            "AutoSource",
+            "DomainsSource",
+            "MtwatchSource",
         ],
         "actors.runtime",
     ),
     **dict.fromkeys(["announce_domain", "retire_domain"], "actors.toolstack"),
-    **dict.fromkeys(["Transaction", "XenStore", "connect", "open_xenstore"], "actors.xs.client"),
-    **dict.fromkeys(["Subscription", "WatchEvent"], "actors.xs.subscription"),
+    **dict.fromkeys(
+        [
+            "Capabilities",
+            "Feature",
+            "Subscription",
+            "Transaction",
+            "WatchEvent",
+            "XenStore",
+            "connect",
+            "open_xenstore",
+        ],
+        "actors.xs",
+    ),
     **dict.fromkeys(
         [
             "AlreadyExists",
+            "ConnectionStalled",
+            "RequestTimeout",
+            "TokenInUse",
+            "Unsupported",
             "ConnectionLost",
             "InvalidArgument",
             "InvalidDomid",
@@ -73,24 +96,37 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .runtime import MTWATCH_ROOT as MTWATCH_ROOT
+    from .runtime import AskTimeout as AskTimeout
+    from .runtime import AutoSource as AutoSource
     from .runtime import DomainContext as DomainContext
+    from .runtime import DomainNotRunning as DomainNotRunning
     from .runtime import DomainSnapshot as DomainSnapshot
+    from .runtime import DomainsSource as DomainsSource
     from .runtime import HandlerError as HandlerError
     from .runtime import HandlerTimeout as HandlerTimeout
+    from .runtime import MailboxFull as MailboxFull
+    from .runtime import MessageError as MessageError
+    from .runtime import MtwatchSource as MtwatchSource
     from .runtime import ReconnectPolicy as ReconnectPolicy
     from .runtime import RestartPolicy as RestartPolicy
     from .runtime import Runtime as Runtime
+    from .runtime import RuntimeOptions as RuntimeOptions
     from .runtime import State as State
     from .runtime import Watch as Watch
     from .runtime import open_runtime as open_runtime
     from .toolstack import announce_domain as announce_domain
     from .toolstack import retire_domain as retire_domain
-    from .xs.client import Transaction as Transaction
-    from .xs.client import XenStore as XenStore
-    from .xs.client import connect as connect
-    from .xs.client import open_xenstore as open_xenstore
+    from .xs import Capabilities as Capabilities
+    from .xs import Feature as Feature
+    from .xs import Subscription as Subscription
+    from .xs import Transaction as Transaction
+    from .xs import WatchEvent as WatchEvent
+    from .xs import XenStore as XenStore
+    from .xs import connect as connect
+    from .xs import open_xenstore as open_xenstore
     from .xs.errors import AlreadyExists as AlreadyExists
     from .xs.errors import ConnectionLost as ConnectionLost
+    from .xs.errors import ConnectionStalled as ConnectionStalled
     from .xs.errors import InvalidArgument as InvalidArgument
     from .xs.errors import InvalidDomid as InvalidDomid
     from .xs.errors import InvalidPath as InvalidPath
@@ -101,8 +137,9 @@ if TYPE_CHECKING:
     from .xs.errors import PermissionDenied as PermissionDenied
     from .xs.errors import ProtocolError as ProtocolError
     from .xs.errors import QuotaExceeded as QuotaExceeded
+    from .xs.errors import RequestTimeout as RequestTimeout
+    from .xs.errors import TokenInUse as TokenInUse
     from .xs.errors import TransactionConflict as TransactionConflict
+    from .xs.errors import Unsupported as Unsupported
     from .xs.errors import XenStoreError as XenStoreError
     from .xs.errors import XenStoreUnavailable as XenStoreUnavailable
-    from .xs.subscription import Subscription as Subscription
-    from .xs.subscription import WatchEvent as WatchEvent

@@ -7,6 +7,7 @@ from .context import DomainContext as DomainContext
 from .context import DomainSnapshot as DomainSnapshot
 from .context import State as State
 from .lifecycle import MTWATCH_ROOT as MTWATCH_ROOT
+from .lifecycle import AutoSource as AutoSource
 from .lifecycle import DomainsSource as DomainsSource
 from .lifecycle import MtwatchSource as MtwatchSource
 from .mailbox import Mailbox as Mailbox

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import ConnectionLost, TokenInUse, XenStoreError
 from ..xs.subscription import WatchEvent
 from .default import DefaultActor
 from .watches import Watch
@@ -74,8 +74,10 @@ class Router:
             return
         try:
             await xs.add_watch(watch.template, watch.token(None, 0), functools.partial(self.deliver, watch))
-        except (ConnectionLost, ValueError):
-            pass  # lost: the reconnect registers it; ValueError: registered already
+        except ConnectionLost:
+            pass  # the reconnect registers it
+        except TokenInUse:
+            pass  # this watch's own token: the connection's registration and rt.watch() raced, it is watched
         except XenStoreError as exc:
             logger.warning("cannot watch {}: {}", watch.template, exc)
 
