@@ -75,3 +75,49 @@ def test_the_actors_loggers_are_off_by_default() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "__main__ shown"
+
+
+def test_no_import_cycles() -> None:
+    # TYPE_CHECKING imports count: a cycle hidden behind them is still one (paid for with Any or strings).
+    import grimp
+
+    graph = grimp.build_graph("actors", exclude_type_checking_imports=False)
+    cycles = _strongly_connected(graph)
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in cycles)
+
+
+def _strongly_connected(graph: object) -> list[set[str]]:
+    """Tarjan's algorithm over the module graph; the components of more than one module are cycles."""
+    modules = sorted(graph.modules)  # type: ignore[attr-defined]
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in modules}  # type: ignore[attr-defined]
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for n in edges.get(m, ()):
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            component = set()
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                component.add(n)
+                if n == m:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for m in modules:
+        if m not in index:
+            visit(m)
+    return found

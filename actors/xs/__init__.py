@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {
     "ClientProtocol": "actors.xs.protocol",
     "Feature": "actors.xs.daemon",
     "Subscription": "actors.xs.subscription",
-    "Transaction": "actors.xs.operations",
+    "Transaction": "actors.xs.client",
     "WatchEvent": "actors.xs.events",
     "XenStore": "actors.xs.client",
     "connect": "actors.xs.client",
@@ -40,12 +40,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .client import Transaction as Transaction
     from .client import XenStore as XenStore
     from .client import connect as connect
     from .client import open_xenstore as open_xenstore
     from .daemon import Capabilities as Capabilities
     from .daemon import Feature as Feature
     from .events import WatchEvent as WatchEvent
-    from .operations import Transaction as Transaction
     from .protocol import ClientProtocol as ClientProtocol
     from .subscription import Subscription as Subscription

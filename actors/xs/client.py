@@ -28,7 +28,7 @@ from .errors import (
     TransactionConflict,
     XenStoreError,
 )
-from .operations import Operations, Transaction
+from .operations import Operations
 from .protocol import ClientProtocol, Request, WatchSink
 from .stall import StallDetector
 from .subscription import Subscription
@@ -42,6 +42,27 @@ T = TypeVar("T")
 
 _RECEIVE_SIZE = 65536
 _CLEANUP_TIMEOUT = 5.0  # an abort or unwatch in cleanup waits no longer than this
+
+
+class Transaction(Operations):
+    """Requests inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
+
+    def __init__(self, conn: XenStore, tx_id: int) -> None:
+        self._xs = conn
+        self._tx_id = tx_id
+
+    @property
+    def _conn(self) -> XenStore:
+        return self._xs
+
+    @property
+    def tx_id(self) -> int:
+        return self._tx_id
+
+    @property
+    def xs(self) -> XenStore:
+        """The connection this transaction runs on."""
+        return self._xs
 
 
 class XenStore(Operations, DaemonOperations, WatchOperations):

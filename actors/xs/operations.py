@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .daemon import Capabilities
 from .errors import NotFound, QuotaExceeded, Unsupported
 from .protocol import DirectoryParts
 from .wire import DOMID_ANY, Op, check_path, check_perms, join, split
 
-if TYPE_CHECKING:
-    from .client import XenStore
 
-__all__ = ["Operations", "Transaction"]
+class Connection(Protocol):
+    """What the node operations need of a connection (the client's :class:`~actors.xs.client.XenStore`)."""
+
+    async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes: ...
+
+    async def capabilities(self) -> Capabilities: ...
+
+
+__all__ = ["Connection", "Operations"]
 
 
 def _text(raw: bytes) -> str:
@@ -25,7 +32,7 @@ class Operations:
     _tx_id: int
 
     @property
-    def _conn(self) -> XenStore:
+    def _conn(self) -> Connection:
         raise NotImplementedError
 
     async def _call(self, op: Op, payload: bytes, path: str | None = None) -> bytes:
@@ -90,24 +97,3 @@ class Operations:
             if not caps.features & caps.features.DOMID_ANY:
                 raise Unsupported(op="SET_PERMS", path=path, why="the daemon has no DOMID_ANY feature")
         await self._call(Op.SET_PERMS, join(check_path(path), *raw), path)
-
-
-class Transaction(Operations):
-    """Requests inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
-
-    def __init__(self, conn: XenStore, tx_id: int) -> None:
-        self._xs = conn
-        self._tx_id = tx_id
-
-    @property
-    def _conn(self) -> XenStore:
-        return self._xs
-
-    @property
-    def tx_id(self) -> int:
-        return self._tx_id
-
-    @property
-    def xs(self) -> XenStore:
-        """The connection this transaction runs on."""
-        return self._xs

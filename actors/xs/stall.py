@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 import trio_util
 
 from .errors import ConnectionStalled
+from .protocol import ClientProtocol
 
-if TYPE_CHECKING:
-    from .client import XenStore
+
+class Watched(Protocol):
+    """What the detector needs of its connection (the client's :class:`~actors.xs.client.XenStore`)."""
+
+    @property
+    def is_lost(self) -> bool: ...
+
+    @property
+    def _protocol(self) -> ClientProtocol: ...
+
+    def _mark_lost(self, why: BaseException) -> None: ...
+
 
 __all__ = ["StallDetector"]
 
@@ -28,7 +39,7 @@ class StallDetector:
     :meth:`during`, runs from the start of the silence to its end.
     """
 
-    def __init__(self, conn: XenStore, stall_after: float, stall_limit: float | None) -> None:
+    def __init__(self, conn: Watched, stall_after: float, stall_limit: float | None) -> None:
         self.conn = conn
         self._wakeup = trio.Event()
         self.configure(stall_after, stall_limit)
