@@ -64,14 +64,21 @@ class XenStored:
         socket, a stale one, anything) or a missing folder is an OSError that says so, and nothing is removed.
         On the way out the socket is removed only if it is still the one made here."""
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The socket appears at its path only once it listens (bound under a private name, then hard-linked
+        # into place, which never replaces an existing file): whoever sees the file can connect.
+        private = f"{socket_path}.{os.getpid()}.{id(sock):x}"
         try:
             try:
-                await sock.bind(socket_path)
+                await sock.bind(private)
+                identity = os.stat(private).st_ino
+                os.chmod(private, 0o600)
+                sock.listen(128)
+                os.link(private, socket_path)
             except OSError as exc:
                 raise await _bind_error(socket_path, exc) from None
-            identity = os.stat(socket_path).st_ino
-            os.chmod(socket_path, 0o600)
-            sock.listen(128)
+            finally:
+                with suppress(OSError):
+                    os.unlink(private)
         except BaseException:
             sock.close()
             raise
@@ -163,7 +170,7 @@ class XenStored:
 
 async def _bind_error(socket_path: str, exc: OSError) -> OSError:
     """Why ``socket_path`` cannot be ours, in words an operator can act on."""
-    if exc.errno == errno.EADDRINUSE:
+    if exc.errno in (errno.EADDRINUSE, errno.EEXIST):
         if await trio.to_thread.run_sync(daemon_answers, socket_path):
             return OSError(errno.EADDRINUSE, f"a daemon already answers on {socket_path}: not taking it over")
         return OSError(
