@@ -66,16 +66,16 @@ async def floor(count: int) -> dict[str, float]:
                 all_running.set()
             await receive.receive()
 
-    rss0, heap0, start = rss(), heap(), time.perf_counter()
+    rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             nursery.start_soon(task)
         await all_running.wait()
-        up = time.perf_counter() - start
+        up, cpu = time.perf_counter() - start, time.process_time() - cpu0
         rss1, heap1 = rss(), heap()
         leave = time.perf_counter()
         nursery.cancel_scope.cancel()
-    return measures(count, up, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
+    return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
 
 
 async def runtime(path: str, count: int, lifecycle: str) -> dict[str, float]:
@@ -85,20 +85,23 @@ async def runtime(path: str, count: int, lifecycle: str) -> dict[str, float]:
         pass
 
     async with actors.connect(path) as xs:
-        rss0, heap0, start = rss(), heap(), time.perf_counter()
+        rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
         async with actors.open_runtime(xs, lifecycle=lifecycle) as rt:  # type: ignore[arg-type]
             rt.watch("/local/domain/{domid}/data", noop)
             for domid in range(1, count + 1):
                 await rt.wait_domain(domid, actors.State.RUNNING)
-            up = time.perf_counter() - start
+            up, cpu = time.perf_counter() - start, time.process_time() - cpu0
             rss1, heap1 = rss(), heap()
             leave = time.perf_counter()
-        return measures(count, up, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
+        return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
 
 
-def measures(count: int, up: float, rss_grown: int, heap_grown: int, leave: float) -> dict[str, float]:
+def measures(
+    count: int, up: float, cpu: float, rss_grown: int, heap_grown: int, leave: float
+) -> dict[str, float]:
     return {
         "seconds_until_all_run": round(up, 3),
+        "cpu_seconds_until_all_run": round(cpu, 3),
         "rss_bytes_per_actor": round(rss_grown / count),
         "heap_bytes_per_actor": round(heap_grown / count),
         "seconds_to_leave": round(leave, 3),
@@ -129,6 +132,7 @@ def ratios(side: dict[str, object], base: dict[str, object]) -> dict[str, float]
 
     return {
         "start_vs_floor": ratio("seconds_until_all_run"),
+        "start_cpu_vs_floor": ratio("cpu_seconds_until_all_run"),
         "rss_vs_floor": ratio("rss_bytes_per_actor"),
         "heap_vs_floor": ratio("heap_bytes_per_actor"),
     }

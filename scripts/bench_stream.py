@@ -33,18 +33,31 @@ def cpu_seconds(pid: int) -> float:
 
 @asynccontextmanager
 async def daemon_process(argv: list[str]) -> AsyncIterator[trio.Process]:
-    """A daemon in a process of its own, once it says ``listening`` on stderr; terminated at the end."""
+    """A daemon in a process of its own, once it says ``listening`` on stderr; terminated at the end. Its
+    stderr is read all along (a full pipe would stop a daemon that logs)."""
     proc = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
-    try:
+    listening = trio.Event()
+    logged = bytearray()
+
+    async def read_stderr() -> None:
         assert proc.stderr is not None
-        logged = b""
-        with trio.fail_after(20):
-            while b"listening" not in logged:
-                chunk = await proc.stderr.receive_some()
-                if not chunk:
-                    raise RuntimeError(f"{argv[1]} did not start: {logged.decode()}")
-                logged += chunk
-        yield proc
+        while chunk := await proc.stderr.receive_some():
+            logged.extend(chunk)
+            if b"listening" in logged:
+                listening.set()
+            del logged[:-4096]
+        if not listening.is_set():
+            raise RuntimeError(f"{argv[1]} did not start: {logged.decode()}")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_stderr)
+            with trio.fail_after(20):
+                await listening.wait()
+            try:
+                yield proc
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         proc.terminate()
         await proc.wait()

@@ -49,7 +49,12 @@ def test_scale_measures_both_lifecycles_beside_the_floor(report: dict[str, objec
         side = section(scale, lifecycle)
         assert set(side) >= keys
         assert isinstance(side["heap_bytes_per_actor"], int) and side["heap_bytes_per_actor"] > 0
-        assert set(section(side, "ratios")) == {"start_vs_floor", "rss_vs_floor", "heap_vs_floor"}
+        assert set(section(side, "ratios")) == {
+            "start_vs_floor",
+            "start_cpu_vs_floor",
+            "rss_vs_floor",
+            "heap_vs_floor",
+        }
 
 
 def test_latency_handles_every_event(report: dict[str, object]) -> None:
