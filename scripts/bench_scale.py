@@ -108,8 +108,11 @@ def measures(
     }
 
 
-async def measure(argv: list[str]) -> dict[str, object]:
-    """Run one side in a fresh process twice: timed (and RSS), then under tracemalloc (the Python heap)."""
+async def measure(argv: list[str], quick: bool) -> dict[str, object]:
+    """Run one side in a fresh process twice: timed (and RSS), then under tracemalloc (the Python heap); quick,
+    once under tracemalloc (its times are then inflated)."""
+    if quick:
+        return dict(json.loads(await child([*argv, "--tracemalloc"])))
     timed = json.loads(await child(argv))
     traced = json.loads(await child([*argv, "--tracemalloc"]))
     timed["heap_bytes_per_actor"] = traced["heap_bytes_per_actor"]
@@ -138,11 +141,14 @@ def ratios(side: dict[str, object], base: dict[str, object]) -> dict[str, float]
     }
 
 
-async def scale(count: int) -> dict[str, object]:
+async def scale(count: int, quick: bool = False) -> dict[str, object]:
     """The floor once, then the runtime on each lifecycle, against the embedded xenstored in its process."""
     from bench_stream import daemon_process
 
-    result: dict[str, object] = {"domains": count, "floor": (base := await measure(["floor", str(count)]))}
+    result: dict[str, object] = {
+        "domains": count,
+        "floor": (base := await measure(["floor", str(count)], quick)),
+    }
     for key, lifecycle in (("mtwatch_tree", "mtwatch"), ("stock_host", "domains")):
         path = os.path.join(tempfile.mkdtemp(prefix="mtwl", dir="/tmp"), "socket")
         argv = [sys.executable, "-m", "actors.xenstored", "--socket", path]
@@ -150,7 +156,7 @@ async def scale(count: int) -> dict[str, object]:
             start = time.perf_counter()
             await populate(path, count, lifecycle)
             populated = time.perf_counter() - start
-            side = await measure(["runtime", str(count), path, lifecycle])
+            side = await measure(["runtime", str(count), path, lifecycle], quick)
         side["ratios"] = ratios(side, base)
         side["populate_seconds"] = round(populated, 3)
         result[key] = side

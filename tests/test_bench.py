@@ -11,6 +11,7 @@ import pytest
 import trio
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def section(report: dict[str, object], name: str) -> dict[str, object]:
 
 def test_events_stream_every_consumer_counts_every_event(report: dict[str, object]) -> None:
     stream = section(report, "events-stream")
-    for consumer in ("decoder", "pyxs", "client", "runtime"):
+    for consumer in ("decoder", "pyxs", "client", "client_batch", "runtime"):
         figures = section(stream, consumer)
         assert figures["events"] == stream["events"], consumer
         assert isinstance(figures["events_per_s"], int) and figures["events_per_s"] > 0
@@ -63,6 +64,12 @@ def test_latency_handles_every_event(report: dict[str, object]) -> None:
     p50, p99, top = latency["latency_p50_ms"], latency["latency_p99_ms"], latency["latency_max_ms"]
     assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
     assert 0 <= p50 <= p99 <= top
+
+
+def test_queues_report_every_kind(report: dict[str, object]) -> None:
+    queues = section(report, "queues")
+    for kind in ("mailbox", "queue", "queue_batch"):
+        assert set(section(queues, kind)) == {"post_ns", "receive_ns"}
 
 
 def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
