@@ -229,12 +229,14 @@ async def events_stream(domains: int, count: int) -> dict[str, object]:
     }
     result: dict[str, object] = {"domains": domains, "events": count}
     rates: dict[str, float] = {}
+    per_cpu: dict[str, float] = {}
     async with stream_daemon(domains) as (path, proc):
         for name, consume in consumers.items():
             daemon_cpu0 = cpu_seconds(proc.pid)
             with trio.fail_after(300):
                 elapsed, seen, cpu = await consume(path)
             rates[name] = seen / elapsed
+            per_cpu[name] = seen / max(cpu, 1e-9)
             result[name] = {
                 "events": seen,
                 "seconds": round(elapsed, 4),
@@ -242,14 +244,18 @@ async def events_stream(domains: int, count: int) -> dict[str, object]:
                 "events_per_cpu_s": round(seen / cpu) if cpu > 0 else None,
                 "daemon_cpu_s": round(cpu_seconds(proc.pid) - daemon_cpu0, 3),
             }
-    result["ratios"] = {
-        "runtime_vs_pyxs": round(rates["runtime"] / rates["pyxs"], 3),
-        "runtime_vs_client": round(rates["runtime"] / rates["client"], 3),
-        "client_vs_decoder": round(rates["client"] / rates["decoder"], 3),
-        "client_batch_vs_decoder": round(rates["client_batch"] / rates["decoder"], 3),
-        "pyxs_vs_decoder": round(rates["pyxs"] / rates["decoder"], 3),
-        "runtime_vs_decoder": round(rates["runtime"] / rates["decoder"], 3),
-    }
+    pairs = [
+        ("runtime", "pyxs"),
+        ("runtime", "client"),
+        ("runtime", "decoder"),
+        ("client", "decoder"),
+        ("client_batch", "decoder"),
+        ("pyxs", "decoder"),
+    ]
+    result["ratios"] = {f"{a}_vs_{b}": round(rates[a] / rates[b], 3) for a, b in pairs}
+    # On a shared machine the wall-clock rates follow whatever else runs; the rates per CPU-second of this
+    # process do not (pyxs's threads included).
+    result["ratios_per_cpu_s"] = {f"{a}_vs_{b}": round(per_cpu[a] / per_cpu[b], 3) for a, b in pairs}
     result["targets"] = {"runtime_vs_pyxs": ">= 3", "runtime_vs_client": ">= 0.6"}
     return result
 

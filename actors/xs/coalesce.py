@@ -99,21 +99,23 @@ class CoalescingQueue(Generic[K, T]):
         if self._closed:
             return False
         items = self._items
-        if key is not None and key in items:
+        if key in items:  # (None never is)
             items[key] = item
             self.coalesced += 1
             return True
-        if len(self._order) - self._head >= self.capacity:
+        order = self._order
+        if len(order) - self._head >= self.capacity:
             if self._summarize is not None:
                 self._fold(self._summarize)
             if len(self._order) - self._head >= self.capacity:
                 return self._absorb(key, item)
+            order, items = self._order, self._items  # folding made new ones
         if key is None:
-            self._order.append(_Plain(item))
+            order.append(_Plain(item))
             self._plain += 1
         else:
-            self._items[key] = item  # not ``items``: folding replaced the table
-            self._order.append(key)
+            items[key] = item
+            order.append(key)
         if self._waiter is not None:
             self._wake()
         return True
