@@ -207,7 +207,10 @@ async def runtime(path: str, domains: int, count: int) -> tuple[float, int, floa
         if handled >= target:
             done.set()
 
-    async with actors.connect(path) as xs, actors.open_runtime(xs, mailbox_size=target) as rt:
+    async with (
+        actors.connect(path) as xs,
+        actors.open_runtime(xs, lifecycle="mtwatch", mailbox_size=target) as rt,
+    ):
         rt.watch("/local/domain/{domid}/data", handler)
         await initial.wait()
         await rt.xs.write(PREPARE, str(count))
@@ -284,7 +287,7 @@ async def latency(domains: int, rate: float, seconds: float) -> dict[str, object
     async with (
         stream_daemon(domains) as (path, _),
         actors.connect(path) as xs,
-        actors.open_runtime(xs) as rt,
+        actors.open_runtime(xs, lifecycle="mtwatch") as rt,
     ):
         rt.observe(observe)
         rt.watch("/local/domain/{domid}/data", handler)

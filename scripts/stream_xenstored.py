@@ -8,7 +8,7 @@ own cost is a tight ``sendall``), and knows just enough to look like a host with
 under the mtwatch tree (``/local/domain/0/mtwatch/<domid>``, value ``uuid-<domid>``, perms ``n0``):
 
 - WATCH is answered OK, then fires the watch once (as every xenstored does); UNWATCH is answered OK.
-- DIRECTORY, READ and GET_PERMS answer for the mtwatch tree; other paths are ENOENT; other ops ENOSYS.
+- DIRECTORY, READ and GET_PERMS answer for the mtwatch tree (its root exists, so a runtime follows it); other paths are ENOENT; other ops ENOSYS.
 - ``WRITE /bench/prepare <count>`` or ``<count> <rate>``: encode ``count`` events for the connection's
   per-domain watches (those registered at ``/local/domain/<domid>/...``), round robin over the domains in domid
   order, the ``i``-th to ``<watch path>/e<i>`` (every event a distinct path: nothing can be coalesced).
@@ -91,6 +91,8 @@ class Connection:
             self.reply(op, req_id, tx_id, b"OK\0")
         elif op == DIRECTORY and path == ROOT:
             self.reply(op, req_id, tx_id, b"".join(b"%d\0" % d for d in range(1, self.domains + 1)))
+        elif op in (READ, GET_PERMS) and path == ROOT:
+            self.reply(op, req_id, tx_id, b"n0\0" if op == GET_PERMS else b"")
         elif op in (READ, GET_PERMS) and self.announced(path):
             value = b"n0\0" if op == GET_PERMS else f"uuid-{path.rsplit('/', 1)[1]}".encode()
             self.reply(op, req_id, tx_id, value)

@@ -72,6 +72,16 @@ def test_queues_report_every_kind(report: dict[str, object]) -> None:
         assert set(section(queues, kind)) == {"post_ns", "receive_ns"}
 
 
+def test_stock_host_reports_every_daemon(report: dict[str, object]) -> None:
+    stock = section(report, "stock-host")
+    for daemon in ("embedded_4_22_watch_depth", "embedded_4_17"):
+        for figures in section(stock, daemon).values():
+            assert isinstance(figures, dict) and set(figures) == {
+                "create_to_running_ms",
+                "destroy_to_gone_ms",
+            }
+
+
 def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
     embedded = section(section(report, "xenstored"), "embedded")
     assert isinstance(embedded["ops"], int) and embedded["ops"] > 0

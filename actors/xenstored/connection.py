@@ -10,21 +10,48 @@ guest, once ``outstanding`` replies are unread); watch events to it are deduplic
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 from loguru import logger
 
 from actors.xs.errors import ProtocolError
-from actors.xs.wire import HEADER, PAYLOAD_MAX, FrameDecoder, Op
+from actors.xs.wire import HEADER, PAYLOAD_MAX, Frame, FrameDecoder, Op
 
+from .domains import Quotas
 from .transactions import Transaction
+from .watches import Watch
 
-if TYPE_CHECKING:
-    from .core import Core
-    from .watches import Watch
+__all__ = ["Connection", "ConnectionDaemon"]
 
-__all__ = ["Connection"]
+
+class _Domain(Protocol):
+    @property
+    def features(self) -> int: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+
+class _Domains(Protocol):
+    def get(self, domid: int) -> _Domain | None: ...
+
+
+class ConnectionDaemon(Protocol):
+    """What a connection needs of the daemon: which version it answers as, the quotas and domains, and
+    running one request."""
+
+    @property
+    def v422(self) -> bool: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+    @property
+    def domains(self) -> _Domains: ...
+
+    def process(self, conn: Connection, frame: Frame) -> None: ...
+
 
 _RECEIVE_SIZE: Final = 65536
 _EVENT: Final = int(Op.WATCH_EVENT)
@@ -46,7 +73,7 @@ class _Event:
 class Connection:
     """A connection as domain ``domid``: dom0 (privileged) for sockets, or a guest domain."""
 
-    def __init__(self, core: Core, stream: trio.abc.Stream | None, domid: int, seq: int) -> None:
+    def __init__(self, core: ConnectionDaemon, stream: trio.abc.Stream | None, domid: int, seq: int) -> None:
         self.core = core
         self.stream = stream
         self.domid = domid
@@ -54,7 +81,7 @@ class Connection:
         self.target: int | None = None
         self.seq = seq
         self.implicit = b"/local/domain/%d" % domid
-        self.watches: list[Watch] = []
+        self.watches: list[Watch[Connection]] = []
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         self.closed = False
@@ -75,6 +102,22 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.seq} dom{self.domid}{' closed' if self.closed else ''}>"
+
+    @property
+    def quotas(self) -> Quotas:
+        """The quotas that bind this connection: its domain's own (4.22), else the global ones (4.17)."""
+        core = self.core
+        if core.v422:
+            domain = core.domains.get(self.domid)
+            if domain is not None:
+                return domain.quotas
+        return core.quotas
+
+    @property
+    def features(self) -> int:
+        """The XENSTORE_SERVER_FEATURE_* bits this connection's domain may use (none before 4.22)."""
+        domain = self.core.domains.get(self.domid)
+        return domain.features if domain is not None and self.core.v422 else 0
 
     @property
     def queued_bytes(self) -> int:
@@ -108,9 +151,9 @@ class Connection:
             key = payload
         deadline: float | None = None
         if not self.privileged:
-            if self._out_bytes + size + HEADER.size >= self.core.quotas.memory:
+            if self._out_bytes + size + HEADER.size >= self.quotas.memory:
                 return
-            deadline = trio.current_time() + self.core.quotas.watch_event_timeout
+            deadline = trio.current_time() + self.quotas.watch_event_timeout
         elif self._out_bytes > _HARD_QUEUE:
             logger.warning("dropping {!r}: {} bytes queued and not read", self, self._out_bytes)
             self.close()
@@ -233,7 +276,7 @@ class Connection:
 
     async def _wait_writable(self) -> None:
         """Hold back reading requests while this client has too much unread (or, a guest, unanswered)."""
-        outstanding = self.core.quotas.outstanding
+        outstanding = self.quotas.outstanding
         while not self.closed and (
             self._out_bytes > _SOFT_QUEUE or (not self.privileged and self._replies >= outstanding)
         ):
@@ -248,7 +291,7 @@ class Connection:
         decoder = FrameDecoder(allow_unknown_ops=True)
         process = self.core.process
         privileged = self.privileged
-        outstanding = self.core.quotas.outstanding
+        outstanding = self.quotas.outstanding
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)

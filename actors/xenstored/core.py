@@ -1,13 +1,14 @@
-"""The daemon's state and the node operations shared by the op handlers, with no I/O.
+"""The daemon's state (store, domains, connections, watches) and the node operations the op handlers share.
 
-Everything here runs synchronously inside one request (or one hypervisor notification), so no request
-ever sees another half done, as in the single-threaded C daemon.
+Nothing here reads or writes a socket: the connections do (:mod:`.connection`), and hand each whole request to
+:meth:`Core.process`. Everything here runs synchronously inside one request (or one hypervisor notification),
+so no request ever sees another half done, as in the single-threaded C daemon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, NamedTuple
 
 import trio
 from loguru import logger
@@ -15,20 +16,28 @@ from loguru import logger
 from actors.xs.wire import Frame, Op
 
 from .connection import Connection
-from .domains import DomainTable, Quotas
+from .domains import DOMID_ANY, DomainTable, Quotas
 from .failure import EACCES, EINVAL, EIO, ENOENT, ENOSPC, ENOSYS, Fail
-from .ops import HANDLERS, NOTID, PRIVILEGED
 from .permissions import ALL, IGNORE, NONE, READ, Perms, perm_for
 from .store import Node, Store, basename, child_path, is_valid_nodename, parent_path
 from .transactions import Transaction, View
-from .watches import WatchIndex, event_path
+from .watches import WatchIndex, event_path, within_depth
 
-__all__ = ["SPECIAL_PATHS", "Core", "GlobalView"]
+__all__ = ["COMPATS", "SPECIAL_PATHS", "Core", "GlobalView", "Handler", "OpTable"]
 
 SPECIAL_PATHS: Final = (b"@introduceDomain", b"@releaseDomain")
+COMPATS: Final = ("4.17", "4.22")
 _ERROR: Final = int(Op.ERROR)
 
 Handler = Callable[["Core", Connection, Frame, "Transaction | None", View], "bytes | None"]
+
+
+class OpTable(NamedTuple):
+    """The ops a daemon version has: op -> handler, the ops only dom0 may use, the ops that ignore tx_id."""
+
+    handlers: Mapping[int, Handler]
+    privileged: frozenset[int]
+    notid: frozenset[int]
 
 
 class GlobalView:
@@ -64,21 +73,32 @@ class GlobalView:
 
 
 class Core:
-    """Store, domains, connections and watches; ``process()`` runs one request."""
+    """Store, domains, connections and watches; ``process()`` runs one request.
 
-    def __init__(self, quotas: Quotas | None = None) -> None:
+    ``compat`` is the C xenstored version answered as: "4.22" (features, quotas per domain, watch depth,
+    domid-carrying special events, DOMID_ANY) or "4.17" (none of it: ENOSYS for ops 23-26).
+    """
+
+    def __init__(self, ops: OpTable, quotas: Quotas | None = None, compat: str = "4.22") -> None:
+        if compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(COMPATS)}, not {compat!r}")
+        self.compat = compat
+        self.v422 = compat == "4.22"
+        self.any_domain = DOMID_ANY if self.v422 else None  # the domid of "every domain" in permissions
         self.quotas = quotas if quotas is not None else Quotas()
         self.store = Store()
-        self.domains = DomainTable()
-        self.watches = WatchIndex()
+        self.domains: DomainTable[Connection] = DomainTable(lambda: self.quotas)
+        self.watches: WatchIndex[Connection] = WatchIndex()
         self.connections: dict[int, Connection] = {}
         self.special_perms: dict[bytes, Perms] = {path: ((NONE, 0),) for path in SPECIAL_PATHS}
+        if self.v422:  # setup_structure(): every domain may watch @releaseDomain
+            self.special_perms[b"@releaseDomain"] = ((NONE, 0), (READ, DOMID_ANY))
         self.view = GlobalView(self)
         self.internal_errors = 0  # requests that hit a bug (answered EIO)
         self._conn_seq = 0
-        self._handlers: dict[int, Handler] = HANDLERS
-        self._notid = NOTID
-        self._privileged = PRIVILEGED
+        self._handlers = ops.handlers
+        self._notid = ops.notid
+        self._privileged = ops.privileged
 
     # -- connections -----------------------------------------------------------------------------------
 
@@ -141,7 +161,7 @@ class Core:
         out = [perms[0]]
         changed = False
         for bits, domid in perms[1:]:
-            if not bits & IGNORE:
+            if not bits & IGNORE and domid != self.any_domain:
                 domain = domains.get(domid)
                 if domain is None or domain.generation > generation:
                     bits |= IGNORE
@@ -152,7 +172,7 @@ class Core:
     def perm(self, conn: Connection, node: Node) -> int:
         if conn.privileged:
             return ALL
-        return perm_for(conn, self.adjusted(node.perms, node.generation))
+        return perm_for(conn, self.adjusted(node.perms, node.generation), self.any_domain)
 
     def canonical(self, conn: Connection, name: bytes | None) -> bytes | None:
         """``canonicalize()``: a relative path is relative to the connection's /local/domain/<domid>."""
@@ -162,7 +182,7 @@ class Core:
 
     def get_node(self, view: View, conn: Connection, path: bytes | None, perm: int) -> Node:
         """``get_node()``: the node if ``conn`` has ``perm`` on it; else ENOENT or EACCES, as C decides."""
-        if path is None or not is_valid_nodename(path, self.quotas.path_length):
+        if path is None or not is_valid_nodename(path, conn.quotas.path_length):
             raise Fail(EINVAL)
         node = view.read(path)
         if node is not None:
@@ -187,7 +207,7 @@ class Core:
     # -- changing the tree -----------------------------------------------------------------------------
 
     def check_size(self, view: View, conn: Connection, node: Node) -> None:
-        if not conn.privileged and node.size() >= self.quotas.node_size:
+        if not conn.privileged and node.size() >= conn.quotas.node_size:
             view.fail()
             raise Fail(ENOSPC)
 
@@ -205,8 +225,8 @@ class Core:
             parent = view.read(parent_name)
         if not conn.privileged:
             have = view.count(conn.domid)
-            if have + len(missing) > self.quotas.nodes:
-                if have < self.quotas.nodes:  # C fails the transaction once it has undone a new node
+            if have + len(missing) > conn.quotas.nodes:
+                if have < conn.quotas.nodes:  # C fails the transaction once it has undone a new node
                     view.fail()
                 raise Fail(ENOSPC)
         perms = self.adjusted(parent.perms, parent.generation)
@@ -239,8 +259,12 @@ class Core:
             if generation is not None:
                 perms = self.adjusted(perms, generation)
             domains = self.domains
-            if any(not bits & IGNORE and d not in domains for bits, d in perms[1:]):
-                perms = (perms[0], *((bits if d in domains else bits | IGNORE, d) for bits, d in perms[1:]))
+            known = self.any_domain
+            if any(not bits & IGNORE and d not in domains and d != known for bits, d in perms[1:]):
+                perms = (
+                    perms[0],
+                    *((bits if d in domains or d == known else bits | IGNORE, d) for bits, d in perms[1:]),
+                )
             node.perms = perms
         return node
 
@@ -280,7 +304,7 @@ class Core:
         or its parent."""
         if conn.privileged:
             return True
-        if old_perms is not None and perm_for(conn, old_perms) & READ:
+        if old_perms is not None and perm_for(conn, old_perms, self.any_domain) & READ:
             return True
         if node is None:
             node = self.store.get(path)
@@ -304,98 +328,11 @@ class Core:
             return
         allowed: dict[int, bool] = {}
         for watch in watches:
+            if not exact and watch.depth is not None and not within_depth(path, watch.path, watch.depth):
+                continue
             conn = watch.conn
             ok = allowed.get(conn.seq)
             if ok is None:
                 ok = allowed[conn.seq] = self.watch_permitted(conn, path, node, old_perms, parent)
             if ok:
                 conn.send_event(event_path(watch, path), watch.token)
-
-    def fire_special(self, path: bytes) -> None:
-        """@introduceDomain / @releaseDomain: only to connections allowed to read the special path."""
-        perms = self.special_perms[path]
-        for watch in self.watches.match(path, True):
-            if perm_for(watch.conn, perms) & READ:
-                watch.conn.send_event(path, watch.token)
-
-    # -- domains ---------------------------------------------------------------------------------------
-
-    def introduce(self, domid: int) -> bool:
-        """Introduce ``domid`` (a guest) if it is not yet; returns whether it was new.
-
-        A new domain gets a connection without a stream (a ring nobody reads) and fires @introduceDomain;
-        re-introducing a domain resets its connection's watches and transactions, as C does.
-        """
-        domain = self.domains.introduced(domid)
-        if domain is not None:
-            if domain.conn is not None:
-                self.reset_connection(domain.conn)
-            return False
-        domain = self.domains.ensure(domid, self.store.generation)
-        domain.introduced = True
-        domain.shutdown = False
-        domain.conn = self.connect(None, domid)
-        domain.conn.target = domain.target
-        logger.info("domain {} introduced", domid)
-        self.fire_special(b"@introduceDomain")
-        return True
-
-    def attach(self, domid: int, stream: trio.abc.Stream) -> Connection:
-        """Make ``stream`` the (introduced) domain's connection, dropping the one it had."""
-        domain = self.domains.introduced(domid)
-        assert domain is not None
-        old = domain.conn
-        conn = self.connect(stream, domid)
-        conn.target = domain.target
-        domain.conn = conn
-        if old is not None:
-            self.disconnect(old)
-        return conn
-
-    def detach(self, conn: Connection) -> None:
-        """A guest stream went away. Like a ring nobody reads any more, the domain's connection stays, with
-        its watches and transactions (events to it are dropped), until the domain is introduced again
-        (:meth:`attach`), released or dead."""
-        domain = self.domains.introduced(conn.domid)
-        if domain is not None and domain.conn is conn and not conn.closed:
-            if conn.broken:  # ignore_connection(): its watches and transactions go
-                self.reset_connection(conn)
-            conn.detach_stream()
-        else:
-            self.disconnect(conn)
-
-    def destroy_domain(self, domid: int) -> None:
-        """``destroy_domain()``: drop the domain's connection, remove the nodes it owns, and fire
-        @releaseDomain if it had been introduced."""
-        domain = self.domains.get(domid)
-        if domain is None or domid == 0:
-            return
-        if domain.conn is not None:
-            self.disconnect(domain.conn)
-            domain.conn = None
-        self._remove_owned(domid)
-        self.domains.remove(domid)
-        for path, perms in self.special_perms.items():
-            owner = perms[0]
-            if owner[1] == domid:
-                owner = (owner[0], 0)
-            self.special_perms[path] = (owner, *(p for p in perms[1:] if p[1] != domid))
-        if domain.introduced:
-            logger.info("domain {} released", domid)
-            self.fire_special(b"@releaseDomain")
-
-    def _remove_owned(self, domid: int) -> None:
-        """``domain_tree_remove()``: remove every node owned by ``domid``, with its subtree."""
-        store = self.store
-        stack = [b"/"]
-        while stack and store.count(domid):
-            path = stack.pop()
-            node = store.get(path)
-            if node is None:
-                continue
-            if node.owner == domid and path != b"/":
-                parent = store.get(parent_path(path))
-                if parent is not None:
-                    self.rm_node(self.view, path, parent)
-                continue
-            stack.extend(child_path(path, name) for name in reversed(node.children))

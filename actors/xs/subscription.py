@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 import trio
 
 from .coalesce import CoalescingQueue
 from .errors import ConnectionLost
+from .events import WatchEvent
 
 __all__ = ["Subscription", "WatchEvent"]
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One WATCH_EVENT: the path that fired and the watch's token.
-
-    ``received_at`` is ``trio.current_time()`` when the connection's reader decoded the frame (0 for events
-    made up locally, such as a resync). Events are hints: re-read the state.
-    """
-
-    path: str
-    token: str
-    received_at: float = field(default=0.0, compare=False)
 
 
 class Subscription:

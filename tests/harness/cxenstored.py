@@ -1,4 +1,4 @@
-"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests.
+"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests (oxenstored: harness.oxenstored).
 
 ``open_cxenstored(workdir)`` compiles ``preload.c`` (cached under ``tests/harness/_build/``), starts the daemon
 with that library preloaded and its socket at ``workdir/socket``, and stops it again (SIGTERM, then SIGKILL)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import mmap
 import os
 import shutil
@@ -29,21 +28,34 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final
 
 import trio
 
 from actors.xs.transport import connect_unix
 from actors.xs.wire import Frame, FrameDecoder, Op, check_domid, encode, join
+from harness.build import (
+    C_XENSTORED,
+    EXTRA_LIB_DIRS,
+    CXenStoredUnavailable,
+    Daemon,
+    build_preload,
+    build_preload_sync,
+    find_xenstored,
+    skip_or_fail,
+)
+from harness.ring import PAGE_SIZE, RING_ERROR, GuestRingStream, ring_fields
 
 __all__ = [
+    "C_XENSTORED",
     "DOM_PORT_BASE",
     "VIRQ_DOM_EXC_PORT",
     "CXenStored",
     "CXenStoredUnavailable",
+    "Daemon",
     "find_xenstored",
     "open_cxenstored",
     "open_unix_stream",
@@ -51,22 +63,6 @@ __all__ = [
     "skip_or_fail",
 ]
 
-HERE: Final = Path(__file__).resolve().parent
-PROJECT_ROOT: Final = HERE.parent.parent
-PRELOAD_SOURCE: Final = HERE / "preload.c"
-BUILD_DIR: Final = HERE / "_build"
-XENSTORED_CANDIDATES: Final = (
-    PROJECT_ROOT / ".cache/xen/usr/lib/xen-4.17/bin/xenstored",
-    Path("/usr/lib/xen-4.17/bin/xenstored"),
-)
-# Libraries of the unpacked package, if it carries any (Debian's carries none: the daemon links against the
-# libxen* runtime libraries that libxen-dev pulls in). Added to LD_LIBRARY_PATH when present.
-EXTRA_LIB_DIRS: Final = (
-    PROJECT_ROOT / ".cache/xen/usr/lib/x86_64-linux-gnu",
-    PROJECT_ROOT / ".cache/xen/lib/x86_64-linux-gnu",
-)
-GCC_FLAGS: Final = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra")
-GCC_LIBS: Final = ("-ldl", "-pthread")
 
 # Port numbering fixed by preload.c.
 VIRQ_DOM_EXC_PORT: Final = 1 + 3  # MTW_VIRQ_PORT_BASE + VIRQ_DOM_EXC
@@ -77,108 +73,25 @@ GUEST_MFN: Final = 0  # ignored by the daemon
 START_TIMEOUT: Final = 5.0
 STOP_TIMEOUT: Final = 2.0
 SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes with its NUL
-# Safety net only: waits for the daemon's notification also end after this long, then re-check the ring.
-WAKEUP_FALLBACK: Final = 0.5
-
-# struct xenstore_domain_interface (xen/io/xs_wire.h): req[1024], rsp[1024], then native uint32
-# req_cons, req_prod, rsp_cons, rsp_prod, server_features, connection, error.
-RING_SIZE: Final = 1024
-PAGE_SIZE: Final = 4096
-REQ_OFFSET: Final = 0
-RSP_OFFSET: Final = RING_SIZE
-# The uint32 fields after the two rings, as indexes into a memoryview cast to "I". Every index is read and
-# written as one aligned 4-byte access: the daemon must never see a half-written index, nor we read one.
-# (struct.pack_into is no good here: it zeroes the target bytes before packing into them.)
-FIELDS_OFFSET: Final = 2 * RING_SIZE
-REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD, SERVER_FEATURES, CONNECTION, RING_ERROR = range(7)
-RING_ERRORS: Final = {1: "COMM", 2: "RINGIDX", 3: "PROTO"}  # XENSTORE_ERROR_*: why the daemon stopped
 _PORT: Final = struct.Struct("=I")
-_MASK32: Final = 0xFFFFFFFF
 
 
-class CXenStoredUnavailable(Exception):
-    """The real daemon cannot run here; ``reason`` says why (binary missing, gcc missing, compile failed...)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        text = reason if not detail else f"{reason}\n{detail.rstrip()}"
-        super().__init__(text)
+_probed: set[str] = set()
 
 
-def skip_or_fail(exc: CXenStoredUnavailable) -> NoReturn:
-    """In a test: skip because of ``exc``, or fail when the environment variable CI is "true"."""
-    import pytest  # only tests call this
-
-    message = f"real C xenstored unavailable: {exc}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def find_xenstored() -> Path:
-    """The daemon binary: $MTW_CXENSTORED, else the unpacked package under .cache/xen, else the system's."""
-    override = os.environ.get("MTW_CXENSTORED")
-    candidates = (Path(override),) if override else XENSTORED_CANDIDATES
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise CXenStoredUnavailable(
-        "xenstored binary not found (run scripts/install-xen-deps)",
-        "looked at: " + ", ".join(str(p) for p in candidates),
-    )
-
-
-def build_preload_sync() -> Path:
-    """Compile preload.c once per source version; returns the shared library's path."""
-    try:
-        source = PRELOAD_SOURCE.read_bytes()
-    except OSError as exc:
-        raise CXenStoredUnavailable(f"cannot read {PRELOAD_SOURCE}: {exc}") from exc
-    digest = hashlib.sha256(source + "\0".join(GCC_FLAGS + GCC_LIBS).encode()).hexdigest()[:16]
-    target = BUILD_DIR / f"preload-{digest}.so"
-    if target.is_file():
-        return target
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise CXenStoredUnavailable("gcc not found (run scripts/install-xen-deps)")
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    command = [gcc, *GCC_FLAGS, "-o", str(partial), str(PRELOAD_SOURCE), *GCC_LIBS]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        raise CXenStoredUnavailable(
-            "compiling preload.c failed (libxen-dev headers missing? run scripts/install-xen-deps)",
-            result.stderr.decode(errors="replace"),
-        )
-    os.replace(partial, target)  # atomic: parallel builds of the same source are harmless
-    return target
-
-
-async def build_preload() -> Path:
-    """:func:`build_preload_sync` in a worker thread."""
-    return await trio.to_thread.run_sync(build_preload_sync)
-
-
-_probe_ok = False
-
-
-def probe_cxenstored() -> None:
+def probe_cxenstored(daemon: Daemon = C_XENSTORED) -> None:
     """Synchronously check, once per process, that the daemon builds, starts and opens its socket.
 
     Raises :class:`CXenStoredUnavailable` with the reason. Meant for a sync (session) fixture, where
     ``pytest.skip(reason)`` keeps its message (pytest-trio drops the message of a skip raised in async code).
     """
-    global _probe_ok
-    if _probe_ok:
+    if daemon.name in _probed:
         return
-    binary = find_xenstored()
+    binary = find_xenstored(daemon)
     preload = build_preload_sync()
-    work = Path(tempfile.mkdtemp(prefix="cxsprobe", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="xsprobe", dir="/tmp"))
     try:
-        command, env = _prepare_launch(work, binary, preload, trace=False)
+        command, env = _prepare_launch(work, daemon, binary, preload, trace=False)
         log_path = work / "xenstored.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -212,7 +125,7 @@ def probe_cxenstored() -> None:
                 process.wait()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _probe_ok = True
+    _probed.add(daemon.name)
 
 
 async def open_unix_stream(path: str) -> trio.SocketStream:
@@ -237,166 +150,14 @@ def _mkfifo(path: Path) -> None:
             raise
 
 
-def _ring_fields(page: mmap.mmap) -> memoryview:
-    return memoryview(page)[FIELDS_OFFSET : FIELDS_OFFSET + 7 * 4].cast("I")
-
-
-class _GuestRingStream(trio.abc.Stream):
-    """Bytes to and from the daemon through a guest's ring page, as that guest.
-
-    Replies are awaited on the guest's notification FIFO (the daemon notifies the guest whenever it
-    produces or consumes ring bytes); one task at a time waits on the fd, any other waits on an Event.
-    """
+class CXenStored:
+    """A running real xenstored (``name`` "cxenstored" or "oxenstored"): its unix socket (dom0) and guests
+    through ring pages."""
 
     def __init__(
-        self, page: mmap.mmap, notify_fd: int, kick: Callable[[], None], alive: Callable[[], bool]
+        self, workdir: Path, socket_path: str, process: trio.Process, event_fd: int, name: str = "cxenstored"
     ) -> None:
-        self._page = page
-        self._fields = _ring_fields(page)
-        self._fd = notify_fd
-        self._kick = kick
-        self._alive = alive
-        self._closed = False
-        self._sending = False
-        self._receiving = False
-        self._fd_waiter = False
-        self._wakeup = trio.Event()
-
-    def _u32(self, field: int) -> int:
-        value: int = self._fields[field]
-        return value
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("guest stream is closed")
-
-    def _ring_error(self) -> str | None:
-        """Why the daemon stopped serving this ring (like a socket it closed), or None."""
-        code = self._u32(RING_ERROR)
-        if code == 0:
-            return None
-        indices = "/".join(str(self._u32(field)) for field in (REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD))
-        return f"XENSTORE_ERROR_{RING_ERRORS.get(code, code)}, req_cons/req_prod/rsp_cons/rsp_prod {indices}"
-
-    async def _wait_for_daemon(self) -> None:
-        if self._fd_waiter:
-            event = self._wakeup
-            with trio.move_on_after(WAKEUP_FALLBACK):
-                await event.wait()
-            return
-        self._fd_waiter = True
-        try:
-            with trio.move_on_after(WAKEUP_FALLBACK):
-                await trio.lowlevel.wait_readable(self._fd)
-            self._drain()
-        finally:
-            self._fd_waiter = False
-            event, self._wakeup = self._wakeup, trio.Event()
-            event.set()
-
-    def _drain(self) -> None:
-        while not self._closed:
-            try:
-                if not os.read(self._fd, 4096):
-                    return
-            except BlockingIOError:
-                return
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this guest stream")
-        self._sending = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_open()
-            view = memoryview(data).cast("B")
-            pos = 0
-            while pos < len(view):
-                self._check_open()
-                error = self._ring_error()
-                if error is not None:
-                    raise trio.BrokenResourceError(f"xenstored stopped serving this guest ({error})")
-                cons, prod = self._u32(REQ_CONS), self._u32(REQ_PROD)
-                used = (prod - cons) & _MASK32
-                if used > RING_SIZE:
-                    raise trio.BrokenResourceError(f"corrupt request ring indices {cons}/{prod}")
-                if used == RING_SIZE:
-                    if not self._alive():
-                        raise trio.BrokenResourceError("xenstored is not running")
-                    await self._wait_for_daemon()  # the daemon notifies once it has consumed
-                    continue
-                start = prod % RING_SIZE
-                n = min(RING_SIZE - used, RING_SIZE - start, len(view) - pos)
-                self._page[REQ_OFFSET + start : REQ_OFFSET + start + n] = view[pos : pos + n]
-                self._fields[REQ_PROD] = (prod + n) & _MASK32  # after the data (x86: stores stay in order)
-                pos += n
-                self._kick()
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
-
-    async def wait_send_all_might_not_block(self) -> None:
-        self._check_open()
-        while (self._u32(REQ_PROD) - self._u32(REQ_CONS)) & _MASK32 >= RING_SIZE:
-            if self._ring_error() is not None or not self._alive():
-                break  # send_all will say why
-            await self._wait_for_daemon()
-            self._check_open()
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this guest stream")
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                self._check_open()
-                cons, prod = self._u32(RSP_CONS), self._u32(RSP_PROD)
-                avail = (prod - cons) & _MASK32
-                if avail > RING_SIZE:
-                    raise trio.BrokenResourceError(f"corrupt response ring indices {cons}/{prod}")
-                if avail:
-                    break
-                if self._ring_error() is not None or not self._alive():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    return b""  # end of stream, as from a socket the daemon closed
-                await self._wait_for_daemon()
-            n = avail if max_bytes is None else min(avail, max_bytes)
-            start = cons % RING_SIZE
-            first = min(n, RING_SIZE - start)
-            out = self._page[RSP_OFFSET + start : RSP_OFFSET + start + first]
-            if n > first:
-                out += self._page[RSP_OFFSET : RSP_OFFSET + n - first]
-            self._fields[RSP_CONS] = (cons + n) & _MASK32
-            self._kick()  # the daemon may be waiting for room to write more
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return out
-        finally:
-            self._receiving = False
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        trio.lowlevel.notify_closing(self._fd)
-        os.close(self._fd)
-        self._fields.release()
-        self._wakeup.set()
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-
-class CXenStored:
-    """A running C xenstored: its unix socket (dom0) and guests through ring pages."""
-
-    name = "cxenstored"
-
-    def __init__(self, workdir: Path, socket_path: str, process: trio.Process, event_fd: int) -> None:
+        self.name = name
         self.workdir = workdir
         self.socket_path = socket_path
         self.process = process
@@ -417,8 +178,10 @@ class CXenStored:
         return self.workdir / "xenstored.log"
 
     def log_tail(self, limit: int = 2000) -> str:
-        """The end of the daemon's stdout/stderr (and trace, if tracing), for failure messages."""
-        return _log_tail(self.log_path, limit) + _log_tail(self.workdir / "trace", limit)
+        """The end of the daemon's stdout/stderr and own log (and trace, if tracing), for failure messages."""
+        return "".join(
+            _log_tail(self.workdir / name, limit) for name in ("xenstored.log", "oxenstored-log", "trace")
+        )
 
     # -- event channel ----------------------------------------------------------------------------
 
@@ -474,7 +237,8 @@ class CXenStored:
 
         Sends INTRODUCE ``domid 0 1`` from dom0 on every entry: the first introduces the domain (firing
         ``@introduceDomain``); later ones find it introduced and reset its connection (the C daemon drops the
-        guest's watches, transactions and unread bytes), so each stream starts clean. A domain marked dead by
+        guest's watches, transactions and unread bytes; oxenstored keeps them, so the guest then reconnects its
+        ring, which drops them there), so each stream starts clean. A domain marked dead by
         :meth:`domain_died` exists again. If the daemon had stopped serving the ring (after a protocol error:
         the stream then reads end-of-stream, like a socket the daemon closed), the domain is released (firing
         ``@releaseDomain``) and introduced again. On exit the stream is closed; the domain stays introduced.
@@ -487,7 +251,7 @@ class CXenStored:
         self._active.add(domid)
         try:
             page = self._ring(domid)
-            with _ring_fields(page) as fields:
+            with ring_fields(page) as fields:
                 broken = fields[RING_ERROR] != 0
             if broken:
                 # The daemon stopped serving this ring (a protocol error in an earlier stream) and INTRODUCE
@@ -499,7 +263,7 @@ class CXenStored:
             fifo = self.workdir / f"notify-{domid}"
             _mkfifo(fifo)
             notify_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            stream = _GuestRingStream(
+            stream = GuestRingStream(
                 page, notify_fd, lambda: self._send_event(DOM_PORT_BASE + domid), self._daemon_alive
             )
             try:
@@ -509,6 +273,8 @@ class CXenStored:
                 )
                 if reply.op == Op.ERROR:
                     raise RuntimeError(f"INTRODUCE {domid} failed: {reply.payload.rstrip(bytes(1)).decode()}")
+                await stream.reconnect()
+                stream._drain()
                 yield stream
             finally:
                 stream.close()
@@ -557,7 +323,9 @@ def _check_workdir(workdir: str) -> Path:
     return work
 
 
-def _prepare_launch(work: Path, binary: Path, preload: Path, trace: bool) -> tuple[list[str], dict[str, str]]:
+def _prepare_launch(
+    work: Path, daemon: Daemon, binary: Path, preload: Path, trace: bool
+) -> tuple[list[str], dict[str, str]]:
     """Create the event FIFO, clear stale files; returns the daemon's command line and environment."""
     _mkfifo(work / "evtchn")
     for stale in ("socket", "pid"):
@@ -573,15 +341,14 @@ def _prepare_launch(work: Path, binary: Path, preload: Path, trace: bool) -> tup
     lib_dirs = [str(d) for d in EXTRA_LIB_DIRS if d.is_dir()]
     if lib_dirs:
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [*lib_dirs, env.get("LD_LIBRARY_PATH", "")]))
-    command = [str(binary), "--no-fork", "--pid-file", str(work / "pid")]
-    if trace:
-        command += ["--trace-file", str(work / "trace"), "--verbose"]
-    return command, env
+    return daemon.command(work, binary, trace), env
 
 
 @asynccontextmanager
-async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIterator[CXenStored]:
-    """Run the real C xenstored with its socket at ``workdir/socket`` for the body's duration.
+async def open_cxenstored(
+    workdir: str, *, trace: bool | None = None, daemon: Daemon = C_XENSTORED
+) -> AsyncIterator[CXenStored]:
+    """Run the real C xenstored (or another ``daemon``) with its socket at ``workdir/socket`` for the body.
 
     ``workdir`` must exist and be short (AF_UNIX paths < 107 bytes). ``trace`` (default: $MTW_CXS_TRACE set
     and not "0") adds ``--trace-file workdir/trace --verbose``. Raises :class:`CXenStoredUnavailable` when
@@ -591,9 +358,9 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
     socket_path = str(work / "socket")
     if trace is None:
         trace = os.environ.get("MTW_CXS_TRACE", "0") not in ("", "0")
-    binary = find_xenstored()
+    binary = find_xenstored(daemon)
     preload = await build_preload()
-    command, env = _prepare_launch(work, binary, preload, trace)
+    command, env = _prepare_launch(work, daemon, binary, preload, trace)
 
     log_path = work / "xenstored.log"
     event_fd = os.open(work / "evtchn", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -609,7 +376,7 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
         os.close(event_fd)
         raise
 
-    server = CXenStored(work, socket_path, process, event_fd)
+    server = CXenStored(work, socket_path, process, event_fd, daemon.name)
     died_during_body: int | None = None
     try:
         await _wait_for_socket(server, binary)
@@ -620,7 +387,7 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
         await _stop(process)
     if died_during_body is not None:
         raise RuntimeError(
-            f"xenstored (pid {process.pid}) exited with status {died_during_body} during the test:\n"
+            f"{daemon.name} (pid {process.pid}) exited with status {died_during_body} during the test:\n"
             + server.log_tail()
         )
 
