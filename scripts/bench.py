@@ -1,13 +1,23 @@
 #!/usr/bin/env python3
 """Benchmarks, printed as one JSON object. Ratios are measured side by side in the same run.
 
-    .venv/bin/python scripts/bench.py [--quick] [--only NAME ...]
+    .venv/bin/python scripts/bench.py [--quick] [--domains N] [--only NAME ...]
 
-- ``xenstored``: the same client workload (a read/write/ls mix from concurrent tasks over one connection) against
-  the embedded xenstored and Debian's real C xenstored; ops/s of each and their ratio (target: >= 0.5).
-- ``events``: the runtime's event path: guests' writes to N domains, time from the connection's reader receiving
-  the frame to the handler starting (p50/p99) and handled events/s.
-- ``actor_memory``: Python heap per idle domain actor with one watch (tracemalloc), target a few KiB.
+Scenarios (``--only`` picks some; by default all run). Each is a function registered with ``@scenario(name)``
+taking the parsed arguments and returning a JSON-able dict:
+
+- ``events-stream``: a scripted daemon in its own process (scripts/stream_xenstored.py) streams 200,000 watch
+  events for 100 domains, each to a distinct path; consumed, one after the other, by a bare decoder (socket and
+  struct), pyxs 0.4.1's Client and Monitor, the project's client (``xs.watch()``, event by event and in
+  batches) and the runtime (no-op handler, mailboxes that keep every event). Events/s, events per CPU-second,
+  ratios.
+- ``scale``: 32,751 domains (``--domains``) announced before the runtime starts, the embedded xenstored in its own
+  process, every actor with one watch, beside as many bare trio tasks each owning a nursery and a memory
+  channel (the floor), each side in a fresh process: time until all run, memory per actor (RSS, and the Python
+  heap by tracemalloc in a second pass), time to leave. The mtwatch tree and the stock-host lifecycle.
+- ``latency``: the runtime at 1,000 events/s over 100 domains from the streaming daemon: p50/p99/max from the
+  connection's reader receiving a frame to the handler starting.
+- ``xenstored``: the same client workload against the embedded xenstored and Debian's real C xenstored.
 - ``flood``: 100,000 events for one domain with a slow handler: peak mailbox depth and the coalesced count.
 - ``stock-host``: the ``domains`` lifecycle with 100, 1,000 and 3,000 live domains, as libxl makes and destroys
   them (no mtwatch node), on the embedded xenstored (a process of its own) and Debian's C xenstored: a domain's
@@ -25,18 +35,108 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 import trio.lowlevel
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-import actors  # noqa: E402
-from actors.xenstored import open_xenstored  # noqa: E402
+import bench_scale
+import bench_stream
+from bench_stream import cpu_seconds, daemon_process
+
+import actors
+from actors.runtime.mailbox import Envelope, Mailbox
+from actors.xenstored import open_xenstored
+from actors.xs.coalesce import CoalescingQueue
+
+Scenario = Callable[[argparse.Namespace], Awaitable[dict[str, object]]]
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str) -> Callable[[Scenario], Scenario]:
+    """Register a scenario under ``name`` (what ``--only`` takes); they run in the order registered."""
+
+    def register(fn: Scenario) -> Scenario:
+        SCENARIOS[name] = fn
+        return fn
+
+    return register
+
+
+def size(args: argparse.Namespace, full: int, quick: int) -> int:
+    return quick if args.quick else full
+
+
+# -- the event path, start-up and latency -------------------------------------------------------------------
+
+
+@scenario("events-stream")
+async def events_stream(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_stream.events_stream(size(args, 100, 10), size(args, 200_000, 2_000))
+
+
+@scenario("scale")
+async def scale(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_scale.scale(args.domains or size(args, 32_751, 50), args.quick)
+
+
+@scenario("latency")
+async def latency(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_stream.latency(size(args, 100, 10), 1_000.0, 0.5 if args.quick else 10.0)
+
+
+@scenario("queues")
+async def queues(args: argparse.Namespace) -> dict[str, object]:
+    """The runtime's Mailbox beside the CoalescingQueue, on the same envelopes: ns per post (nobody waiting,
+    every key distinct, all kept), then per item received one by one, and in batches."""
+    count = size(args, 200_000, 2_000)
+
+    async def noop(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
+        pass
+
+    watch = actors.Watch("/local/domain/{domid}/data", noop)
+    envelopes = [
+        Envelope(watch, actors.WatchEvent(f"/local/domain/4/data/e{i}", "t"), "/local/domain/4/data")
+        for i in range(count)
+    ]
+
+    def timed(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return 1e9 * (time.perf_counter() - start) / count
+
+    async def drain(receive: Callable[[], Awaitable[object]], batch: bool) -> float:
+        start, got = time.perf_counter(), 0
+        while got < count:
+            items = await receive()
+            got += len(items) if batch and isinstance(items, list) else 1
+        return 1e9 * (time.perf_counter() - start) / count
+
+    mailbox = Mailbox(count, 1024)
+    result: dict[str, object] = {"items": count}
+
+    def post_all_mailbox() -> None:
+        for envelope in envelopes:
+            mailbox.post(envelope)
+
+    post_ns = timed(post_all_mailbox)
+    result["mailbox"] = {"post_ns": round(post_ns), "receive_ns": round(await drain(mailbox.receive, False))}
+    for name, batch in (("queue", False), ("queue_batch", True)):
+        queue: CoalescingQueue[tuple[int, str], Envelope] = CoalescingQueue(count)
+
+        def post_all(queue: CoalescingQueue[tuple[int, str], Envelope] = queue) -> None:
+            for envelope in envelopes:
+                queue.post((envelope.watch.id, envelope.event.path), envelope)
+
+        post_ns = timed(post_all)
+        receive = queue.receive_batch if batch else queue.receive
+        result[name] = {"post_ns": round(post_ns), "receive_ns": round(await drain(receive, batch))}
+    return result
+
+
+# -- the embedded xenstored against the C one ------------------------------------------------------------------
 
 
 async def mix_workload(path: str, seconds: float, tasks: int = 16) -> dict[str, float]:
@@ -66,12 +166,6 @@ async def mix_workload(path: str, seconds: float, tasks: int = 16) -> dict[str, 
     return {"ops": count, "seconds": round(elapsed, 3), "ops_per_s": round(count / elapsed, 1)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measured(path: str, pid: int, seconds: float) -> dict[str, float]:
     """The mix against a daemon in its own process; also its CPU time, so that its capacity (ops per
     CPU-second of the daemon) is known even when the Python client, not the daemon, sets the pace."""
@@ -83,29 +177,14 @@ async def measured(path: str, pid: int, seconds: float) -> dict[str, float]:
     return result
 
 
-async def bench_xenstored(seconds: float) -> dict[str, object]:
+@scenario("xenstored")
+async def bench_xenstored(args: argparse.Namespace) -> dict[str, object]:
     """Both daemons as processes of their own, driven by the same client workload, one after the other."""
+    seconds = 1.0 if args.quick else 3.0
     result: dict[str, object] = {}
-    folder = tempfile.mkdtemp(prefix="mtwb", dir="/tmp")
-    embedded_path = os.path.join(folder, "socket")
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "actors.xenstored", "--socket", embedded_path], stderr=subprocess.PIPE
-    )
-    try:
-        assert proc.stderr is not None
-        logged = b""
-        with trio.fail_after(10):
-            while b"listening" not in logged:  # the daemon says so once its socket accepts
-                chunk = await proc.stderr.receive_some()
-                if not chunk:
-                    raise RuntimeError(f"embedded xenstored did not start: {logged.decode()}")
-                logged += chunk
+    embedded_path = os.path.join(tempfile.mkdtemp(prefix="mtwb", dir="/tmp"), "socket")
+    async with daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", embedded_path]) as proc:
         result["embedded"] = await measured(embedded_path, proc.pid, seconds)
-    finally:
-        proc.terminate()
-        await proc.wait()
-        if proc.stderr is not None:
-            await proc.stderr.aclose()
     try:
         from harness.cxenstored import CXenStoredUnavailable, open_cxenstored
 
@@ -128,6 +207,9 @@ async def bench_xenstored(seconds: float) -> dict[str, object]:
     return result
 
 
+# -- floods ----------------------------------------------------------------------------------------------
+
+
 async def with_runtime(
     fn: Callable[[actors.XenStore, actors.Runtime], Awaitable[dict[str, object]]],
 ) -> dict[str, object]:
@@ -137,84 +219,10 @@ async def with_runtime(
         return await fn(xs, rt)
 
 
-async def bench_events(domains: int, rounds: int) -> dict[str, object]:
-    async def run(xs: actors.XenStore, rt: actors.Runtime) -> dict[str, object]:
-        latencies: list[float] = []
+@scenario("flood")
+async def bench_flood(args: argparse.Namespace) -> dict[str, object]:
+    events = 100_000
 
-        def observe(kind: str, domid: int, value: float) -> None:
-            if kind == "latency":
-                latencies.append(value)
-
-        rt.observe(observe)
-        done = trio.Event()
-        handled = 0
-        expected = domains * rounds
-
-        async def handler(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
-            nonlocal handled
-            if event.path.endswith("/ping"):
-                handled += 1
-                if handled >= expected:
-                    done.set()
-
-        rt.watch("/local/domain/{domid}/data", handler)
-        for domid in range(1, domains + 1):
-            await actors.announce_domain(xs, domid, identity=f"uuid-{domid}")
-        for domid in range(1, domains + 1):
-            await rt.wait_domain(domid, actors.State.RUNNING)
-        await trio.sleep(0.2)
-        latencies.clear()
-        start = time.perf_counter()
-        async with actors.connect(xs.name) as writer:
-            for r in range(rounds):
-                async with trio.open_nursery() as nursery:
-                    for domid in range(1, domains + 1):
-                        nursery.start_soon(writer.write, f"/local/domain/{domid}/data/ping", str(r))
-                await trio.lowlevel.checkpoint()
-        with trio.move_on_after(30):
-            await done.wait()
-        elapsed = time.perf_counter() - start
-        lat = sorted(latencies)
-        return {
-            "domains": domains,
-            "events_written": expected,
-            "handled": handled,
-            "events_per_s": round(handled / elapsed, 1),
-            "latency_p50_ms": round(1000 * statistics.median(lat), 3) if lat else None,
-            "latency_p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 3) if lat else None,
-        }
-
-    return await with_runtime(run)
-
-
-async def bench_actor_memory(domains: int) -> dict[str, object]:
-    async def run(xs: actors.XenStore, rt: actors.Runtime) -> dict[str, object]:
-        async def handler(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
-            pass
-
-        rt.watch("/local/domain/{domid}/data", handler)
-        await trio.sleep(0.1)
-        tracemalloc.start()
-        before = tracemalloc.take_snapshot()
-        rt.full({domid: f"uuid-{domid}".encode() for domid in range(1, domains + 1)})
-        for domid in range(1, domains + 1):
-            await rt.wait_domain(domid, actors.State.RUNNING)
-        await trio.sleep(0.5)
-        after = tracemalloc.take_snapshot()
-        tracemalloc.stop()
-        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-        rt.full({})
-        return {
-            "domains": domains,
-            "heap_growth_bytes": grown,
-            "bytes_per_actor": round(grown / domains),
-            "note": "Python heap (tracemalloc) of the actors, their mailboxes, watches and the client's sinks",
-        }
-
-    return await with_runtime(run)
-
-
-async def bench_flood(events: int) -> dict[str, object]:
     async def run(xs: actors.XenStore, rt: actors.Runtime) -> dict[str, object]:
         async def slow(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
             await trio.sleep(0.01)
@@ -350,20 +358,16 @@ async def bench_stock_host(sizes: list[int], samples: int) -> dict[str, object]:
     return result
 
 
+@scenario("stock-host")
+async def stock_host(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_stock_host([20, 100] if args.quick else [100, 1000, 3000], 3 if args.quick else 9)
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
-    quick = args.quick
-    benches: dict[str, Callable[[], Awaitable[dict[str, object]]]] = {
-        "xenstored": lambda: bench_xenstored(1.0 if quick else 3.0),
-        "events": lambda: bench_events(20 if quick else 100, 5 if quick else 20),
-        "actor_memory": lambda: bench_actor_memory(500 if quick else 5000),
-        "flood": lambda: bench_flood(100_000),
-        "stock-host": lambda: bench_stock_host([20, 100] if quick else [100, 1000, 3000], 3 if quick else 9),
-    }
-    out: dict[str, object] = {"python": sys.version.split()[0], "quick": quick}
-    for name, bench in benches.items():
-        if args.only and name not in args.only:
-            continue
-        out[name] = await bench()
+    out: dict[str, object] = {"python": sys.version.split()[0], "quick": args.quick}
+    for name, run in SCENARIOS.items():
+        if not args.only or name in args.only:
+            out[name] = await run(args)
     return out
 
 
@@ -372,5 +376,6 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", nargs="*", help="run only these benchmarks")
+    parser.add_argument("--domains", type=int, help="domains of the scale scenario (default 32,751)")
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="run only these scenarios")
     print(json.dumps(trio.run(main, parser.parse_args()), indent=2))

@@ -1,4 +1,5 @@
-"""scripts/bench.py runs and prints its JSON (a smoke test: it asserts no timing, only shapes and bounds)."""
+"""scripts/bench.py runs every scenario at tiny sizes and prints its JSON (a smoke test so the bench cannot rot:
+it asserts no timing, only the shape of the report and that the counts add up)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,87 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+pytestmark = pytest.mark.slow
 
 
-async def test_bench_quick_runs_and_prints_json() -> None:
-    with trio.fail_after(120):
-        result = await trio.run_process(
-            [sys.executable, str(BENCH), "--quick", "--only", "events", "flood", "actor_memory"],
-            capture_stdout=True,
-            capture_stderr=True,
-        )
-    report = json.loads(result.stdout)
-    assert report["events"]["handled"] == report["events"]["events_written"]
-    assert report["flood"]["events"] == 100_000
+@pytest.fixture(scope="module")
+def report() -> dict[str, object]:
+    async def run() -> bytes:
+        with trio.fail_after(280):
+            done = await trio.run_process(
+                [sys.executable, str(BENCH), "--quick"], capture_stdout=True, capture_stderr=True
+            )
+        return done.stdout
+
+    parsed: dict[str, object] = json.loads(trio.run(run))
+    return parsed
+
+
+def section(report: dict[str, object], name: str) -> dict[str, object]:
+    value = report[name]
+    assert isinstance(value, dict)
+    return value
+
+
+def test_events_stream_every_consumer_counts_every_event(report: dict[str, object]) -> None:
+    stream = section(report, "events-stream")
+    for consumer in ("decoder", "pyxs", "client", "client_batch", "runtime"):
+        figures = section(stream, consumer)
+        assert figures["events"] == stream["events"], consumer
+        assert isinstance(figures["events_per_s"], int) and figures["events_per_s"] > 0
+    assert set(section(stream, "ratios")) >= {"runtime_vs_pyxs", "runtime_vs_client"}
+
+
+def test_scale_measures_both_lifecycles_beside_the_floor(report: dict[str, object]) -> None:
+    scale = section(report, "scale")
+    keys = {"seconds_until_all_run", "rss_bytes_per_actor", "heap_bytes_per_actor", "seconds_to_leave"}
+    assert set(section(scale, "floor")) >= keys
+    for lifecycle in ("mtwatch_tree", "stock_host"):
+        side = section(scale, lifecycle)
+        assert set(side) >= keys
+        assert isinstance(side["heap_bytes_per_actor"], int) and side["heap_bytes_per_actor"] > 0
+        assert set(section(side, "ratios")) == {
+            "start_vs_floor",
+            "start_cpu_vs_floor",
+            "rss_vs_floor",
+            "heap_vs_floor",
+        }
+
+
+def test_latency_handles_every_event(report: dict[str, object]) -> None:
+    latency = section(report, "latency")
+    assert latency["handled"] == latency["events"]
+    p50, p99, top = latency["latency_p50_ms"], latency["latency_p99_ms"], latency["latency_max_ms"]
+    assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
+    assert 0 <= p50 <= p99 <= top
+
+
+def test_queues_report_every_kind(report: dict[str, object]) -> None:
+    queues = section(report, "queues")
+    for kind in ("mailbox", "queue", "queue_batch"):
+        assert set(section(queues, kind)) == {"post_ns", "receive_ns"}
+
+
+def test_stock_host_reports_every_daemon(report: dict[str, object]) -> None:
+    stock = section(report, "stock-host")
+    for daemon in ("embedded_4_22_watch_depth", "embedded_4_17"):
+        for figures in section(stock, daemon).values():
+            assert isinstance(figures, dict) and set(figures) == {
+                "create_to_running_ms",
+                "destroy_to_gone_ms",
+            }
+
+
+def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
+    embedded = section(section(report, "xenstored"), "embedded")
+    assert isinstance(embedded["ops"], int) and embedded["ops"] > 0
+    flood = section(report, "flood")
+    assert flood["events"] == 100_000
     # Bounded memory whatever the number of events: the mailbox never holds more than its capacity plus the
     # distinct paths of the flood (100 here).
-    assert report["flood"]["peak_mailbox_depth"] <= report["flood"]["mailbox_capacity"] + 100
-    assert report["actor_memory"]["bytes_per_actor"] > 0
+    depth, capacity = flood["peak_mailbox_depth"], flood["mailbox_capacity"]
+    assert isinstance(depth, int) and isinstance(capacity, int) and depth <= capacity + 100

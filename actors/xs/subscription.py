@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from typing import NoReturn
 
 import trio
 
+from .coalesce import CoalescingQueue
 from .errors import ConnectionLost
 from .events import WatchEvent
 
@@ -17,60 +18,65 @@ class Subscription:
 
     The connection's reader hands events in with :meth:`deliver`, which never blocks: an event for a path that is
     already waiting replaces it in place (counted in :attr:`coalesced`), and past ``capacity`` distinct paths the
-    buffer collapses into one event for the watched path itself, which tells the consumer to re-read everything
-    under it. Memory is bounded by ``capacity``; the latest change of every path is always represented.
+    waiting events fold into one event for the watched path itself, which tells the consumer to re-read
+    everything under it. Memory is bounded by ``capacity``; the latest change of every path is always
+    represented. (The rules are those of :class:`~actors.xs.coalesce.CoalescingQueue`, keyed by path.)
+
+    Read it with ``async for``, :meth:`receive`, or :meth:`receive_batch` (every waiting event at once, for one
+    trip through the scheduler).
     """
 
     def __init__(self, path: str, token: str, capacity: int = 1024) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
         self.path = path
         self.token = token
-        self.capacity = capacity
-        self.coalesced = 0
-        self._pending: OrderedDict[str, WatchEvent] = OrderedDict()
-        self._wakeup = trio.Event()
-        self._closed = False
+        self._queue: CoalescingQueue[str, WatchEvent] = CoalescingQueue(capacity, self._hint)
         self._error: BaseException | None = None
 
+    def _hint(self, path: str, event: WatchEvent) -> tuple[str, WatchEvent]:
+        return self.path, WatchEvent(self.path, self.token, event.received_at)
+
+    @property
+    def capacity(self) -> int:
+        return self._queue.capacity
+
+    @property
+    def coalesced(self) -> int:
+        """Events folded into another waiting event (a later one for the same path, or a re-read hint)."""
+        return self._queue.coalesced
+
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._queue)
 
     def deliver(self, event: WatchEvent) -> None:
         """Queue an event; never blocks, never raises."""
-        if self._closed:
-            return
-        pending = self._pending
-        if event.path in pending:
-            pending[event.path] = event
-            self.coalesced += 1
-        elif len(pending) >= self.capacity:
-            self.coalesced += len(pending)
-            pending.clear()
-            pending[self.path] = WatchEvent(self.path, self.token, event.received_at)
-        else:
-            pending[event.path] = event
-        self._wakeup.set()
+        self._queue.post(event.path, event)
 
     def close(self, error: BaseException | None = None) -> None:
         """End the iteration: cleanly, or with ``error`` once the queued events are consumed."""
-        if not self._closed:
-            self._closed = True
+        if not self._queue.closed:
             self._error = error
-            self._wakeup.set()
+            self._queue.close()
+
+    def _end(self) -> NoReturn:
+        if self._error is not None:
+            raise ConnectionLost(str(self._error)) from self._error
+        raise trio.EndOfChannel
 
     async def receive(self) -> WatchEvent:
         """The next event; raises ``trio.EndOfChannel`` when closed cleanly, ConnectionLost when the connection
-        went away."""
-        while not self._pending:
-            if self._closed:
-                if self._error is not None:
-                    raise ConnectionLost(str(self._error)) from self._error
-                raise trio.EndOfChannel
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        _, event = self._pending.popitem(last=False)
-        return event
+        went away. A waiting event is returned at once (no trip through the scheduler)."""
+        try:
+            return await self._queue.receive()
+        except trio.EndOfChannel:
+            self._end()
+
+    async def receive_batch(self, max_events: int | None = None) -> list[WatchEvent]:
+        """Every waiting event (at most ``max_events``), in order, waiting for one if none waits. Raises like
+        :meth:`receive`."""
+        try:
+            return await self._queue.receive_batch(max_events)
+        except trio.EndOfChannel:
+            self._end()
 
     def __aiter__(self) -> Subscription:
         return self
