@@ -7,33 +7,49 @@ On a private :class:`~prometheus_client.CollectorRegistry`:
   ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the default actor),
   ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid}``,
   ``mtwatch_handler_failures_total{domid}``, ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``,
-  ``mtwatch_xenstore_reconnects_total`` and ``mtwatch_ready`` (1 after the first full reconcile);
+  ``mtwatch_xenstore_reconnects_total``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
+  (1 while connected to xenstored), ``mtwatch_build_info{version}`` and the ``process_*`` metrics;
 - fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
   receiving the event to its handler starting.
 
 prometheus_client's own ``start_http_server`` is not used: it serves from a thread, which would read the
 runtime's state from outside the trio loop. :func:`serve_metrics` answers ``GET /metrics`` (and ``HEAD``) with
-``generate_latest(registry)``, 404 elsewhere, one request per connection, each bounded by a deadline.
+``generate_latest(registry)``, ``GET /healthz`` with 200 (healthy or degraded) or 503 (not connected or not
+ready) and the one-line reason, 404 elsewhere; one request per connection, each bounded by a deadline.
 """
 
 from __future__ import annotations
 
-import errno
+import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
-from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .. import __version__
 from ..runtime.context import State
+from .status import NOT_READY, health
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "open_metrics_listeners", "serve_metrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Metrics",
+    "histogram_quantile",
+    "listener_addresses",
+    "open_metrics_listeners",
+    "serve_metrics",
+]
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -124,6 +140,12 @@ class _RuntimeCollector:
         ready = GaugeMetricFamily("mtwatch_ready", "1 once the first full reconcile of the registry is done.")
         ready.add_metric([], 1 if rt.ready.is_set() else 0)
         yield ready
+        up = GaugeMetricFamily("mtwatch_up", "1 while the agent is connected to xenstored.")
+        up.add_metric([], 1 if rt.connected.value else 0)
+        yield up
+        build = GaugeMetricFamily("mtwatch_build_info", "The agent's version.", labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
 
 
 class Metrics:
@@ -132,7 +154,9 @@ class Metrics:
 
     def __init__(self, rt: Runtime) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self.rt = rt
         self.registry.register(_RuntimeCollector(rt))
+        ProcessCollector(registry=self.registry)
         self.latency = Histogram(
             "mtwatch_event_latency_seconds",
             "Time from the reader receiving a watch event to its handler starting.",
@@ -145,9 +169,45 @@ class Metrics:
         if kind == "latency":
             self.latency.observe(max(0.0, value))
 
+    def latency_summary(self) -> dict[str, Any]:
+        """The latency histogram's count, p50 and p99 (seconds; None without observations)."""
+        buckets: list[tuple[float, float]] = []
+        count = 0.0
+        for family in self.latency.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.append((float(sample.labels["le"]), float(sample.value)))
+                elif sample.name.endswith("_count"):
+                    count = float(sample.value)
+        return {
+            "count": int(count),
+            "p50": histogram_quantile(0.5, buckets),
+            "p99": histogram_quantile(0.99, buckets),
+        }
+
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """Prometheus's ``histogram_quantile``: linear interpolation in the bucket holding the q-quantile, from
+    ``(le, cumulative count)`` pairs. None without observations; the largest finite bound when the quantile
+    falls into the +Inf bucket."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, cumulative in ordered:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if cumulative == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (cumulative - lower_count)
+        lower_bound, lower_count = bound, cumulative
+    return lower_bound
 
 
 async def open_metrics_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
@@ -237,6 +297,10 @@ async def serve_metrics(
             path = target.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 response = _response("405 Method Not Allowed", b"method not allowed\n")
+            elif path == "/healthz":
+                code, reason = health(metrics.rt)
+                status = "503 Service Unavailable" if code >= NOT_READY else "200 OK"
+                response = _response(status, reason.encode() + b"\n", head=method == "HEAD")
             elif path != "/metrics":
                 response = _response("404 Not Found", b"not found: try /metrics\n", head=method == "HEAD")
             else:
@@ -251,13 +315,3 @@ async def serve_metrics(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
-
-
-def bind_error_kind(exc: OSError) -> str:
-    """``"permission"``, ``"in-use"`` or ``"unavailable"``: what a bind failure means for the exit code."""
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission"
-    if exc.errno == errno.EADDRINUSE:
-        return "in-use"
-    logger.debug("metrics bind failed: {!r}", exc)
-    return "unavailable"
