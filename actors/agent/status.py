@@ -46,19 +46,25 @@ def _domain(d: DomainSnapshot, now: float) -> dict[str, Any]:
     }
 
 
+def counts(rt: Runtime) -> str:
+    """``3 domains (2 running, 1 starting)``."""
+    states = Counter(d.state.value for d in rt.domains.values())
+    total = sum(states.values())
+    parts = ", ".join(f"{states[s.value]} {s.value}" for s in State if states.get(s.value))
+    return f"{total} domain{'' if total == 1 else 's'}" + (f" ({parts})" if parts else "")
+
+
 def health(rt: Runtime) -> tuple[int, str]:
     """The agent's health code and a one-line reason."""
     if not rt.connected.value:
-        return NOT_READY, "not connected to xenstored (retrying)"
+        return NOT_READY, f"not connected to xenstored (retrying); {counts(rt)}"
     if not rt.ready.is_set():
-        return NOT_READY, "connected, reading the registry"
-    states = Counter(d.state for d in rt.domains.values())
+        return NOT_READY, f"connected, reading the registry; {counts(rt)}"
     failed = sorted(domid for domid, d in rt.domains.items() if d.state is State.FAILED)
     if failed:
         shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        return DEGRADED, f"degraded: {len(failed)} failed domain{'s' * (len(failed) != 1)} ({shown})"
-    total = sum(states.values())
-    return HEALTHY, f"healthy: {total} domain{'s' * (total != 1)}, {states.get(State.RUNNING, 0)} running"
+        return DEGRADED, f"degraded: {len(failed)} failed ({shown}); {counts(rt)}"
+    return HEALTHY, f"healthy: {counts(rt)}"
 
 
 def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]:
