@@ -11,18 +11,29 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
+from test_agent_daemon import REPO, clean_env, poll, run_agent, script
 
 import actors
 from actors.agent.control import ControlInUse, ask_async, bind_control, serve_control
-from test_agent_daemon import REPO, clean_env, poll, run_agent, script
 
 CLI = [sys.executable, "-m", "actors.cli"]
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
+    """Ask ``check()`` again until ``ok`` says yes (another process is getting there)."""
+    while True:
+        value = await check()
+        if ok(value):
+            return value
+        await trio.sleep(0.05)
 
 
 async def cli(*args: str) -> tuple[int, str, str]:
@@ -90,8 +101,7 @@ async def test_reset_of_a_failed_domain_through_the_control_socket(
                 doc = await ask_async(control, {"op": "status"})
                 return {d["domid"]: d["state"] for d in doc["domains"]}
 
-            while (await states()) != {5: "failed", 6: "failed"}:
-                await trio.sleep(0.05)
+            await eventually(states, lambda s: s == {5: "failed", 6: "failed"})
             code, out, _ = await cli("status", "--control", control)
             assert code == 1
             assert "health: degraded: 2 failed (5, 6)" in out
@@ -102,8 +112,7 @@ async def test_reset_of_a_failed_domain_through_the_control_socket(
             flag.touch()
             code, out, _ = await cli("reset", "5", "--control", control)
             assert (code, out.strip()) == (0, "reset: 5")
-            while (await states())[5] != "running":
-                await trio.sleep(0.05)
+            await eventually(states, lambda s: s[5] == "running")
             assert (await states())[6] == "failed"
             code, _, err = await cli("reset", "5", "--control", control)
             assert code == 1 and "domain 5 is running, not failed" in err
@@ -111,8 +120,7 @@ async def test_reset_of_a_failed_domain_through_the_control_socket(
             assert code == 1 and "no domain 77" in err
             code, out, _ = await cli("reset", "--all-failed", "--control", control)
             assert (code, out.strip()) == (0, "reset: 6")
-            while (await states()) != {5: "running", 6: "running"}:
-                await trio.sleep(0.05)
+            await eventually(states, lambda s: s == {5: "running", 6: "running"})
             code, out, _ = await cli("status", "--json", "--control", control)
             doc = json.loads(out)
             assert code == 0 and doc["health"]["code"] == 0
@@ -122,7 +130,7 @@ async def test_reset_of_a_failed_domain_through_the_control_socket(
         agent.signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await agent.wait_exit() == 0
-    assert not os.path.exists(control)  # the agent removes the socket it made
+    assert not await trio.Path(control).exists()  # the agent removes the socket it made
     code, _, err = await cli("status", "--control", control)
     assert code == 3 and f"no agent at {control}" in err and "Traceback" not in err
 
@@ -140,18 +148,17 @@ async def test_status_and_healthz_follow_xenstored(workdir: str) -> None:
             assert code == 2 and "NOT CONNECTED" in out  # no xenstored yet
             assert (await healthz(port))[0] == 503
             async with xenstored_process(socket_path) as daemon:
-                while (await cli("status", "--control", control))[0] != 0:
-                    await trio.sleep(0.1)
+                await eventually(lambda: cli("status", "--control", control), lambda r: r[0] == 0)
                 status, body = await healthz(port)
                 assert status == 200 and body.startswith("healthy: ") and body.count("\n") == 1
                 daemon.kill()  # xenstored gone: not connected, 2, and 503
-                while (result := await cli("status", "--control", control))[0] != 2:
-                    await trio.sleep(0.1)
+                result = await eventually(lambda: cli("status", "--control", control), lambda r: r[0] == 2)
                 assert "not connected to xenstored" in result[1]
                 assert (await healthz(port))[0] == 503
             async with xenstored_process(socket_path):  # back: healthy again, one reconnect more
-                while (result := await cli("status", "--json", "--control", control))[0] != 0:
-                    await trio.sleep(0.1)
+                result = await eventually(
+                    lambda: cli("status", "--json", "--control", control), lambda r: r[0] == 0
+                )
                 assert json.loads(result[1])["connection"]["reconnects"] >= 1
                 assert (await healthz(port))[0] == 200
 
