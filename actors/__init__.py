@@ -1,43 +1,108 @@
-"""mtwatch: a dom0 watch runtime for Xen hosts, one supervised trio actor per guest domain."""
+"""mtwatch: a dom0 watch runtime for Xen hosts, one supervised trio actor per guest domain.
 
-from loguru import logger as _logger
+The names below are loaded on first use (PEP 562), so that importing one layer (``actors.xs.wire``, the
+embedded ``actors.xenstored``) does not load the others; type checkers and IDEs see them through the
+``TYPE_CHECKING`` imports. Logging: the ``actors`` loggers are disabled until ``logger.enable("actors")``.
+"""
 
-from .runtime import MTWATCH_ROOT as MTWATCH_ROOT
-from .runtime import DomainContext as DomainContext
-from .runtime import DomainSnapshot as DomainSnapshot
-from .runtime import HandlerError as HandlerError
-from .runtime import HandlerTimeout as HandlerTimeout
-from .runtime import ReconnectPolicy as ReconnectPolicy
-from .runtime import RestartPolicy as RestartPolicy
-from .runtime import Runtime as Runtime
-from .runtime import State as State
-from .runtime import Watch as Watch
-from .runtime import open_runtime as open_runtime
-from .toolstack import announce_domain as announce_domain
-from .toolstack import retire_domain as retire_domain
-from .xs.client import Transaction as Transaction
-from .xs.client import XenStore as XenStore
-from .xs.client import connect as connect
-from .xs.client import open_xenstore as open_xenstore
-from .xs.errors import AlreadyExists as AlreadyExists
-from .xs.errors import ConnectionLost as ConnectionLost
-from .xs.errors import InvalidArgument as InvalidArgument
-from .xs.errors import InvalidDomid as InvalidDomid
-from .xs.errors import InvalidPath as InvalidPath
-from .xs.errors import InvalidPermission as InvalidPermission
-from .xs.errors import NotFound as NotFound
-from .xs.errors import OperationFailed as OperationFailed
-from .xs.errors import PayloadTooLarge as PayloadTooLarge
-from .xs.errors import PermissionDenied as PermissionDenied
-from .xs.errors import ProtocolError as ProtocolError
-from .xs.errors import QuotaExceeded as QuotaExceeded
-from .xs.errors import TransactionConflict as TransactionConflict
-from .xs.errors import XenStoreError as XenStoreError
-from .xs.errors import XenStoreUnavailable as XenStoreUnavailable
-from .xs.subscription import Subscription as Subscription
-from .xs.subscription import WatchEvent as WatchEvent
+from __future__ import annotations
 
-# Library code never configures logging: an application calls logger.enable("actors").
-_logger.disable("actors")
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "MTWATCH_ROOT",
+            "DomainContext",
+            "DomainSnapshot",
+            "HandlerError",
+            "HandlerTimeout",
+            "ReconnectPolicy",
+            "RestartPolicy",
+            "Runtime",
+            "State",
+            "Watch",
+            "open_runtime",
+        ],
+        "actors.runtime",
+    ),
+    **dict.fromkeys(["announce_domain", "retire_domain"], "actors.toolstack"),
+    **dict.fromkeys(["Transaction", "XenStore", "connect", "open_xenstore"], "actors.xs.client"),
+    **dict.fromkeys(["Subscription", "WatchEvent"], "actors.xs.subscription"),
+    **dict.fromkeys(
+        [
+            "AlreadyExists",
+            "ConnectionLost",
+            "InvalidArgument",
+            "InvalidDomid",
+            "InvalidPath",
+            "InvalidPermission",
+            "NotFound",
+            "OperationFailed",
+            "PayloadTooLarge",
+            "PermissionDenied",
+            "ProtocolError",
+            "QuotaExceeded",
+            "TransactionConflict",
+            "XenStoreError",
+            "XenStoreUnavailable",
+        ],
+        "actors.xs.errors",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from .runtime import MTWATCH_ROOT as MTWATCH_ROOT
+    from .runtime import DomainContext as DomainContext
+    from .runtime import DomainSnapshot as DomainSnapshot
+    from .runtime import HandlerError as HandlerError
+    from .runtime import HandlerTimeout as HandlerTimeout
+    from .runtime import ReconnectPolicy as ReconnectPolicy
+    from .runtime import RestartPolicy as RestartPolicy
+    from .runtime import Runtime as Runtime
+    from .runtime import State as State
+    from .runtime import Watch as Watch
+    from .runtime import open_runtime as open_runtime
+    from .toolstack import announce_domain as announce_domain
+    from .toolstack import retire_domain as retire_domain
+    from .xs.client import Transaction as Transaction
+    from .xs.client import XenStore as XenStore
+    from .xs.client import connect as connect
+    from .xs.client import open_xenstore as open_xenstore
+    from .xs.errors import AlreadyExists as AlreadyExists
+    from .xs.errors import ConnectionLost as ConnectionLost
+    from .xs.errors import InvalidArgument as InvalidArgument
+    from .xs.errors import InvalidDomid as InvalidDomid
+    from .xs.errors import InvalidPath as InvalidPath
+    from .xs.errors import InvalidPermission as InvalidPermission
+    from .xs.errors import NotFound as NotFound
+    from .xs.errors import OperationFailed as OperationFailed
+    from .xs.errors import PayloadTooLarge as PayloadTooLarge
+    from .xs.errors import PermissionDenied as PermissionDenied
+    from .xs.errors import ProtocolError as ProtocolError
+    from .xs.errors import QuotaExceeded as QuotaExceeded
+    from .xs.errors import TransactionConflict as TransactionConflict
+    from .xs.errors import XenStoreError as XenStoreError
+    from .xs.errors import XenStoreUnavailable as XenStoreUnavailable
+    from .xs.subscription import Subscription as Subscription
+    from .xs.subscription import WatchEvent as WatchEvent

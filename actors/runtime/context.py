@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
 
 if TYPE_CHECKING:
     from loguru import Logger
 
     from ..xs.client import XenStore
 
-__all__ = ["DomainContext", "DomainSnapshot", "State"]
+__all__ = ["DomainContext", "DomainSnapshot", "State", "TaskRunner"]
 
 
 class State(enum.Enum):
@@ -25,25 +28,63 @@ class State(enum.Enum):
         return self.value
 
 
+class ConnectionSource(Protocol):
+    @property
+    def xs(self) -> XenStore: ...
+
+
+TaskRunner = Callable[[Callable[..., Awaitable[object]], tuple[Any, ...], str], Awaitable[None]]
+"""``runner(fn, args, what)``: how the owner of a context runs one of its per-domain tasks (and what a task
+that raises costs: a domain actor fails, the default actor counts it)."""
+
+
 class DomainContext:
     """Handed to every handler and hook: ``domid`` (0 in the default actor), ``identity`` (the mtwatch node's
     value, e.g. the domain's UUID), ``xs`` (the runtime's current connection), ``log`` (loguru, bound with
-    the domid)."""
+    the domid), ``state`` (a dict of the handlers' own, for this incarnation), and the incarnation's scope:
+    ``start_soon`` and ``nursery``."""
 
-    __slots__ = ("_source", "domid", "identity", "log", "state")
+    __slots__ = ("_nursery", "_run_task", "_source", "domid", "identity", "log", "state")
 
-    def __init__(self, domid: int, identity: bytes, source: Any, log: Logger) -> None:
+    def __init__(
+        self,
+        domid: int,
+        identity: bytes,
+        source: ConnectionSource,
+        log: Logger,
+        nursery: trio.Nursery | None = None,
+        run_task: TaskRunner | None = None,
+    ) -> None:
         self.domid = domid
         self.identity = identity
         self._source = source
         self.log = log
-        self.state: dict[str, Any] = {}  # the handlers' own per-incarnation scratch space
+        self.state: dict[str, Any] = {}
+        self._nursery = nursery
+        self._run_task = run_task
 
     @property
     def xs(self) -> XenStore:
         """The connection to use now (after a reconnect, the new one)."""
-        xs: XenStore = self._source.xs
-        return xs
+        return self._source.xs
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery of this incarnation of the domain actor (for ``await ctx.nursery.start(...)``): its tasks
+        are cancelled when the domain stops or restarts; one that raises is a failure of the domain."""
+        if self._nursery is None:
+            raise RuntimeError(f"domain {self.domid} has no running incarnation to start tasks in")
+        return self._nursery
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any, name: str | None = None) -> None:
+        """Run ``fn(*args)`` as a per-domain task, alive until the domain stops or restarts (cancelled then,
+        with the reason: ``retired``, ``restart``, ``shutdown``, ``reload``). If it raises, the domain fails
+        (logged with its domid, counted, restarted with backoff)."""
+        what: str = name or str(getattr(fn, "__qualname__", repr(fn)))
+        if self._run_task is None:
+            self.nursery.start_soon(fn, *args, name=what)
+        else:
+            self.nursery.start_soon(self._run_task, fn, args, what, name=what)
 
     def __repr__(self) -> str:
         return f"DomainContext(domid={self.domid}, identity={self.identity!r})"
@@ -51,7 +92,15 @@ class DomainContext:
 
 @dataclass(frozen=True, slots=True)
 class DomainSnapshot:
-    """One domain actor as ``rt.domains`` shows it."""
+    """One domain actor as ``rt.domains`` shows it. Times are trio clock values (``trio.current_time()``).
+
+    ``name`` is ``/local/domain/<domid>/name`` read when the actor started (None if absent); ``busy_since``
+    and ``busy_path`` say since when and for what path a handler has been running (``"message"`` for a
+    message), ``stopping_since`` since when the domain is stopping; ``throttled_since`` is when flood control
+    throttled it (this runtime has no flood control: always None). ``last_error``/``last_exception`` are the
+    last failure; ``dropped_by_reason`` counts the events refused by the actor's state (``failed``,
+    ``backoff``, ``stopping``) and the events and messages purged when an incarnation ended (``stopping``).
+    """
 
     domid: int
     state: State
@@ -63,3 +112,10 @@ class DomainSnapshot:
     failures: int
     restarts: int
     last_error: str | None
+    name: str | None = None
+    busy_since: float | None = None
+    busy_path: str | None = None
+    throttled_since: float | None = None
+    stopping_since: float | None = None
+    last_exception: BaseException | None = None
+    dropped_by_reason: Mapping[str, int] = field(default_factory=dict)

@@ -25,7 +25,7 @@ class DefaultActor:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.mailbox = Mailbox(runtime.mailbox_size, runtime.overflow_limit)
+        self.mailbox = Mailbox(runtime.options.mailbox_size, runtime.options.overflow_limit)
         self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
         self.handled = 0
         self.failures = 0

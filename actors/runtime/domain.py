@@ -104,8 +104,8 @@ class DomainActor:
         self.identity = identity
         self.desired: bytes | None = identity  # what the registry wants: an identity, or None (gone)
         self.state = State.STARTING  # waited on through the runtime's `changed` event, not per actor
-        self.mailbox = Mailbox(runtime.mailbox_size, runtime.overflow_limit)
-        self.tracker = RestartTracker(runtime.restart_policy)
+        self.mailbox = Mailbox(runtime.options.mailbox_size, runtime.options.overflow_limit)
+        self.tracker = RestartTracker(runtime.options.restart)
         self.generation = 0
         self.handled = 0
         self.dropped = 0
@@ -157,7 +157,7 @@ class DomainActor:
             self._wake.set()
         self.mailbox.interrupt()  # an idle actor wakes up and sees the change
         if self._busy_scope is not None:
-            grace = trio.current_time() + self.rt.stop_deadline * 0.75
+            grace = trio.current_time() + self.rt.options.stop_deadline * 0.75
             self._busy_scope.deadline = min(self._busy_scope.deadline, grace)
 
     async def _wait_wake(self) -> None:
@@ -322,7 +322,8 @@ class DomainActor:
         # The whole stop, a running handler's grace included, ends within the deadline of the request; on_stop
         # gets what the handler left of it, and at least a quarter.
         stop_at = max(
-            self._changed_at + self.rt.stop_deadline, trio.current_time() + self.rt.stop_deadline * 0.25
+            self._changed_at + self.rt.options.stop_deadline,
+            trio.current_time() + self.rt.options.stop_deadline * 0.25,
         )
         with trio.move_on_at(stop_at) as scope:
             for hook in self.rt.stop_hooks():

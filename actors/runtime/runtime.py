@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
-from typing import Literal
+from typing import Any
 
 import trio
 from loguru import logger
@@ -17,9 +17,9 @@ from ..xs.errors import ConnectionLost, XenStoreUnavailable
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
-from .lifecycle import MTWATCH_ROOT, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
+from .lifecycle import DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
+from .options import RuntimeOptions
 from .router import Router
-from .supervisor import ReconnectPolicy, RestartPolicy
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
@@ -33,26 +33,13 @@ _ATTACH_CONCURRENCY = 256
 class Runtime:
     """Made by :func:`open_runtime`; see there."""
 
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        *,
-        source: LifecycleSource,
-        mailbox_size: int,
-        overflow_limit: int,
-        restart: RestartPolicy,
-        stop_deadline: float,
-        reconnect: ReconnectPolicy,
-    ) -> None:
+    def __init__(self, nursery: trio.Nursery, source: LifecycleSource, options: RuntimeOptions) -> None:
         self._nursery = nursery
         self.source = source
-        self.mailbox_size = mailbox_size
-        self.overflow_limit = overflow_limit
-        self.restart_policy = restart
-        self.stop_deadline = stop_deadline
-        self.reconnect_policy = reconnect
+        self.options = options
         self.connection: XenStore | None = None
         self.reconnects = 0
+        self.disconnected_since: float | None = None
         self.ready = trio.Event()
         self.connected = AsyncBool(False)
         self.changed = RepeatedEvent()
@@ -61,7 +48,6 @@ class Runtime:
         self._start_hooks: list[Hook] = []
         self._stop_hooks: list[Hook] = []
         self._observers: list[Observer] = []
-        self._latency_observers: list[Callable[[int, float], None]] = []
         self._default = DefaultActor(self)
         self._router = Router(self, self._default)
         self._closing = False
@@ -74,6 +60,11 @@ class Runtime:
         if self.connection is None:
             raise ConnectionLost("the runtime has not connected to xenstored yet")
         return self.connection
+
+    @property
+    def lifecycle_name(self) -> str:
+        """The lifecycle source in use: ``"mtwatch"`` or ``"domains"`` (or a custom source's name)."""
+        return self.source.name
 
     @property
     def domains(self) -> Mapping[int, DomainSnapshot]:
@@ -137,8 +128,11 @@ class Runtime:
         return hook
 
     def observe(self, fn: Observer) -> None:
-        """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``,
-        ``reconnect``, ``gone``."""
+        """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
+        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0), ``gone``,
+        ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
+        ``stopping``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
+        counted as a default actor failure)."""
         self._observers.append(fn)
 
     def reset(self, domid: int) -> None:
@@ -147,6 +141,13 @@ class Runtime:
         if actor is None:
             raise KeyError(f"no domain actor for domid {domid}")
         actor.reset()
+
+    def reset_failed(self) -> list[int]:
+        """Take every failed domain out of ``failed`` (see :meth:`reset`); returns their domids."""
+        failed = [domid for domid, actor in self._actors.items() if actor.state is State.FAILED]
+        for domid in failed:
+            self._actors[domid].reset()
+        return failed
 
     async def wait_domain(self, domid: int, *states: State | None) -> None:
         """Wait until the domain is in one of ``states`` (None: no actor for it)."""
@@ -232,6 +233,7 @@ class Runtime:
         events are the resync), and the registry. Returns when the connection is lost."""
         self.connection = xs
         self.connected.value = True
+        self.disconnected_since = None
         try:
             async with trio.open_nursery() as nursery:
                 for watch in self._watches:
@@ -243,6 +245,7 @@ class Runtime:
                 nursery.cancel_scope.cancel()
         finally:
             self.connected.value = False
+            self.disconnected_since = trio.current_time()
 
     async def _follow_lifecycle(self, xs: XenStore) -> None:
         with suppress(ConnectionLost):
@@ -281,7 +284,7 @@ class Runtime:
             if connect is None:
                 continue  # raises above
             attempt += 1
-            delay = self.reconnect_policy.delay(attempt)
+            delay = self.options.reconnect.delay(attempt)
             logger.info("connecting to xenstored again in {:.2g} s", delay)
             await trio.sleep(delay)
 
@@ -290,8 +293,8 @@ class Runtime:
         self._closing = True
         for actor in list(self._actors.values()):
             actor.set_desired(None)
-        self._default.stop(self.stop_deadline * 0.75)
-        with trio.move_on_after(self.stop_deadline + 1):
+        self._default.stop(self.options.stop_deadline * 0.75)
+        with trio.move_on_after(self.options.stop_deadline + 1):
             while self._actors:
                 await self.changed.wait()
             await self._default.finished.wait()
@@ -308,13 +311,8 @@ async def open_runtime(
     xs: XenStore | None = None,
     *,
     connect: ConnectionFactory | None = None,
-    root: str = MTWATCH_ROOT,
-    lifecycle: Literal["mtwatch", "domains"] | LifecycleSource = "mtwatch",
-    mailbox_size: int = 64,
-    overflow_limit: int = 1024,
-    restart: RestartPolicy | None = None,
-    stop_deadline: float = 10.0,
-    reconnect: ReconnectPolicy | None = None,
+    options: RuntimeOptions | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Runtime]:
     """``async with actors.open_runtime(xs) as rt:``: run the dom0 watch runtime until the block ends.
 
@@ -323,26 +321,18 @@ async def open_runtime(
     lifecycle tree and so gives every live domain a resync event. Without ``connect``, losing ``xs`` ends the
     runtime with ConnectionLost.
 
-    ``lifecycle="mtwatch"`` follows ``root`` (the xenwatch-multithreading nodes); ``"domains"`` follows a stock
-    host's domains. Leaving the block stops every actor within ``stop_deadline`` seconds and unwatches.
+    ``options`` (a :class:`RuntimeOptions`) and keyword arguments naming its fields (``stop_deadline=5``,
+    ``restart=RestartPolicy(...)``, ``lifecycle="domains"``, ...) set how it behaves; see there. Leaving the
+    block stops every actor within ``stop_deadline`` seconds and unwatches.
     """
     if xs is None and connect is None:
         raise TypeError("open_runtime needs a connection (xs) or a connection factory (connect=)")
-    if mailbox_size < 1 or overflow_limit < 1 or stop_deadline <= 0:
-        raise ValueError("mailbox_size and overflow_limit must be >= 1, stop_deadline > 0")
-    source = _LIFECYCLES[lifecycle](root) if isinstance(lifecycle, str) else lifecycle
+    opts = (options or RuntimeOptions()).replace(**overrides)
+    source = _LIFECYCLES[opts.lifecycle](opts.root) if isinstance(opts.lifecycle, str) else opts.lifecycle
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            rt = Runtime(
-                nursery,
-                source=source,
-                mailbox_size=mailbox_size,
-                overflow_limit=overflow_limit,
-                restart=restart or RestartPolicy(),
-                stop_deadline=stop_deadline,
-                reconnect=reconnect or ReconnectPolicy(),
-            )
+            rt = Runtime(nursery, source, opts)
             nursery.start_soon(rt._default.run, name="mtwatch-default")
             await nursery.start(rt._connection_loop, xs, connect)
             try:

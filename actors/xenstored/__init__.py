@@ -4,6 +4,7 @@
 ``main()`` runs one in the foreground (``python -m actors.xenstored --socket PATH``).
 """
 
+from .. import _log  # noqa: F401  (actors loggers off until the application enables them)
 from .domains import Quotas as Quotas
 from .server import XenStored as XenStored
 from .server import main as main
