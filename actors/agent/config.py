@@ -9,6 +9,7 @@ example ``actors/agent/agent.toml`` (installed by ``scripts/install``) describes
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sys
 import tomllib
@@ -16,8 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..runtime.lifecycle import MTWATCH_ROOT
-from ..runtime.supervisor import RestartPolicy
+from ..runtime.options import RuntimeOptions
 from ..xs.errors import InvalidPath
 from ..xs.wire import check_path
 from .schema import (
@@ -50,25 +50,31 @@ __all__ = [
 ]
 
 DEFAULT_CONTROL = "/run/mtwatch/control"
+LIFECYCLES = ("mtwatch", "domains")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A validated configuration. ``options`` is what the runtime gets; its defaults are the runtime's own
+    (:class:`~actors.runtime.options.RuntimeOptions`), so they live in one place."""
+
     source: str | None = None
     xenstore_socket: str | None = None
     xenbus: bool = False
-    root: str = MTWATCH_ROOT
-    lifecycle: Literal["mtwatch", "domains"] = "mtwatch"
-    mailbox_size: int = 64
-    stop_deadline: float = 10.0
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics: Listen | None = None
     control: str | None = None  # None: DEFAULT_CONTROL, skipped with a warning where it cannot be made
     python_path: tuple[str, ...] = ()
     watches: tuple[WatchRule, ...] = ()
+
+    root = property(lambda self: self.options.root)
+    lifecycle = property(lambda self: self.options.lifecycle)
+    mailbox_size = property(lambda self: self.options.mailbox_size)
+    stop_deadline = property(lambda self: self.options.stop_deadline)
+    restart = property(lambda self: self.options.restart)
 
     @property
     def xenstore_text(self) -> str:
@@ -81,20 +87,22 @@ class Config:
         return self.control or DEFAULT_CONTROL
 
     def restart_required(self, other: Config) -> list[str]:
-        """The settings that differ from ``other`` and that only a restart of the agent applies."""
-        return [key for key, get in _RESTART_KEYS.items() if get(self) != get(other)]
+        """The settings that differ from ``other`` and that only a restart of the agent applies: the
+        connection, the endpoints and every runtime option."""
+        keys = [key for key, get in _RESTART_KEYS.items() if get(self) != get(other)]
+        for option in dataclasses.fields(RuntimeOptions):
+            if getattr(self.options, option.name) != getattr(other.options, option.name):
+                keys.append(_OPTION_KEYS.get(option.name, f"runtime.{option.name}"))
+        return keys
 
 
 _RESTART_KEYS: dict[str, Callable[[Config], object]] = {
     "xenstore": lambda c: (c.xenstore_socket, c.xenbus),
-    "registry.root": lambda c: c.root,
-    "registry.lifecycle": lambda c: c.lifecycle,
-    "runtime.mailbox_size": lambda c: c.mailbox_size,
-    "runtime.stop_deadline": lambda c: c.stop_deadline,
-    "restart": lambda c: c.restart,
     "metrics.listen": lambda c: c.metrics,
     "control.socket": lambda c: c.control,
 }
+_OPTION_KEYS = {"root": "registry.root", "lifecycle": "registry.lifecycle", "restart": "restart"}
+_DEFAULTS = RuntimeOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +136,8 @@ def _xenstore(top: Table, overrides: Overrides) -> dict[str, Any]:
 
 def _registry(top: Table) -> dict[str, Any]:
     registry = top.table("registry")
-    root = registry.string("root", MTWATCH_ROOT) or MTWATCH_ROOT
-    lifecycle = registry.string("lifecycle", "mtwatch")
+    root = registry.string("root", _DEFAULTS.root) or _DEFAULTS.root
+    lifecycle = registry.string("lifecycle", str(_DEFAULTS.lifecycle))
     registry.done()
     if not root.startswith("/"):
         raise ConfigError("registry.root", f"{root!r} must be an absolute XenStore path")
@@ -137,19 +145,21 @@ def _registry(top: Table) -> dict[str, Any]:
         check_path(root.rstrip("/") or "/")
     except InvalidPath:
         raise ConfigError("registry.root", f"{root!r} is not a valid XenStore path") from None
-    if lifecycle not in ("mtwatch", "domains"):
-        raise ConfigError("registry.lifecycle", f'must be "mtwatch" or "domains", not {lifecycle!r}')
+    if lifecycle not in LIFECYCLES:
+        choices = " or ".join(f'"{name}"' for name in LIFECYCLES)
+        raise ConfigError("registry.lifecycle", f"must be {choices}, not {lifecycle!r}")
     return {"root": root.rstrip("/") or "/", "lifecycle": lifecycle}
 
 
 def _runtime(top: Table) -> dict[str, Any]:
     runtime = top.table("runtime")
-    values = {
-        "mailbox_size": runtime.integer("mailbox_size", 64, minimum=1),
-        "stop_deadline": runtime.number("stop_deadline", 10.0),
+    values: dict[str, Any] = {
+        "mailbox_size": runtime.integer("mailbox_size", _DEFAULTS.mailbox_size, minimum=1),
+        "overflow_limit": runtime.integer("overflow_limit", _DEFAULTS.overflow_limit, minimum=1),
+        "stop_deadline": runtime.number("stop_deadline", _DEFAULTS.stop_deadline),
     }
     runtime.done()
-    table, defaults = top.table("restart"), RestartPolicy()
+    table, defaults = top.table("restart"), _DEFAULTS.restart
     policy: dict[str, Any] = {
         "max_restarts": table.integer("max_restarts", defaults.max_restarts, minimum=0),
         "period": table.number("period", defaults.period),
@@ -162,8 +172,7 @@ def _runtime(top: Table) -> dict[str, Any]:
             "restart.backoff_max",
             f"({policy['backoff_max']:g}) must not be less than backoff_initial ({policy['backoff_initial']:g})",
         )
-    restart = RestartPolicy(**policy)
-    return {**values, "restart": restart}
+    return {**values, "restart": dataclasses.replace(defaults, **policy)}
 
 
 def _level(text: str, key: str) -> str:
@@ -228,10 +237,9 @@ def parse_config(
     overrides = overrides or Overrides()
     try:
         top = Table(dict(data), "")
+        options = RuntimeOptions(**_registry(top), **_runtime(top))
         values = {
             **_xenstore(top, overrides),
-            **_registry(top),
-            **_runtime(top),
             **_log(top, overrides),
             **_endpoints(top, overrides),
             **_handlers(top, fresh),
@@ -241,7 +249,7 @@ def parse_config(
         if exc.source is None and source is not None:
             raise ConfigError(exc.key, exc.problem, source=source) from None
         raise
-    return Config(source=source, **values)
+    return Config(source=source, options=options, **values)
 
 
 def load_config(path: str | None, overrides: Overrides | None = None, *, fresh: bool = False) -> Config:

@@ -91,6 +91,7 @@ class Agent:
         self.rt: Runtime | None = None
         self.metrics: Metrics | None = None
         self._connected_once = False
+        self._refusing: dict[int, str] = {}  # domid -> why its events are refused (logged once per change)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[XenStore]:
@@ -156,15 +157,9 @@ class Agent:
                         len(config.watches),
                         "" if len(config.watches) == 1 else "s",
                     )
-                    async with open_runtime(
-                        connect=self.connect,
-                        root=config.root,
-                        lifecycle=config.lifecycle,
-                        mailbox_size=config.mailbox_size,
-                        restart=config.restart,
-                        stop_deadline=config.stop_deadline,
-                    ) as rt:
+                    async with open_runtime(connect=self.connect, options=config.options) as rt:
                         self.rt = rt
+                        rt.observe(self._observe)
                         self.rules = RuleSet(rt)
                         self.rules.apply(config.watches)
                         await self._serve(nursery, rt, control, listeners)
@@ -208,6 +203,17 @@ class Agent:
             logger.info("{} received: stopping (deadline {:g} s)", name, self.config.stop_deadline)
             return
 
+    def _observe(self, kind: str, domid: int, value: float) -> None:
+        if kind.startswith("dropped:"):
+            reason = kind.partition(":")[2]
+            if self._refusing.get(domid) != reason:
+                self._refusing[domid] = reason
+                logger.bind(domid=domid).warning(
+                    "domain {} is {}: its events are dropped (mtwatch_events_dropped_total)", domid, reason
+                )
+        elif kind in ("restart", "gone"):
+            self._refusing.pop(domid, None)
+
     async def _announce_ready(self, rt: Runtime) -> None:
         await rt.ready.wait()
         logger.info("ready: {}", health(rt)[1])
@@ -250,6 +256,7 @@ class Agent:
             domids = [domid]
         for domid in domids:
             rt.reset(domid)
+            self._refusing.pop(domid, None)
             logger.info("control: reset of domain {} (was {})", domid, domains[domid].state)
         return {"ok": True, "reset": domids}
 

@@ -4,9 +4,10 @@ On a private :class:`~prometheus_client.CollectorRegistry`:
 
 - built at scrape time from ``rt.domains`` (so a retired domain's series go away with it):
   ``mtwatch_domains{state}``, ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
-  ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the default actor),
-  ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid}``,
-  ``mtwatch_handler_failures_total{domid}``, ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``,
+  ``mtwatch_domain_info{domid,name}``, ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the
+  default actor), ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid,reason}``
+  (reasons ``failed``, ``backoff``, ``stopping``), ``mtwatch_handler_failures_total{domid}``,
+  ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``, ``mtwatch_handler_busy_seconds{domid}``,
   ``mtwatch_xenstore_reconnects_total``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
   (1 while connected to xenstored), ``mtwatch_build_info{version}`` and the ``process_*`` metrics;
 - fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
@@ -75,6 +76,27 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 32
 
 
+_PER_DOMAIN: dict[str, tuple[type[Any], str, list[str]]] = {
+    "domain_state": (GaugeMetricFamily, "1 for each domain actor's current state.", ["state"]),
+    "domain_info": (
+        GaugeMetricFamily,
+        "1 for each domain, with its name (/local/domain/<domid>/name).",
+        ["name"],
+    ),
+    "events": (CounterMetricFamily, "Watch events whose handler completed, by domain.", []),
+    "events_coalesced": (CounterMetricFamily, "Events merged in a full mailbox, by domain.", []),
+    "events_dropped": (
+        CounterMetricFamily,
+        "Events refused (the domain was failed, in backoff or stopping), by domain and reason.",
+        ["reason"],
+    ),
+    "handler_failures": (CounterMetricFamily, "Handler failures (exceptions and timeouts), by domain.", []),
+    "restarts": (CounterMetricFamily, "Domain actor restarts, by domain.", []),
+    "mailbox_depth": (GaugeMetricFamily, "Events waiting in a domain's mailbox.", []),
+    "handler_busy_seconds": (GaugeMetricFamily, "How long the running handler call has run (0: idle).", []),
+}
+
+
 class _RuntimeCollector:
     """Reads ``rt.domains`` at every scrape (in the trio thread: the HTTP handler runs in the loop)."""
 
@@ -94,43 +116,27 @@ class _RuntimeCollector:
             by_state.add_metric([state.value], counts.get(state, 0))
         yield by_state
 
-        state_of = GaugeMetricFamily(
-            "mtwatch_domain_state", "1 for each domain actor's current state.", labels=["domid", "state"]
-        )
-        events = CounterMetricFamily(
-            "mtwatch_events", "Watch events whose handler completed, by domain.", labels=["domid"]
-        )
-        coalesced = CounterMetricFamily(
-            "mtwatch_events_coalesced", "Events merged in a full mailbox, by domain.", labels=["domid"]
-        )
-        dropped = CounterMetricFamily(
-            "mtwatch_events_dropped",
-            "Events dropped (the domain was restarting, stopping or failed), by domain.",
-            labels=["domid"],
-        )
-        failures = CounterMetricFamily(
-            "mtwatch_handler_failures",
-            "Handler failures (exceptions and timeouts), by domain.",
-            labels=["domid"],
-        )
-        restarts = CounterMetricFamily(
-            "mtwatch_restarts", "Domain actor restarts, by domain.", labels=["domid"]
-        )
-        depth = GaugeMetricFamily(
-            "mtwatch_mailbox_depth", "Events waiting in a domain's mailbox.", labels=["domid"]
-        )
-        events.add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like dom0's xenwatch)
-        failures.add_metric(["0"], rt.default_failures)
-        for domid, snapshot in domains:
+        families = {
+            name: kind(f"mtwatch_{name}", text, labels=["domid", *extra])
+            for name, (kind, text, extra) in _PER_DOMAIN.items()
+        }
+        families["events"].add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like xenwatch)
+        families["handler_failures"].add_metric(["0"], rt.default_failures)
+        now = trio.current_time()
+        for domid, snap in domains:
             label = [str(domid)]
-            state_of.add_metric([str(domid), snapshot.state.value], 1)
-            events.add_metric(label, snapshot.handled)
-            coalesced.add_metric(label, snapshot.coalesced)
-            dropped.add_metric(label, snapshot.dropped)
-            failures.add_metric(label, snapshot.failures)
-            restarts.add_metric(label, snapshot.restarts)
-            depth.add_metric(label, snapshot.mailbox_depth)
-        yield from (state_of, events, coalesced, dropped, failures, restarts, depth)
+            families["domain_state"].add_metric([str(domid), snap.state.value], 1)
+            families["domain_info"].add_metric([str(domid), snap.name or ""], 1)
+            families["events"].add_metric(label, snap.handled)
+            families["events_coalesced"].add_metric(label, snap.coalesced)
+            for reason, count in sorted(snap.dropped_by_reason.items()):
+                families["events_dropped"].add_metric([str(domid), reason], count)
+            families["handler_failures"].add_metric(label, snap.failures)
+            families["restarts"].add_metric(label, snap.restarts)
+            families["mailbox_depth"].add_metric(label, snap.mailbox_depth)
+            busy = 0.0 if snap.busy_since is None else max(0.0, now - snap.busy_since)
+            families["handler_busy_seconds"].add_metric(label, busy)
+        yield from families.values()
 
         reconnects = CounterMetricFamily(
             "mtwatch_xenstore_reconnects", "Connections to xenstored made again after the first was lost."

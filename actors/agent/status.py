@@ -43,6 +43,12 @@ def _domain(d: DomainSnapshot, now: float) -> dict[str, Any]:
         "failures": d.failures,
         "restarts": d.restarts,
         "last_error": d.last_error,
+        "name": d.name,
+        "busy": _ago(d.busy_since, now),
+        "busy_path": d.busy_path,
+        "throttled": _ago(d.throttled_since, now),
+        "stopping": _ago(d.stopping_since, now),
+        "dropped_by_reason": dict(d.dropped_by_reason),
     }
 
 
@@ -54,16 +60,27 @@ def counts(rt: Runtime) -> str:
     return f"{total} domain{'' if total == 1 else 's'}" + (f" ({parts})" if parts else "")
 
 
+def _few(domids: list[int]) -> str:
+    return ", ".join(map(str, domids[:10])) + (", ..." if len(domids) > 10 else "")
+
+
 def health(rt: Runtime) -> tuple[int, str]:
     """The agent's health code and a one-line reason."""
     if not rt.connected.value:
-        return NOT_READY, f"not connected to xenstored (retrying); {counts(rt)}"
+        since = rt.disconnected_since
+        how_long = "" if since is None else f" for {format_seconds(trio.current_time() - since)}"
+        return NOT_READY, f"not connected to xenstored (retrying{how_long}); {counts(rt)}"
     if not rt.ready.is_set():
         return NOT_READY, f"connected, reading the registry; {counts(rt)}"
     failed = sorted(domid for domid, d in rt.domains.items() if d.state is State.FAILED)
-    if failed:
-        shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        return DEGRADED, f"degraded: {len(failed)} failed ({shown}); {counts(rt)}"
+    throttled = sorted(domid for domid, d in rt.domains.items() if d.throttled_since is not None)
+    trouble = [
+        f"{len(ids)} {what} ({_few(ids)})"
+        for what, ids in (("failed", failed), ("throttled", throttled))
+        if ids
+    ]
+    if trouble:
+        return DEGRADED, f"degraded: {', '.join(trouble)}; {counts(rt)}"
     return HEALTHY, f"healthy: {counts(rt)}"
 
 
@@ -77,8 +94,10 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
         "pid": os.getpid(),
         "uptime": round(now - started_at, 3),
         "ready": rt.ready.is_set(),
+        "lifecycle": rt.lifecycle_name,
         "connection": {
             "connected": bool(rt.connected.value),
+            "disconnected_for": _ago(rt.disconnected_since, now),
             "xenstored": rt.connection.name if rt.connection is not None else xenstore,
             "reconnects": rt.reconnects,
         },
