@@ -50,17 +50,17 @@ class View:
         try:
             doc = conn.ask({"op": "status"})
         except ControlUnavailable as exc:
-            self.doc, self.rates, self.message = None, None, f"{exc}; reconnecting"
+            self.doc, self.rates, self.message = None, None, f"reconnecting: {exc}"
             return
         now = time.monotonic()
         self.rates = rates_between(self.doc, doc, now - self.taken_at) if self.doc is not None else None
         self.doc, self.taken_at = doc, now
-        if self.message.endswith("reconnecting"):
+        if self.message.startswith("reconnecting: "):
             self.message = ""
 
     def lines(self) -> tuple[list[str], list[tuple[int, str]]]:
         """The pinned header and the rows."""
-        title = f"mtwatch top - {self.path} - {time.strftime('%H:%M:%S')} - sort: {self.sort}"
+        title = f"mtwatch top - sort: {self.sort} - {time.strftime('%H:%M:%S')} - {self.path}"
         if self.doc is None:
             return [title, "", "no agent"], []
         table = rows(self.doc, self.rates, sort=self.sort)
