@@ -7,14 +7,57 @@ removing the node is the last XenStore operation, in its own transaction.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from .runtime.lifecycle import MTWATCH_ROOT
+import trio
+
+from .runtime.source import MTWATCH_ROOT
 from .xs.client import Transaction, XenStore
-from .xs.errors import NotFound
+from .xs.errors import NotFound, TransactionConflict
 from .xs.wire import check_domid
 
-__all__ = ["announce_domain", "mtwatch_path", "retire_domain"]
+__all__ = ["ConflictDeadline", "announce_domain", "mtwatch_path", "retire_domain"]
+
+DEADLINE = 10.0  # seconds a toolstack call keeps redoing its transaction under contention
+BACKOFF_FIRST = 0.002
+BACKOFF_MAX = 1.0  # 50 tasks at once on one directory need up to this much room
+
+
+class ConflictDeadline(TransactionConflict):
+    """Every try of a transaction conflicted (EAGAIN) until the deadline; ``conflicts`` counts them."""
+
+    def __init__(self, op: str, path: str, conflicts: int, deadline: float) -> None:
+        super().__init__("EAGAIN", op, path)
+        self.conflicts = conflicts
+        self.deadline = deadline
+        self.args = (f"{op} on {path!r}: {conflicts} transaction conflicts (EAGAIN) within {deadline:g} s",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.op, self.path, self.conflicts, self.deadline))
+
+
+async def _until_committed(
+    xs: XenStore, op: str, path: str, body: Callable[[Transaction], Awaitable[None]], deadline: float
+) -> None:
+    """Run ``body`` in a transaction, redone on EAGAIN after a jittered exponential backoff (full jitter, so
+    that many toolstack tasks contending for the one mtwatch directory spread out) until ``deadline`` seconds
+    have passed; then ConflictDeadline."""
+    give_up = trio.current_time() + deadline
+    conflicts = 0
+    while True:
+        try:
+            async with xs.transaction() as tx:
+                await body(tx)
+            return
+        except TransactionConflict:
+            conflicts += 1
+        left = give_up - trio.current_time()
+        if left <= 0:
+            raise ConflictDeadline(op, path, conflicts, deadline)
+        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(conflicts, 16))
+        await trio.sleep(min(left, random.uniform(0, ceiling)))
 
 
 def mtwatch_path(domid: int, root: str = MTWATCH_ROOT) -> str:
@@ -22,11 +65,17 @@ def mtwatch_path(domid: int, root: str = MTWATCH_ROOT) -> str:
 
 
 async def announce_domain(
-    xs_or_tx: XenStore | Transaction, domid: int, *, identity: bytes | str = b"", root: str = MTWATCH_ROOT
+    xs_or_tx: XenStore | Transaction,
+    domid: int,
+    *,
+    identity: bytes | str = b"",
+    root: str = MTWATCH_ROOT,
+    deadline: float = DEADLINE,
 ) -> None:
     """Make ``<root>/<domid>`` with value ``identity`` (the domain's UUID, say) and perms ``n0``, removing a
-    stale one first. With a connection, in a transaction of its own (conflicts retried); with a transaction,
-    inside it, so it can share the one that creates ``/local/domain/<domid>``."""
+    stale one first. With a connection, in a transaction of its own, redone on conflict until ``deadline``
+    seconds have passed (then ConflictDeadline, with the count); with a transaction, inside it, so it can share
+    the one that creates ``/local/domain/<domid>`` (the caller redoes that one)."""
     path = mtwatch_path(domid, root)
     value = identity.encode() if isinstance(identity, str) else identity
 
@@ -39,12 +88,14 @@ async def announce_domain(
     if isinstance(xs_or_tx, Transaction):
         await make(xs_or_tx)
     else:
-        await xs_or_tx.run_transaction(make)
+        await _until_committed(xs_or_tx, "announce_domain", path, make, deadline)
 
 
-async def retire_domain(xs_or_tx: XenStore | Transaction, domid: int, *, root: str = MTWATCH_ROOT) -> None:
+async def retire_domain(
+    xs_or_tx: XenStore | Transaction, domid: int, *, root: str = MTWATCH_ROOT, deadline: float = DEADLINE
+) -> None:
     """Remove ``<root>/<domid>``: meant as the last XenStore operation of a domain's destruction. A node that
-    is already gone is fine."""
+    is already gone is fine. Conflicts are redone as for :func:`announce_domain`."""
     path = mtwatch_path(domid, root)
 
     async def remove(tx: Transaction) -> None:
@@ -54,4 +105,4 @@ async def retire_domain(xs_or_tx: XenStore | Transaction, domid: int, *, root: s
     if isinstance(xs_or_tx, Transaction):
         await remove(xs_or_tx)
     else:
-        await xs_or_tx.run_transaction(remove)
+        await _until_committed(xs_or_tx, "retire_domain", path, remove, deadline)

@@ -9,6 +9,10 @@
   the frame to the handler starting (p50/p99) and handled events/s.
 - ``actor_memory``: Python heap per idle domain actor with one watch (tracemalloc), target a few KiB.
 - ``flood``: 100,000 events for one domain with a slow handler: peak mailbox depth and the coalesced count.
+- ``stock-host``: the ``domains`` lifecycle with 100, 1,000 and 3,000 live domains, as libxl makes and destroys
+  them (no mtwatch node), on the embedded xenstored (a process of its own) and Debian's C xenstored: a domain's
+  time from its INTRODUCE to its actor running, and from its RELEASE to its actor gone (median ms; targets
+  <= 60 ms on a 4.17 daemon, <= 10 ms with watch depth).
 """
 
 from __future__ import annotations
@@ -238,6 +242,98 @@ async def bench_flood(events: int) -> dict[str, object]:
     return await with_runtime(run)
 
 
+async def stock_host_populate(xs: actors.XenStore, domids: range) -> None:
+    """Domains as libxl writes them (``vm``, ``name``, perms ``n0 r<domid>``), then introduced; in bulk."""
+    for start in range(domids.start, domids.stop, 100):
+        batch = range(start, min(start + 100, domids.stop))
+        async with xs.transaction() as tx:
+            for domid in batch:
+                await tx.write(f"/local/domain/{domid}/vm", f"/vm/uuid-{domid}")
+                await tx.write(f"/local/domain/{domid}/name", f"guest{domid}")
+                await tx.set_perms(f"/local/domain/{domid}", ["n0", f"r{domid}"])
+        async with trio.open_nursery() as nursery:
+            for domid in batch:
+                nursery.start_soon(xs.introduce, domid, 0, 1)
+
+
+async def stock_host_figures(path: str, sizes: list[int], samples: int) -> dict[str, object]:
+    """Create-to-running and destroy-to-gone (median ms) at each number of live domains."""
+    out: dict[str, object] = {}
+    live = 0
+    async with actors.connect(path) as xs:
+        for size in sizes:
+            await stock_host_populate(xs, range(live + 1, size + 1))
+            live = size
+            async with actors.open_runtime(xs, lifecycle="domains") as rt:
+                with trio.fail_after(600):
+                    await rt.ready.wait()
+                    while sum(d.state is actors.State.RUNNING for d in rt.domains.values()) < size:
+                        await rt.changed.wait()
+                create: list[float] = []
+                destroy: list[float] = []
+                for k in range(samples):
+                    domid = 30000 + k
+                    async with xs.transaction() as tx:
+                        await tx.write(f"/local/domain/{domid}/vm", f"/vm/new-{domid}")
+                        await tx.set_perms(f"/local/domain/{domid}", ["n0", f"r{domid}"])
+                    with trio.fail_after(60):
+                        start = time.perf_counter()
+                        await xs.introduce(domid, 0, 1)
+                        await rt.wait_domain(domid, actors.State.RUNNING)
+                        create.append(time.perf_counter() - start)
+                        start = time.perf_counter()
+                        await xs.release(domid)
+                        await rt.wait_domain(domid, None)
+                        destroy.append(time.perf_counter() - start)
+                    await xs.rm(f"/local/domain/{domid}")
+                out[str(size)] = {
+                    "create_to_running_ms": round(statistics.median(create) * 1000, 2),
+                    "destroy_to_gone_ms": round(statistics.median(destroy) * 1000, 2),
+                }
+    return out
+
+
+async def bench_stock_host(sizes: list[int], samples: int) -> dict[str, object]:
+    result: dict[str, object] = {"target_ms_4_17": 60, "target_ms_watch_depth": 10}
+    folder = tempfile.mkdtemp(prefix="mtwb", dir="/tmp")
+    path = os.path.join(folder, "socket")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "actors.xenstored", "--socket", path], stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        logged = b""
+        with trio.fail_after(10):
+            while b"listening" not in logged:
+                chunk = await stderr.receive_some()
+                if not chunk:
+                    raise RuntimeError(f"embedded xenstored did not start: {logged.decode()}")
+                logged += chunk
+        async with trio.open_nursery() as nursery:
+
+            async def drain() -> None:  # a full pipe would stop the daemon
+                while await stderr.receive_some():
+                    pass
+
+            nursery.start_soon(drain)
+            result["embedded"] = await stock_host_figures(path, sizes, samples)
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        if proc.stderr is not None:
+            await proc.stderr.aclose()
+    try:
+        from harness.cxenstored import CXenStoredUnavailable, open_cxenstored
+
+        async with open_cxenstored(tempfile.mkdtemp(prefix="mtwc", dir="/tmp")) as real:
+            result["cxenstored"] = await stock_host_figures(real.socket_path, sizes, samples)
+    except CXenStoredUnavailable as exc:
+        result["cxenstored"] = {"unavailable": str(exc)}
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     quick = args.quick
     benches: dict[str, Callable[[], Awaitable[dict[str, object]]]] = {
@@ -245,6 +341,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "events": lambda: bench_events(20 if quick else 100, 5 if quick else 20),
         "actor_memory": lambda: bench_actor_memory(500 if quick else 5000),
         "flood": lambda: bench_flood(100_000),
+        "stock-host": lambda: bench_stock_host([20, 100] if quick else [100, 1000, 3000], 3 if quick else 9),
     }
     out: dict[str, object] = {"python": sys.version.split()[0], "quick": quick}
     for name, bench in benches.items():

@@ -1,5 +1,8 @@
 """Shared fixtures: the embedded xenstored on a real unix socket, a client connected to it, and the
-``server`` fixture that runs a test against both the embedded server and Debian's real C xenstored."""
+``server`` fixture that runs a test against the embedded server, Debian's real C xenstored and its oxenstored.
+
+The real daemons' runs carry the markers ``cxenstored`` and ``oxenstored``; they skip with the reason when the
+daemon cannot run here, and fail instead under CI (CI=true)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
 import trio
@@ -17,16 +20,31 @@ import actors
 from actors.xenstored import XenStored, open_xenstored
 from actors.xenstored.testing import RawClient, serving
 
+if TYPE_CHECKING:
+    from harness.cxenstored import Daemon
+
 
 class Server(Protocol):
     """What the conformance suite needs of a daemon, embedded or real."""
 
-    name: str
+    name: str  # "embedded", "cxenstored" or "oxenstored"
     socket_path: str
 
     def guest(self, domid: int) -> AbstractAsyncContextManager[trio.abc.Stream]: ...
 
     def domain_died(self, domid: int) -> None: ...
+
+
+T = TypeVar("T")
+
+
+def answer(server: Server, default: T, **by_daemon: T) -> T:
+    """What ``server`` answers: ``default``, unless ``by_daemon`` names this daemon (where the real daemons
+    differ: ``answer(server, "ENOENT", oxenstored="EIO")``)."""
+    unknown = set(by_daemon) - {"embedded", "cxenstored", "oxenstored"}
+    if unknown:
+        raise ValueError(f"no such daemon: {sorted(unknown)}")
+    return by_daemon.get(server.name, default)
 
 
 class Embedded:
@@ -72,25 +90,48 @@ async def xs(xenstored: Embedded) -> AsyncIterator[actors.XenStore]:
 def cxenstored_ready() -> None:
     """Skip (or, under CI, fail) with the reason when Debian's C xenstored cannot run here. A sync fixture:
     pytest-trio drops the message of a skip raised in async code."""
+    from harness.cxenstored import C_XENSTORED
+
+    _ready(C_XENSTORED)
+
+
+@pytest.fixture(scope="session")
+def oxenstored_ready() -> None:
+    """Like ``cxenstored_ready``, for Debian's oxenstored."""
+    from harness.oxenstored import O_XENSTORED
+
+    _ready(O_XENSTORED)
+
+
+def _ready(daemon: Daemon) -> None:
     from harness.cxenstored import CXenStoredUnavailable, probe_cxenstored, skip_or_fail
 
     try:
-        probe_cxenstored()
+        probe_cxenstored(daemon)
     except CXenStoredUnavailable as exc:
         skip_or_fail(exc)
 
 
-@pytest.fixture(params=["embedded", "cxenstored"])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("cxenstored", marks=pytest.mark.cxenstored),
+        pytest.param("oxenstored", marks=pytest.mark.oxenstored),
+    ]
+)
 async def server(request: pytest.FixtureRequest, workdir: str) -> AsyncIterator[Server]:
+    """Each daemon in turn, its socket at ``workdir/socket``: ``server.name`` says which."""
     if request.param == "embedded":
         path = os.path.join(workdir, "socket")
         async with open_xenstored(path) as embedded:
             yield Embedded(embedded, path)
         return
-    request.getfixturevalue("cxenstored_ready")
-    from harness.cxenstored import open_cxenstored
+    request.getfixturevalue(f"{request.param}_ready")
+    from harness.cxenstored import C_XENSTORED, open_cxenstored
+    from harness.oxenstored import O_XENSTORED
 
-    async with open_cxenstored(workdir) as real:
+    daemon = C_XENSTORED if request.param == "cxenstored" else O_XENSTORED
+    async with open_cxenstored(workdir, daemon=daemon) as real:
         yield real
 
 

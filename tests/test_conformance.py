@@ -1,11 +1,15 @@
-"""One conformance suite, run against the embedded xenstored and Debian's real C xenstored 4.17.
+"""One conformance suite, run against the embedded xenstored and Debian's real C xenstored 4.17 and oxenstored 4.17.
 
-Where the real daemon answers differently from docs/xenstore-protocol.md, the real daemon wins and the test says
-so. Under CI (CI=true) the real-daemon cases fail instead of skipping when the daemon cannot start.
+Where a real daemon answers differently from docs/xenstore-protocol.md, the real daemon wins and the test says
+so; where C xenstored and oxenstored differ, the test says so and checks each one's answer (the embedded server
+answers as C xenstored does). Under CI (CI=true) the real-daemon cases fail instead of skipping when the daemon
+cannot start.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,46 +18,19 @@ import pytest
 import trio
 
 import actors
-from actors.xs.transport import open_socket
-from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
-from conftest import Server
+from actors.xenstored.testing import RawClient
+from actors.xs.wire import HEADER, Frame, Op, join, split
+from conftest import Server, answer
 
-pytestmark = pytest.mark.cxenstored
-
-
-class Raw:
-    """Frames by hand, for requests the client would refuse to send."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder()
-        self.frames: list[Frame] = []
-        self.req_id = 100
-
-    async def request(self, op: int, payload: bytes, tx_id: int = 0) -> Frame:
-        self.req_id += 1
-        await self.stream.send_all(encode(op, payload, self.req_id, tx_id))
-        with trio.fail_after(5):
-            while True:
-                for i, frame in enumerate(self.frames):
-                    if frame.op != Op.WATCH_EVENT:
-                        del self.frames[i]
-                        return frame
-                data = await self.stream.receive_some(65536)
-                assert data, "connection closed"
-                self.frames += self.decoder.feed(data)
-
-    async def error(self, op: int, payload: bytes, tx_id: int = 0) -> str:
-        reply = await self.request(op, payload, tx_id)
-        assert reply.op == Op.ERROR, (reply.op, reply.payload)
-        return reply.payload.rstrip(b"\0").decode()
+TIMEOUT = 5.0
 
 
 @asynccontextmanager
-async def raw(server: Server) -> AsyncIterator[Raw]:
-    stream = await open_socket(server.socket_path)  # not trio.open_unix_socket: see test_many_connections
-    async with stream:
-        yield Raw(stream)
+async def raw(server: Server) -> AsyncIterator[RawClient]:
+    """Frames by hand, for requests the client would refuse to send (and replies it would refuse to take)."""
+    async with await RawClient.connect(server.socket_path) as conn:  # see test_many_connections
+        with trio.fail_after(TIMEOUT):
+            yield conn
 
 
 @asynccontextmanager
@@ -107,7 +84,8 @@ async def test_malformed_requests_get_the_real_error_names(server: Server) -> No
         assert (await conn.request(Op.GET_DOMAIN_PATH, b"abc\0")).payload == b"/local/domain/0\0"
         assert await conn.error(Op.RELEASE, b"abc\0") == "EINVAL"
         assert await conn.error(Op.RESUME, b"x\0") == "EINVAL"
-        assert await conn.error(Op.READ, b"/\0", tx_id=4242) == "ENOENT"  # unknown transaction (C daemon)
+        unknown_tx = answer(server, "ENOENT", oxenstored="EIO")
+        assert await conn.error(Op.READ, b"/\0", tx_id=4242) == unknown_tx
         assert await conn.error(20, b"\0") == "ENOSYS"  # RESTRICT, long removed
         assert await conn.error(Op.WATCH, b"/only-path\0") == "EINVAL"
         # Still a working connection after all that.
@@ -167,7 +145,9 @@ async def test_transactions_isolate_and_conflict(server: Server) -> None:
         tx_id = int(started.payload.rstrip(b"\0"))
         assert tx_id > 0
         assert (await conn.request(Op.TRANSACTION_END, b"F\0", tx_id)).op == Op.TRANSACTION_END
-        assert await conn.error(Op.TRANSACTION_END, b"T\0", tx_id) == "ENOENT"
+        assert await conn.error(Op.TRANSACTION_END, b"T\0", tx_id) == answer(
+            server, "ENOENT", oxenstored="EIO"
+        )
 
 
 async def test_watch_events_only_at_commit(server: Server) -> None:
@@ -258,15 +238,30 @@ async def test_xsa115_guests_see_only_events_they_may_read(server: Server) -> No
             assert "/seen/hidden/secret" not in paths
 
 
-async def test_directory_part_lists_fifteen_hundred_children(server: Server) -> None:
-    async with dom0(server) as xs:
-        names = {f"node-with-a-long-name-{i:05d}" for i in range(1500)}
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(xs.write, f"/many/{name}", "")
-        assert set(await xs.ls("/many")) == names
+FIFTEEN_HUNDRED = {f"node-with-a-long-name-{i:05d}" for i in range(1500)}  # 40 KB of names
+
+
+async def make_fifteen_hundred(server: Server) -> None:
+    async with dom0(server) as xs, trio.open_nursery() as nursery:
+        for name in FIFTEEN_HUNDRED:
+            nursery.start_soon(xs.write, f"/many/{name}", "")
+
+
+async def test_fifteen_hundred_children_listed(server: Server) -> None:
+    """C xenstored (and the embedded server) refuse a DIRECTORY that does not fit 4096 bytes (E2BIG) and list it
+    with DIRECTORY_PART; oxenstored has no DIRECTORY_PART (ENOSYS) and sends the whole list in one reply of
+    some 34,500 bytes. (The client lists it on oxenstored once it accepts such replies: not tested here yet.)"""
+    await make_fifteen_hundred(server)
+    if server.name != "oxenstored":
+        async with dom0(server) as xs:
+            assert set(await xs.ls("/many")) == FIFTEEN_HUNDRED
     async with raw(server) as conn:
-        # DIRECTORY itself refuses a listing that does not fit one reply.
+        if server.name == "oxenstored":
+            assert await conn.error(Op.DIRECTORY_PART, join("/many", "0")) == "ENOSYS"
+            whole = await conn.request(Op.DIRECTORY, b"/many\0")
+            assert whole.op == Op.DIRECTORY and len(whole.payload) > 4096
+            assert {name.decode() for name in split(whole.payload)} == FIFTEEN_HUNDRED
+            return
         assert await conn.error(Op.DIRECTORY, b"/many\0") == "E2BIG"
         first = await conn.request(Op.DIRECTORY_PART, join("/many", "0"))
         generation, _, rest = first.payload.partition(b"\0")
@@ -274,46 +269,93 @@ async def test_directory_part_lists_fifteen_hundred_children(server: Server) -> 
         assert len(first.payload) <= 4096 and not rest.endswith(b"\0\0")
 
 
+async def test_xenstore_ls_lists_fifteen_hundred_children(server: Server) -> None:
+    """Xen's own client (libxenstore 4.17, through xenstore-ls) lists the node on C xenstored and the embedded
+    server. On oxenstored it cannot: libxenstore, like the client, refuses the reply longer than 4096 bytes,
+    drops its connection and fails with "xs_directory (/many): Bad file descriptor"."""
+    tool = shutil.which("xenstore-ls")
+    if tool is None:
+        pytest.skip("xenstore-ls not found (run scripts/install-xen-deps)")
+    await make_fifteen_hundred(server)
+    env = {**os.environ, "XENSTORED_PATH": server.socket_path}
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [tool, "/many"], env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+    if server.name == "oxenstored":
+        assert result.returncode != 0
+        assert b"xs_directory (/many)" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert {line.split(" = ")[0].strip() for line in lines} == FIFTEEN_HUNDRED
+
+
 async def test_guest_quotas(server: Server) -> None:
     """C xenstored 4.17 checks "count > quota" before adding, so with the default quotas of 128 watches and
     10 transactions a guest gets 129 watches (the 130th is E2BIG) and 11 transactions (the 12th is ENOSPC),
     one more than docs/xenstore-protocol.md says. The node size quota (2048) counts the whole stored record
-    (value, permissions, child names), so a fresh node with one permission holds 2015 value bytes, not 2048."""
+    (value, permissions, child names), so a fresh node with one permission holds 2015 value bytes, not 2048.
+    oxenstored counts the same way against its own defaults (100 watches, 10 transactions) and answers EQUOTA;
+    its size quota counts the value alone (2048 bytes fit, 2049 are E2BIG) and holds for dom0 too."""
+    ox = server.name == "oxenstored"
+    value_max, watches = (2048, 101) if ox else (2015, 129)
     async with dom0(server) as xs:
         await xs.mkdir("/local/domain/14")
         await xs.set_perms("/local/domain/14", ["b14"])
     async with guest(server, 14) as g:
         with pytest.raises(actors.QuotaExceeded) as big:
-            await g.write("big", b"x" * 2016)
-        assert big.value.errno_name == "ENOSPC"
-        await g.write("fits", b"x" * 2015)
-        for i in range(129):
+            await g.write("big", b"x" * (value_max + 1))
+        assert big.value.errno_name == answer(server, "ENOSPC", oxenstored="E2BIG")
+        await g.write("fits", b"x" * value_max)
+        for i in range(watches):
             await g.add_watch(f"/local/domain/14/w{i}", f"t{i}", lambda event: None)
-        with pytest.raises(actors.QuotaExceeded) as watches:
-            await g.add_watch("/local/domain/14/w129", "t129", lambda event: None)
-        assert watches.value.errno_name == "E2BIG"
+        with pytest.raises(actors.QuotaExceeded) as refused:
+            await g.add_watch(f"/local/domain/14/w{watches}", "t", lambda event: None)
+        assert refused.value.errno_name == answer(server, "E2BIG", oxenstored="EQUOTA")
         for _ in range(11):
             await g._request(Op.TRANSACTION_START, b"\0")
         with pytest.raises(actors.QuotaExceeded) as txs:
             await g._request(Op.TRANSACTION_START, b"\0")
-        assert txs.value.errno_name == "ENOSPC"
+        assert txs.value.errno_name == answer(server, "ENOSPC", oxenstored="EQUOTA")
     async with dom0(server) as xs:
-        await xs.write("/local/domain/14/dom0big", b"v" * 3000)  # dom0 is exempt
+        if ox:  # oxenstored's quotas hold for dom0 too
+            with pytest.raises(actors.QuotaExceeded):
+                await xs.write("/local/domain/14/dom0big", b"v" * 3000)
+        else:
+            await xs.write("/local/domain/14/dom0big", b"v" * 3000)  # dom0 is exempt
 
 
 async def test_control(server: Server) -> None:
+    """oxenstored's CONTROL (DEBUG) answers OK to any command, "help" and unknown ones alike."""
     async with dom0(server) as xs:
         await xs.control("check")
-        assert b"quota" in await xs.control("help")
+        help_text = await xs.control("help")
+        if server.name == "oxenstored":
+            assert help_text == b"OK"
+        else:
+            assert b"quota" in help_text
     async with raw(server) as conn:
-        assert await conn.error(Op.DEBUG, b"no-such-command\0") == "EINVAL"
+        if server.name == "oxenstored":
+            assert (await conn.call(Op.DEBUG, b"no-such-command\0")) == b"OK\0"
+        else:
+            assert await conn.error(Op.DEBUG, b"no-such-command\0") == "EINVAL"
 
 
 async def test_oversized_frame_drops_only_that_connection(server: Server) -> None:
+    """C xenstored drops a connection whose frame announces more than 4096 payload bytes. oxenstored takes the
+    first 4096 bytes as the whole request (a 4093-byte value here: E2BIG by its size quota) and reads the rest as
+    the next frame: the connection stays, its framing lost. Either way, other connections go on."""
     async with dom0(server) as xs, raw(server) as bad:
-        await bad.stream.send_all(struct.pack("=IIII", Op.WRITE, 1, 0, 5000) + b"x" * 100)
-        with trio.fail_after(5):
-            try:  # the daemon drops it (C xenstored; oxenstored would answer E2BIG)
+        if server.name == "oxenstored":
+            tail = Frame(Op.READ, 77, 0, join("/")).encode()
+            payload = join("/x", b"a" * 4093, terminate=False) + tail
+            await bad.send_raw(HEADER.pack(Op.WRITE, 1, 0, len(payload)) + payload)
+            assert (await bad.reply(1)).payload == b"E2BIG\0"
+            assert (await bad.reply(77)).op == Op.READ
+        else:
+            await bad.stream.send_all(struct.pack("=IIII", Op.WRITE, 1, 0, 5000) + b"x" * 100)
+            try:
                 while await bad.stream.receive_some(4096):
                     pass
             except trio.BrokenResourceError:

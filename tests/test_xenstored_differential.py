@@ -72,7 +72,7 @@ async def real() -> AsyncIterator[Daemon]:
 
 @asynccontextmanager
 async def embedded() -> AsyncIterator[Daemon]:
-    async with serving() as (server, path):
+    async with serving(compat="4.17") as (server, path):
         yield Embedded(server, path)
 
 

@@ -18,7 +18,8 @@ class RuntimeOptions:
     """How a runtime behaves. ``open_runtime(xs, options=RuntimeOptions(...), stop_deadline=5)``: keyword
     arguments of ``open_runtime`` override single fields.
 
-    - ``root``, ``lifecycle``: where the set of live domains comes from (``"mtwatch"`` follows ``root``,
+    - ``root``, ``lifecycle``: where the set of live domains comes from (``"auto"``, the default: ``root``
+      whenever it exists, else the host's domains; ``"mtwatch"`` follows ``root``,
       ``"domains"`` a stock host's domains, or a LifecycleSource object).
     - ``mailbox_size``, ``overflow_limit``: a domain's mailbox (events past ``mailbox_size`` are coalesced per
       path; past ``overflow_limit`` distinct paths into one re-read hint per watch).
@@ -30,7 +31,7 @@ class RuntimeOptions:
     """
 
     root: str = MTWATCH_ROOT
-    lifecycle: str | LifecycleSource = "mtwatch"
+    lifecycle: str | LifecycleSource = "auto"
     mailbox_size: int = 64
     overflow_limit: int = 1024
     message_limit: int = 1024
@@ -47,9 +48,9 @@ class RuntimeOptions:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"RuntimeOptions.{name} must be a positive number of seconds, not {value}")
-        if isinstance(self.lifecycle, str) and self.lifecycle not in ("mtwatch", "domains"):
+        if isinstance(self.lifecycle, str) and self.lifecycle not in ("auto", "mtwatch", "domains"):
             raise ValueError(
-                f"RuntimeOptions.lifecycle must be 'mtwatch' or 'domains', not {self.lifecycle!r}"
+                f"RuntimeOptions.lifecycle must be 'auto', 'mtwatch' or 'domains', not {self.lifecycle!r}"
             )
 
     def replace(self, **overrides: Any) -> RuntimeOptions:

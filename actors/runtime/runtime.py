@@ -17,7 +17,7 @@ from ..xs.errors import ConnectionLost, XenStoreUnavailable
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
-from .lifecycle import DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
+from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .options import RuntimeOptions
 from .router import Router
 from .watches import Handler, Hook, Route, Watch
@@ -63,8 +63,10 @@ class Runtime:
 
     @property
     def lifecycle_name(self) -> str:
-        """The lifecycle source in use: ``"mtwatch"`` or ``"domains"`` (or a custom source's name)."""
-        return self.source.name
+        """The lifecycle source in use: ``"mtwatch"`` or ``"domains"`` (``"auto"`` names the one it follows
+        now), or a custom source's name."""
+        current = getattr(self.source, "current", None)
+        return current if isinstance(current, str) else self.source.name
 
     @property
     def domains(self) -> Mapping[int, DomainSnapshot]:
@@ -303,6 +305,7 @@ class Runtime:
 _LIFECYCLES: dict[str, Callable[[str], LifecycleSource]] = {
     "mtwatch": MtwatchSource,
     "domains": lambda root: DomainsSource(),
+    "auto": AutoSource,
 }
 
 
@@ -322,7 +325,8 @@ async def open_runtime(
     runtime with ConnectionLost.
 
     ``options`` (a :class:`RuntimeOptions`) and keyword arguments naming its fields (``stop_deadline=5``,
-    ``restart=RestartPolicy(...)``, ``lifecycle="domains"``, ...) set how it behaves; see there. Leaving the
+    ``restart=RestartPolicy(...)``, ``lifecycle="domains"``, ...) set how it behaves; see there. The default lifecycle,
+    ``"auto"``, follows the mtwatch tree whenever its root exists and the host's domains otherwise. Leaving the
     block stops every actor within ``stop_deadline`` seconds and unwatches.
     """
     if xs is None and connect is None:

@@ -22,6 +22,7 @@ from .transactions import Transaction
 
 if TYPE_CHECKING:
     from .core import Core
+    from .domains import Quotas
     from .watches import Watch
 
 __all__ = ["Connection"]
@@ -77,6 +78,22 @@ class Connection:
         return f"<Connection {self.seq} dom{self.domid}{' closed' if self.closed else ''}>"
 
     @property
+    def quotas(self) -> Quotas:
+        """The quotas that bind this connection: its domain's own (4.22), else the global ones (4.17)."""
+        core = self.core
+        if core.v422:
+            domain = core.domains.get(self.domid)
+            if domain is not None:
+                return domain.quotas
+        return core.quotas
+
+    @property
+    def features(self) -> int:
+        """The XENSTORE_SERVER_FEATURE_* bits this connection's domain may use (none before 4.22)."""
+        domain = self.core.domains.get(self.domid)
+        return domain.features if domain is not None and self.core.v422 else 0
+
+    @property
     def queued_bytes(self) -> int:
         return self._out_bytes
 
@@ -108,9 +125,9 @@ class Connection:
             key = payload
         deadline: float | None = None
         if not self.privileged:
-            if self._out_bytes + size + HEADER.size >= self.core.quotas.memory:
+            if self._out_bytes + size + HEADER.size >= self.quotas.memory:
                 return
-            deadline = trio.current_time() + self.core.quotas.watch_event_timeout
+            deadline = trio.current_time() + self.quotas.watch_event_timeout
         elif self._out_bytes > _HARD_QUEUE:
             logger.warning("dropping {!r}: {} bytes queued and not read", self, self._out_bytes)
             self.close()
@@ -233,7 +250,7 @@ class Connection:
 
     async def _wait_writable(self) -> None:
         """Hold back reading requests while this client has too much unread (or, a guest, unanswered)."""
-        outstanding = self.core.quotas.outstanding
+        outstanding = self.quotas.outstanding
         while not self.closed and (
             self._out_bytes > _SOFT_QUEUE or (not self.privileged and self._replies >= outstanding)
         ):
@@ -248,7 +265,7 @@ class Connection:
         decoder = FrameDecoder(allow_unknown_ops=True)
         process = self.core.process
         privileged = self.privileged
-        outstanding = self.core.quotas.outstanding
+        outstanding = self.quotas.outstanding
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)

@@ -15,17 +15,19 @@ from loguru import logger
 from actors.xs.wire import Frame, Op
 
 from .connection import Connection
-from .domains import DomainTable, Quotas
+from .domains import DOMID_ANY, DomainTable, Quotas
 from .failure import EACCES, EINVAL, EIO, ENOENT, ENOSPC, ENOSYS, Fail
+from .features import FEATURE_HANDLERS, FEATURE_PRIVILEGED
 from .ops import HANDLERS, NOTID, PRIVILEGED
 from .permissions import ALL, IGNORE, NONE, READ, Perms, perm_for
 from .store import Node, Store, basename, child_path, is_valid_nodename, parent_path
 from .transactions import Transaction, View
-from .watches import WatchIndex, event_path
+from .watches import Watch, WatchIndex, event_path, within_depth
 
-__all__ = ["SPECIAL_PATHS", "Core", "GlobalView"]
+__all__ = ["COMPATS", "SPECIAL_PATHS", "Core", "GlobalView"]
 
 SPECIAL_PATHS: Final = (b"@introduceDomain", b"@releaseDomain")
+COMPATS: Final = ("4.17", "4.22")
 _ERROR: Final = int(Op.ERROR)
 
 Handler = Callable[["Core", Connection, Frame, "Transaction | None", View], "bytes | None"]
@@ -64,21 +66,32 @@ class GlobalView:
 
 
 class Core:
-    """Store, domains, connections and watches; ``process()`` runs one request."""
+    """Store, domains, connections and watches; ``process()`` runs one request.
 
-    def __init__(self, quotas: Quotas | None = None) -> None:
+    ``compat`` is the C xenstored version answered as: "4.22" (features, quotas per domain, watch depth,
+    domid-carrying special events, DOMID_ANY) or "4.17" (none of it: ENOSYS for ops 23-26).
+    """
+
+    def __init__(self, quotas: Quotas | None = None, compat: str = "4.22") -> None:
+        if compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(COMPATS)}, not {compat!r}")
+        self.compat = compat
+        self.v422 = compat == "4.22"
+        self.any_domain = DOMID_ANY if self.v422 else None  # the domid of "every domain" in permissions
         self.quotas = quotas if quotas is not None else Quotas()
         self.store = Store()
-        self.domains = DomainTable()
+        self.domains = DomainTable(lambda: self.quotas)
         self.watches = WatchIndex()
         self.connections: dict[int, Connection] = {}
         self.special_perms: dict[bytes, Perms] = {path: ((NONE, 0),) for path in SPECIAL_PATHS}
+        if self.v422:  # setup_structure(): every domain may watch @releaseDomain
+            self.special_perms[b"@releaseDomain"] = ((NONE, 0), (READ, DOMID_ANY))
         self.view = GlobalView(self)
         self.internal_errors = 0  # requests that hit a bug (answered EIO)
         self._conn_seq = 0
-        self._handlers: dict[int, Handler] = HANDLERS
+        self._handlers: dict[int, Handler] = {**HANDLERS, **FEATURE_HANDLERS} if self.v422 else HANDLERS
         self._notid = NOTID
-        self._privileged = PRIVILEGED
+        self._privileged = PRIVILEGED | FEATURE_PRIVILEGED
 
     # -- connections -----------------------------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class Core:
         out = [perms[0]]
         changed = False
         for bits, domid in perms[1:]:
-            if not bits & IGNORE:
+            if not bits & IGNORE and domid != self.any_domain:
                 domain = domains.get(domid)
                 if domain is None or domain.generation > generation:
                     bits |= IGNORE
@@ -152,7 +165,7 @@ class Core:
     def perm(self, conn: Connection, node: Node) -> int:
         if conn.privileged:
             return ALL
-        return perm_for(conn, self.adjusted(node.perms, node.generation))
+        return perm_for(conn, self.adjusted(node.perms, node.generation), self.any_domain)
 
     def canonical(self, conn: Connection, name: bytes | None) -> bytes | None:
         """``canonicalize()``: a relative path is relative to the connection's /local/domain/<domid>."""
@@ -162,7 +175,7 @@ class Core:
 
     def get_node(self, view: View, conn: Connection, path: bytes | None, perm: int) -> Node:
         """``get_node()``: the node if ``conn`` has ``perm`` on it; else ENOENT or EACCES, as C decides."""
-        if path is None or not is_valid_nodename(path, self.quotas.path_length):
+        if path is None or not is_valid_nodename(path, conn.quotas.path_length):
             raise Fail(EINVAL)
         node = view.read(path)
         if node is not None:
@@ -187,7 +200,7 @@ class Core:
     # -- changing the tree -----------------------------------------------------------------------------
 
     def check_size(self, view: View, conn: Connection, node: Node) -> None:
-        if not conn.privileged and node.size() >= self.quotas.node_size:
+        if not conn.privileged and node.size() >= conn.quotas.node_size:
             view.fail()
             raise Fail(ENOSPC)
 
@@ -205,8 +218,8 @@ class Core:
             parent = view.read(parent_name)
         if not conn.privileged:
             have = view.count(conn.domid)
-            if have + len(missing) > self.quotas.nodes:
-                if have < self.quotas.nodes:  # C fails the transaction once it has undone a new node
+            if have + len(missing) > conn.quotas.nodes:
+                if have < conn.quotas.nodes:  # C fails the transaction once it has undone a new node
                     view.fail()
                 raise Fail(ENOSPC)
         perms = self.adjusted(parent.perms, parent.generation)
@@ -239,8 +252,12 @@ class Core:
             if generation is not None:
                 perms = self.adjusted(perms, generation)
             domains = self.domains
-            if any(not bits & IGNORE and d not in domains for bits, d in perms[1:]):
-                perms = (perms[0], *((bits if d in domains else bits | IGNORE, d) for bits, d in perms[1:]))
+            known = self.any_domain
+            if any(not bits & IGNORE and d not in domains and d != known for bits, d in perms[1:]):
+                perms = (
+                    perms[0],
+                    *((bits if d in domains or d == known else bits | IGNORE, d) for bits, d in perms[1:]),
+                )
             node.perms = perms
         return node
 
@@ -280,7 +297,7 @@ class Core:
         or its parent."""
         if conn.privileged:
             return True
-        if old_perms is not None and perm_for(conn, old_perms) & READ:
+        if old_perms is not None and perm_for(conn, old_perms, self.any_domain) & READ:
             return True
         if node is None:
             node = self.store.get(path)
@@ -304,6 +321,8 @@ class Core:
             return
         allowed: dict[int, bool] = {}
         for watch in watches:
+            if not exact and watch.depth is not None and not within_depth(path, watch.path, watch.depth):
+                continue
             conn = watch.conn
             ok = allowed.get(conn.seq)
             if ok is None:
@@ -311,12 +330,23 @@ class Core:
             if ok:
                 conn.send_event(event_path(watch, path), watch.token)
 
-    def fire_special(self, path: bytes) -> None:
-        """@introduceDomain / @releaseDomain: only to connections allowed to read the special path."""
+    def fire_special(self, path: bytes, domid: int, *, bare: bool = True, with_domid: bool = True) -> None:
+        """``fire_special_watches()``: @introduceDomain / @releaseDomain, only to connections allowed to read
+        the special path. ``bare``: the watches on the path itself without a depth (4.17: all of them);
+        ``with_domid`` (4.22): the event ``<path>/<domid>`` to watches on the path with a depth of 1 or more
+        and to watches on ``<path>/<domid>``."""
         perms = self.special_perms[path]
-        for watch in self.watches.match(path, True):
-            if perm_for(watch.conn, perms) & READ:
-                watch.conn.send_event(path, watch.token)
+        events: list[tuple[Watch, bytes]] = []
+        if bare:
+            events += [(w, path) for w in self.watches.match(path, True) if w.depth is None]
+        if with_domid and self.v422:
+            named = path + b"/%d" % domid
+            events += [(w, named) for w in self.watches.match(path, True) if w.depth]
+            events += [(w, named) for w in self.watches.match(named, True)]
+            events.sort(key=lambda e: (e[0].conn.seq, e[0].seq))
+        for watch, event in events:
+            if perm_for(watch.conn, perms, self.any_domain) & READ:
+                watch.conn.send_event(event, watch.token)
 
     # -- domains ---------------------------------------------------------------------------------------
 
@@ -337,7 +367,7 @@ class Core:
         domain.conn = self.connect(None, domid)
         domain.conn.target = domain.target
         logger.info("domain {} introduced", domid)
-        self.fire_special(b"@introduceDomain")
+        self.fire_special(b"@introduceDomain", domid)
         return True
 
     def attach(self, domid: int, stream: trio.abc.Stream) -> Connection:
@@ -380,9 +410,29 @@ class Core:
             if owner[1] == domid:
                 owner = (owner[0], 0)
             self.special_perms[path] = (owner, *(p for p in perms[1:] if p[1] != domid))
+        if self.v422:
+            self._drop_perms(domid)
         if domain.introduced:
             logger.info("domain {} released", domid)
-            self.fire_special(b"@releaseDomain")
+            self.fire_special(b"@releaseDomain", domid)
+
+    def shutdown_domain(self, domid: int) -> None:
+        """The hypervisor reports ``domid`` shut down (not dead): once per shutdown (RESUME re-arms), fire
+        @releaseDomain (4.22: first ``@releaseDomain/<domid>``, then the bare watches)."""
+        domain = self.domains.introduced(domid)
+        if domain is None or domid == 0 or domain.shutdown:
+            return
+        domain.shutdown = True
+        self.fire_special(b"@releaseDomain", domid, bare=False)
+        self.fire_special(b"@releaseDomain", domid, with_domid=False)
+
+    def _drop_perms(self, domid: int) -> None:
+        """4.22 ``domain_tree_remove()``: permission entries naming a dead domain are removed from every node,
+        so a later domain with the same domid inherits nothing."""
+        for node in self.store.nodes.values():
+            perms = node.perms
+            if len(perms) > 1 and any(who == domid for _, who in perms[1:]):
+                node.perms = (perms[0], *(p for p in perms[1:] if p[1] != domid))
 
     def _remove_owned(self, domid: int) -> None:
         """``domain_tree_remove()``: remove every node owned by ``domid``, with its subtree."""

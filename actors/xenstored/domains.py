@@ -1,18 +1,36 @@
-"""Domains as C xenstored 4.17 tracks them: introduction, release, targets, and the per-domain quotas."""
+"""Domains as C xenstored tracks them: introduction, release, targets, quotas and (4.22) features."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["DOMID_FIRST_RESERVED", "DOMID_SELF", "Domain", "DomainTable", "Quotas"]
+__all__ = [
+    "DOMID_ANY",
+    "DOMID_FIRST_RESERVED",
+    "DOMID_SELF",
+    "FEATURES",
+    "FEATURE_DOMID_ANY",
+    "FEATURE_ERROR",
+    "FEATURE_WATCHDEPTH",
+    "Domain",
+    "DomainTable",
+    "Quotas",
+]
 
 DOMID_FIRST_RESERVED: Final = 0x7FF0
 DOMID_SELF: Final = 0x7FF0
+DOMID_ANY: Final = 0x7FF5  # 32757: in a 4.22 permission, every domain
+
+# XENSTORE_SERVER_FEATURE_* (xs_wire.h); C xenstored 4.22 offers these three (XENSTORE_FEATURES: 14).
+FEATURE_ERROR: Final = 2
+FEATURE_WATCHDEPTH: Final = 4
+FEATURE_DOMID_ANY: Final = 8
+FEATURES: Final = FEATURE_ERROR | FEATURE_WATCHDEPTH | FEATURE_DOMID_ANY
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +61,28 @@ class Quotas:
 
 
 class Domain:
-    """A ``struct domain``: exists once referenced (by a permission, as a node owner, or by INTRODUCE)."""
+    """A ``struct domain``: exists once referenced (by a permission, as a node owner, or by INTRODUCE).
 
-    __slots__ = ("conn", "domid", "generation", "introduced", "refs", "shutdown", "target")
+    ``features`` (4.22) are what it may use, all of them unless SET_FEATURE changed them before INTRODUCE;
+    ``quotas`` (4.22) are its own, copied from the global ones when it came to be.
+    """
 
-    def __init__(self, domid: int, generation: int) -> None:
+    __slots__ = (
+        "conn",
+        "domid",
+        "features",
+        "generation",
+        "introduced",
+        "quotas",
+        "refs",
+        "shutdown",
+        "target",
+    )
+
+    def __init__(self, domid: int, generation: int, quotas: Quotas) -> None:
         self.domid = domid
+        self.features = FEATURES
+        self.quotas = quotas
         self.generation = generation  # nodes older than this do not grant it anything (XSA-322)
         self.introduced = False
         self.shutdown = False
@@ -64,10 +98,13 @@ class Domain:
 
 
 class DomainTable:
-    """domid -> :class:`Domain`. Dom0 is there from the start, introduced (``dom0_init``)."""
+    """domid -> :class:`Domain`. Dom0 is there from the start, introduced (``dom0_init``).
 
-    def __init__(self) -> None:
-        dom0 = Domain(0, 0)
+    ``quotas()`` gives the global quotas a new domain starts with."""
+
+    def __init__(self, quotas: Callable[[], Quotas]) -> None:
+        self._quotas = quotas
+        dom0 = Domain(0, 0, quotas())
         dom0.introduced = True
         self._domains: dict[int, Domain] = {0: dom0}
 
@@ -84,7 +121,7 @@ class DomainTable:
         """``find_or_alloc_existing_domain()``: every domid below DOMID_FIRST_RESERVED exists here."""
         domain = self._domains.get(domid)
         if domain is None:
-            domain = self._domains[domid] = Domain(domid, generation)
+            domain = self._domains[domid] = Domain(domid, generation, self._quotas())
         return domain
 
     def remove(self, domid: int) -> None:

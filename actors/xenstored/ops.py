@@ -15,7 +15,7 @@ from loguru import logger
 
 from actors.xs.wire import Frame, Op
 
-from .domains import DOMID_FIRST_RESERVED, DOMID_SELF
+from .domains import DOMID_FIRST_RESERVED, DOMID_SELF, FEATURE_DOMID_ANY, FEATURE_WATCHDEPTH
 from .failure import (
     E2BIG,
     EACCES,
@@ -99,7 +99,15 @@ def do_directory_part(
 
 
 def do_get_perms(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
-    return format_perms(core.get_node(view, conn, core.canonical(conn, onearg(frame.payload)), READ).perms)
+    name = onearg(frame.payload)
+    if core.v422 and name is not None and name.startswith(b"@"):  # 4.22 lists a special node's too
+        perms = core.special_perms.get(name)
+        if perms is None:
+            raise Fail(ENOENT)
+        if not perm_for(conn, perms, core.any_domain) & READ:
+            raise Fail(EACCES)
+        return format_perms(perms)
+    return format_perms(core.get_node(view, conn, core.canonical(conn, name), READ).perms)
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -168,21 +176,25 @@ def do_set_perms(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
     if len(args) < 2:
         raise Fail(EINVAL)
     name, perm_strings = args[0], args[1:]
-    if not conn.privileged and len(perm_strings) > core.quotas.permissions:
+    if not conn.privileged and len(perm_strings) > conn.quotas.permissions:
         raise Fail(ENOSPC)
     perms = parse_perms(perm_strings)
     # domain_alloc_permrefs(): every domain named exists here (there is no hypervisor to ask).
     for _, domid in perms:
         if domid < DOMID_FIRST_RESERVED:
             core.domains.ensure(domid, core.store.generation)
-    perms = tuple((bits if d < DOMID_FIRST_RESERVED else bits | IGNORE, d) for bits, d in perms)
+    # 4.22: DOMID_ANY stands for every domain, if the writer's domain may use it; other reserved ids: nobody.
+    any_domain = core.any_domain if conn.features & FEATURE_DOMID_ANY else None
+    perms = tuple(
+        (bits if d < DOMID_FIRST_RESERVED or d == any_domain else bits | IGNORE, d) for bits, d in perms
+    )
     if perms[0][0] & IGNORE:
         raise Fail(ENOENT)
     if name.startswith(b"@"):  # set_perms_special(): at once, even inside a transaction
         old = core.special_perms.get(name)
         if old is None:
             raise Fail(EINVAL)
-        if perm_for(conn, old) & (WRITE | OWNER) != WRITE | OWNER:
+        if perm_for(conn, old, core.any_domain) & (WRITE | OWNER) != WRITE | OWNER:
             raise Fail(EACCES)
         core.special_perms[name] = perms
         return OK
@@ -203,9 +215,15 @@ def do_set_perms(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
 
 
 def do_watch(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> None:
-    if frame.payload.count(b"\0") != 2:
+    args = strings(frame.payload)
+    depth: int | None = None
+    if len(args) == 3 and conn.features & FEATURE_WATCHDEPTH:  # 4.22: the depth, for a domain allowed it
+        depth = atoi(args.pop())
+        if depth < 0:
+            raise Fail(EINVAL)
+    elif len(args) != 2:
         raise Fail(EINVAL)
-    name, token = strings(frame.payload)
+    name, token = args
     relative: bytes | None = None
     if name.startswith(b"@"):
         if len(name) > _REL_PATH_MAX:
@@ -220,9 +238,9 @@ def do_watch(core: Core, conn: Connection, frame: Frame, tx: Transaction | None,
     for watch in conn.watches:
         if watch.path == path and watch.token == token:
             raise Fail(EEXIST)
-    if not conn.privileged and len(conn.watches) > core.quotas.watches:
+    if not conn.privileged and len(conn.watches) > conn.quotas.watches:
         raise Fail(E2BIG)
-    watch = core.watches.add(conn, path, token, relative)
+    watch = core.watches.add(conn, path, token, relative, depth)
     conn.watches.append(watch)
     conn.reply(frame.op, frame.req_id, frame.tx_id, OK)
     # We fire once up front: simplifies clients and restart.
@@ -258,7 +276,7 @@ def do_transaction_start(
 ) -> bytes:
     if tx is not None:
         raise Fail(EBUSY)
-    if not conn.privileged and len(conn.transactions) > core.quotas.transactions:
+    if not conn.privileged and len(conn.transactions) > conn.quotas.transactions:
         raise Fail(ENOSPC)
     tx_id = conn.next_tx_id
     while tx_id == 0 or tx_id in conn.transactions:

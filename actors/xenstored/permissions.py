@@ -1,8 +1,9 @@
-"""Node permissions as C xenstored 4.17 keeps and checks them.
+"""Node permissions as C xenstored keeps and checks them.
 
 A node's permissions are a tuple of ``(bits, domid)`` entries. The first entry names the owner, and its
 bits are what every domain not listed later gets. ``IGNORE`` marks an entry that refers to a domain that no
-longer exists (XSA-322): such an entry grants nothing but is still listed by GET_PERMS.
+longer exists (XSA-322): such an entry grants nothing but is still listed by GET_PERMS. From 4.22 an entry
+for DOMID_ANY (32757) names every domain.
 """
 
 from __future__ import annotations
@@ -55,20 +56,24 @@ class Subject(Protocol):
     def target(self) -> int | None: ...
 
 
-def perm_for(subject: Subject, perms: Perms) -> int:
+def perm_for(subject: Subject, perms: Perms, any_domain: int | None = None) -> int:
     """``perm_for_conn()``: the READ/WRITE/OWNER bits ``subject`` has on a node with ``perms``.
 
-    ``perms`` must already carry IGNORE on entries of domains that are gone.
+    ``perms`` must already carry IGNORE on entries of domains that are gone. ``any_domain`` (4.22: DOMID_ANY)
+    is the domid an entry names to match every domain.
     """
     if subject.privileged:
         return ALL
     owner = perms[0][1]
     domid = subject.domid
     target = subject.target
-    if owner == domid or (target is not None and owner == target):
+    matches = {domid} if target is None else {domid, target}
+    if any_domain is not None:
+        matches.add(any_domain)
+    if owner in matches:
         return ALL
     for bits, who in perms[1:]:
-        if not bits & IGNORE and (who == domid or (target is not None and who == target)):
+        if not bits & IGNORE and who in matches:
             return bits & ALL
     return perms[0][0] & ALL
 

@@ -11,13 +11,13 @@ import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Final
 
 import trio
 from loguru import logger
 
 from .connection import Connection
-from .core import Core
+from .core import COMPATS, Core
 from .domains import DOMID_FIRST_RESERVED, Quotas
 from .store import Store
 
@@ -27,13 +27,18 @@ DEFAULT_SOCKET: Final = "/run/xenstored/socket"
 
 
 class XenStored:
-    """An in-process XenStore daemon that behaves like C xenstored 4.17.
+    """An in-process XenStore daemon that behaves like C xenstored 4.22, or 4.17 with ``compat="4.17"``.
 
     Every socket client is privileged dom0; :meth:`guest` gives a connection as an unprivileged domain.
     """
 
-    def __init__(self, quotas: Quotas | None = None) -> None:
-        self.core = Core(quotas)
+    def __init__(self, quotas: Quotas | None = None, compat: str = "4.22") -> None:
+        self.core = Core(quotas, compat)
+
+    @property
+    def compat(self) -> str:
+        """The C xenstored version answered as: "4.22" or "4.17"."""
+        return self.core.compat
 
     @property
     def store(self) -> Store:
@@ -136,6 +141,11 @@ class XenStored:
         _check_guest(domid)
         return self.core.introduce(domid)
 
+    def domain_shutdown(self, domid: int) -> None:
+        """The hypervisor reports ``domid`` shut down: fire @releaseDomain once (4.22: ``@releaseDomain/<domid>``
+        first), until RESUME re-arms it. The domain stays until it dies or is released."""
+        self.core.shutdown_domain(domid)
+
     def domain_died(self, domid: int) -> None:
         """The hypervisor reports ``domid`` dead: drop its connection, remove the nodes it owns and, if it
         had been introduced, fire @releaseDomain (as C xenstored's ``check_domains()``)."""
@@ -151,9 +161,11 @@ def _check_guest(domid: int) -> None:
 
 
 @asynccontextmanager
-async def open_xenstored(socket_path: str, **kwargs: Any) -> AsyncIterator[XenStored]:
-    """Run a :class:`XenStored` on ``socket_path`` for the duration of the block."""
-    server = XenStored(**kwargs)
+async def open_xenstored(
+    socket_path: str, *, quotas: Quotas | None = None, compat: str = "4.22"
+) -> AsyncIterator[XenStored]:
+    """Run a :class:`XenStored` (answering as C xenstored ``compat``) on ``socket_path`` for the block."""
+    server = XenStored(quotas, compat)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, socket_path)
         try:
@@ -164,13 +176,17 @@ async def open_xenstored(socket_path: str, **kwargs: Any) -> AsyncIterator[XenSt
 
 def main(argv: list[str] | None = None) -> int:
     """``mtwatch xenstored``: run the embedded daemon in the foreground until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(
-        prog="xenstored", description="Embedded XenStore daemon (C xenstored 4.17)"
-    )
+    parser = argparse.ArgumentParser(prog="xenstored", description="Embedded XenStore daemon (C xenstored)")
     parser.add_argument(
         "--socket",
         default=os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET,
         help="unix socket path (default: $XENSTORED_PATH, else %(default)s)",
+    )
+    parser.add_argument(
+        "--compat",
+        choices=COMPATS,
+        default="4.22",
+        help="the C xenstored version to answer as (default: %(default)s; 4.17 lacks ops 23-26 and watch depth)",
     )
     parser.add_argument("--log-level", default="INFO", help="loguru level (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if directory:
             os.makedirs(directory, exist_ok=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_xenstored(args.socket):
+            async with open_xenstored(args.socket, compat=args.compat):
                 async for signum in signals:
                     logger.info("{} received: stopping", signal.Signals(signum).name)
                     break

@@ -1,5 +1,6 @@
 """A raw-frame XenStore client for tests: it sends exactly the bytes it is told to and hands back the
-frames it gets, with no checks of its own. (It is not the project's client, :mod:`actors.xs.client`.)"""
+frames it gets, with no checks of its own: unknown ops and replies longer than 4096 bytes (oxenstored sends
+those) come through. (It is not the project's client, :mod:`actors.xs.client`.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import cast
 import trio
 
 from actors.xs.transport import connect_unix
-from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
+from actors.xs.wire import HEADER, Frame, Op, encode, join
 
 from .domains import Quotas
 from .server import XenStored, open_xenstored
@@ -24,12 +25,12 @@ __all__ = ["RawClient", "XsError", "serving"]
 
 
 @asynccontextmanager
-async def serving(quotas: Quotas | None = None) -> AsyncIterator[tuple[XenStored, str]]:
+async def serving(quotas: Quotas | None = None, compat: str = "4.22") -> AsyncIterator[tuple[XenStored, str]]:
     """A server on a fresh socket under /tmp (short enough for AF_UNIX): yields (server, socket path)."""
     directory = tempfile.mkdtemp(prefix="xsd-", dir="/tmp")
     path = os.path.join(directory, "socket")
     try:
-        async with open_xenstored(path, quotas=quotas) as server:
+        async with open_xenstored(path, quotas=quotas, compat=compat) as server:
             yield server, path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -43,12 +44,36 @@ class XsError(Exception):
         self.name = name
 
 
+LONG_FRAME_MAX = 1 << 20  # a header announcing more is garbage: end the connection rather than wait for it
+
+
+class _Frames:
+    """Frames from bytes in any chunking, of any op and up to LONG_FRAME_MAX payload bytes."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames = []
+        while len(self._buf) >= HEADER.size:
+            op, req_id, tx_id, size = HEADER.unpack_from(self._buf)
+            if size > LONG_FRAME_MAX:
+                raise EOFError(f"frame announces {size} payload bytes: the stream is garbage")
+            end = HEADER.size + size
+            if len(self._buf) < end:
+                break
+            frames.append(Frame(op, req_id, tx_id, bytes(self._buf[HEADER.size : end])))
+            del self._buf[:end]
+        return frames
+
+
 class RawClient:
     """One connection: ``request()`` sends a frame and returns its reply; watch events queue up."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._decoder = FrameDecoder(allow_unknown_ops=True)
+        self._decoder = _Frames()
         self._frames: deque[Frame] = deque()
         self.events: deque[tuple[bytes, bytes]] = deque()
         self._req_id = 0

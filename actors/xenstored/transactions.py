@@ -75,7 +75,7 @@ class Transaction:
         access = self.accessed.get(path)
         if access is None:
             conn = self.conn
-            if not conn.privileged and len(self.accessed) + 1 > self.core.quotas.transaction_nodes:
+            if not conn.privileged and len(self.accessed) + 1 > conn.quotas.transaction_nodes:
                 self.failed = True
                 raise Fail(ENOSPC)
             node = self.core.store.get(path)
@@ -142,7 +142,7 @@ class Transaction:
         core = self.core
         store = core.store
         if self.node_created and not self.conn.privileged:
-            quota = core.quotas.nodes
+            quota = self.conn.quotas.nodes
             for domid, delta in self.delta.items():
                 if domid != 0 and store.count(domid) + delta >= quota:
                     raise Fail(ENOSPC)

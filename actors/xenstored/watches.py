@@ -8,18 +8,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Watch", "WatchIndex", "event_path"]
+__all__ = ["Watch", "WatchIndex", "event_path", "within_depth"]
 
 
 class Watch:
-    __slots__ = ("conn", "path", "relative", "seq", "token")
+    __slots__ = ("conn", "depth", "path", "relative", "seq", "token")
 
-    def __init__(self, conn: Connection, path: bytes, token: bytes, relative: bytes | None, seq: int) -> None:
+    def __init__(
+        self, conn: Connection, path: bytes, token: bytes, relative: bytes | None, seq: int, depth: int | None
+    ) -> None:
         self.conn = conn
         self.path = path  # canonical (absolute) path, or a special "@..." path
         self.token = token
         self.relative = relative  # the implicit prefix stripped from event paths, for a relative watch
         self.seq = seq
+        self.depth = depth  # 4.22: levels below ``path`` that fire (0: the node only); None: all
+
+
+def within_depth(path: bytes, watched: bytes, depth: int) -> bool:
+    """``is_child()`` with a depth: is ``path`` (the watched path or below it) at most ``depth`` levels
+    below ``watched``?"""
+    below = path[len(watched) :]
+    levels = below.count(b"/") + (1 if watched == b"/" and below else 0)
+    return levels <= depth
 
 
 def event_path(watch: Watch, path: bytes) -> bytes:
@@ -40,9 +51,11 @@ class WatchIndex:
     def __len__(self) -> int:
         return sum(len(ws) for ws in self._by_path.values())
 
-    def add(self, conn: Connection, path: bytes, token: bytes, relative: bytes | None) -> Watch:
+    def add(
+        self, conn: Connection, path: bytes, token: bytes, relative: bytes | None, depth: int | None = None
+    ) -> Watch:
         self._seq += 1
-        watch = Watch(conn, path, token, relative, self._seq)
+        watch = Watch(conn, path, token, relative, self._seq, depth)
         self._by_path.setdefault(path, []).append(watch)
         return watch
 

@@ -1,189 +1,133 @@
 """A trio-native XenStore client: one connection, one reader task, requests from any number of tasks.
 
-Replies are matched to requests by req_id (they may come in any order); watch events are handed to their
-watch's sink by token straight from the reader task, which never waits on a consumer. A lost connection fails
-every pending and later request with :class:`ConnectionLost` at once and ends every subscription with it.
+The protocol (request ids, reply matching, watch dispatch, DIRECTORY_PART) is :class:`~actors.xs.protocol.
+ClientProtocol`, sans-IO; this module is the I/O around it. Replies are matched to requests by req_id (they may
+come in any order); watch events are handed to their watch's sink by token straight from the reader task, which
+never waits on a consumer. A lost connection fails every pending and later request with :class:`ConnectionLost`
+at once (its ``__cause__`` says why) and ends every subscription with it.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 import trio
+import trio_util
 
+from .daemon import Capabilities, DaemonOperations
 from .errors import (
     ConnectionLost,
-    NotFound,
+    ConnectionStalled,
     ProtocolError,
-    QuotaExceeded,
+    RequestTimeout,
+    TokenInUse,
     TransactionConflict,
+    Unsupported,
     XenStoreError,
 )
-from .subscription import Subscription, WatchEvent
+from .operations import Operations, Transaction
+from .protocol import ClientProtocol, Request, WatchSink
+from .stall import StallDetector
+from .subscription import Subscription
 from .transport import open_transport
-from .wire import (
-    PAYLOAD_MAX,
-    Frame,
-    FrameDecoder,
-    Op,
-    check_domid,
-    check_path,
-    check_perms,
-    check_watch_path,
-    encode,
-    join,
-    split,
-)
+from .wire import PAYLOAD_MAX, Op, check_watch_path, join
 
 __all__ = ["Transaction", "XenStore", "connect", "open_xenstore"]
 
 T = TypeVar("T")
-WatchSink = Callable[[WatchEvent], None]
 
 _RECEIVE_SIZE = 65536
+_CLEANUP_TIMEOUT = 5.0  # an abort or unwatch in cleanup waits no longer than this
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+class XenStore(Operations, DaemonOperations):
+    """One connection to a XenStore daemon. Open it with :func:`connect` or :func:`open_xenstore`.
 
-
-class _Reply:
-    __slots__ = ("done", "frame", "op")
-
-    def __init__(self, op: int) -> None:
-        self.op = op
-        self.done = trio.Event()
-        self.frame: Frame | None = None
-
-
-class _Operations:
-    """The node operations, shared by the connection itself and a transaction on it."""
-
-    _tx_id: int
-
-    @property
-    def _conn(self) -> XenStore:
-        raise NotImplementedError
-
-    async def _call(self, op: Op, payload: bytes, path: str | None = None) -> bytes:
-        return await self._conn._request(op, payload, self._tx_id, path)
-
-    async def read(self, path: str) -> bytes:
-        """The node's value (no trailing NUL). NotFound if it does not exist."""
-        return await self._call(Op.READ, join(check_path(path)), path)
-
-    async def write(self, path: str, value: bytes | str) -> None:
-        """Create or replace the node's value (empty is fine); missing parents are created."""
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        await self._call(Op.WRITE, join(check_path(path), terminate=False) + b"\0" + data, path)
-
-    async def mkdir(self, path: str) -> None:
-        """Create the node with an empty value; an existing node is left as it is."""
-        await self._call(Op.MKDIR, join(check_path(path)), path)
-
-    async def rm(self, path: str) -> None:
-        """Remove the node and its subtree. A missing node is fine when its parent exists (NotFound otherwise)."""
-        await self._call(Op.RM, join(check_path(path)), path)
-
-    async def ls(self, path: str) -> list[str]:
-        """The names of the node's children. Listings over 4096 bytes are fetched with DIRECTORY_PART."""
-        raw = check_path(path)
-        try:
-            reply = await self._call(Op.DIRECTORY, join(raw), path)
-        except QuotaExceeded as exc:
-            if exc.errno_name != "E2BIG":
-                raise
-            return await self._ls_parts(raw, path)
-        return [_text(name) for name in split(reply)]
-
-    async def _ls_parts(self, raw: bytes, path: str) -> list[str]:
-        # A changed generation between chunks means the directory changed under us: start over.
-        while True:
-            names: list[bytes] = []
-            offset = 0
-            generation: bytes | None = None
-            while True:
-                reply = await self._call(Op.DIRECTORY_PART, join(raw, str(offset)), path)
-                gen, _, rest = reply.partition(b"\0")
-                if generation is None:
-                    generation = gen
-                elif gen != generation:
-                    break
-                last = rest == b"\0" or rest.endswith(b"\0\0") or not rest
-                chunk = rest[:-1] if last and rest else rest
-                names.extend(split(chunk))
-                offset += len(chunk)
-                if last:
-                    return [_text(name) for name in names]
-
-    async def exists(self, path: str) -> bool:
-        try:
-            await self.read(path)
-        except NotFound:
-            return False
-        return True
-
-    async def get_perms(self, path: str) -> list[str]:
-        """Permissions as strings like ``["n0", "r5"]``: the first names the owner and everybody's default."""
-        return [_text(p) for p in split(await self._call(Op.GET_PERMS, join(check_path(path)), path))]
-
-    async def set_perms(self, path: str, perms: Iterable[str]) -> None:
-        await self._call(Op.SET_PERMS, join(check_path(path), *check_perms(perms)), path)
-
-
-class Transaction(_Operations):
-    """Requests inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
-
-    def __init__(self, conn: XenStore, tx_id: int) -> None:
-        self._xs = conn
-        self._tx_id = tx_id
-
-    @property
-    def _conn(self) -> XenStore:
-        return self._xs
-
-    @property
-    def tx_id(self) -> int:
-        return self._tx_id
-
-    @property
-    def xs(self) -> XenStore:
-        """The connection this transaction runs on."""
-        return self._xs
-
-
-class XenStore(_Operations):
-    """One connection to a XenStore daemon. Open it with :func:`connect` or :func:`open_xenstore`."""
+    ``request_timeout`` (seconds, settable, None for none) bounds every request: past it the caller gets
+    :class:`RequestTimeout` and the connection is kept. Stall detection (:attr:`stalled`, :attr:`stall_after`,
+    :attr:`stall_limit`) is described in :class:`~actors.xs.stall.StallDetector`.
+    """
 
     _tx_id = 0
 
     def __init__(
-        self, stream: trio.abc.Stream, *, name: str = "stream", frame_per_write: bool = False
+        self,
+        stream: trio.abc.Stream,
+        *,
+        name: str = "stream",
+        xenbus: bool = False,
+        request_timeout: float | None = None,
+        stall_after: float = 2.0,
+        stall_limit: float | None = None,
     ) -> None:
         self.name = name
+        self.xenbus = xenbus
+        self.request_timeout = request_timeout
         self._stream = stream
-        self._frame_per_write = frame_per_write  # the xenbus device takes one whole message per write()
-        self._decoder = FrameDecoder()
-        self._req_ids = itertools.count(1)
-        self._pending: dict[int, _Reply] = {}
-        self._sinks: dict[str, WatchSink] = {}
+        self._protocol = ClientProtocol(xenbus=xenbus)
+        self._stall = StallDetector(self, stall_after, stall_limit)
         self._subscriptions: dict[str, Subscription] = {}
-        self._outbox: list[bytes] = []
         self._outbox_ready = trio.Event()
         self._lost: BaseException | None = None
         self._lost_event = trio.Event()
         self._tokens = itertools.count(1)
-        self.unknown_events = 0
+        self._caps: Capabilities | None = None
+        self._caps_lock = trio.Lock()
 
     @property
     def _conn(self) -> XenStore:
         return self
 
-    # -- connection state --------------------------------------------------------------------------------
+    @property
+    def _sinks(self) -> dict[str, WatchSink]:
+        """The registered watches, token -> sink (a copy; for tests and benchmarks)."""
+        return self._protocol.sinks
+
+    @property
+    def unknown_events(self) -> int:
+        """Watch events that arrived for a token with no watch (late ones after an unwatch)."""
+        return self._protocol.unknown_events
+
+    # -- stall detection (see StallDetector) ---------------------------------------------------------------
+
+    @property
+    def stall_after(self) -> float:
+        return self._stall.stall_after
+
+    @stall_after.setter
+    def stall_after(self, value: float) -> None:
+        self._stall.stall_after = value
+        self._stall.poke()
+
+    @property
+    def stall_limit(self) -> float | None:
+        return self._stall.stall_limit
+
+    @stall_limit.setter
+    def stall_limit(self, value: float | None) -> None:
+        self._stall.stall_limit = value
+        self._stall.poke()
+
+    @property
+    def stalled(self) -> trio_util.AsyncBool:
+        """True while requests are pending and no frame arrived for ``stall_after`` seconds."""
+        return self._stall.stalled
+
+    @property
+    def stalls(self) -> int:
+        """How many stalls began on this connection."""
+        return self._stall.count
+
+    def stalled_during(self, start: float, end: float) -> bool:
+        """Was the connection stalled at any moment of [start, end] (trio clock)? A stall counts from the start
+        of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
+        return self._stall.during(start, end)
+
+    # -- connection state ----------------------------------------------------------------------------------
 
     @property
     def is_lost(self) -> bool:
@@ -199,30 +143,38 @@ class XenStore(_Operations):
         if self._lost is not None:
             return
         self._lost = why
-        for reply in self._pending.values():
-            reply.done.set()
-        self._pending.clear()
+        for request in self._protocol.drain():
+            if isinstance(request.waiter, trio.Event):
+                request.waiter.set()
         for sub in self._subscriptions.values():
             sub.close(why)
         self._subscriptions.clear()
-        self._sinks.clear()
+        self._protocol.unwatch_all()
+        self._stall.connection_lost()
         self._lost_event.set()
         self._outbox_ready.set()
 
     def _lost_error(self) -> ConnectionLost:
-        return ConnectionLost(f"connection to xenstored ({self.name}) lost: {self._lost}")
+        cls = ConnectionStalled if isinstance(self._lost, ConnectionStalled) else ConnectionLost
+        error = cls(f"connection to xenstored ({self.name}) lost: {self._lost}")
+        error.__cause__ = self._lost
+        return error
 
-    # -- the reader and the writer -----------------------------------------------------------------------
+    # -- the reader and the writer -------------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        protocol = self._protocol
+        stall = self._stall
         try:
             while True:
                 data = await self._stream.receive_some(_RECEIVE_SIZE)
                 if not data:
                     raise ConnectionLost("closed by xenstored")
                 now = trio.current_time()
-                for frame in self._decoder.feed(bytes(data)):
-                    self._dispatch(frame, now)
+                stall.frame_received(now)
+                for request in protocol.receive_data(data, now):
+                    if isinstance(request.waiter, trio.Event):
+                        request.waiter.set()
         except (
             trio.BrokenResourceError,
             trio.ClosedResourceError,
@@ -237,128 +189,93 @@ class XenStore(_Operations):
             self._mark_lost(ConnectionLost("connection closed"))
             raise
 
-    def _dispatch(self, frame: Frame, now: float) -> None:
-        if frame.op == Op.WATCH_EVENT:
-            parts = split(frame.payload)
-            if len(parts) < 2:
-                raise ProtocolError(f"malformed watch event {frame.payload[:80]!r}")
-            token = _text(parts[1])
-            sink = self._sinks.get(token)
-            if sink is None:
-                self.unknown_events += 1
-                return
-            sink(WatchEvent(_text(parts[0]), token, now))
-            return
-        reply = self._pending.pop(frame.req_id, None)
-        if reply is None and frame.req_id == 0:
-            # Watch acknowledgements through the xenbus device have been seen with req_id 0 (pyxs PR #18).
-            reply = self._oldest_pending((Op.WATCH, Op.UNWATCH))
-        if reply is None:
-            return  # the late reply of a cancelled request
-        reply.frame = frame
-        reply.done.set()
-
-    def _oldest_pending(self, ops: tuple[Op, ...]) -> _Reply | None:
-        for req_id, reply in self._pending.items():
-            if reply.op in ops:
-                del self._pending[req_id]
-                return reply
-        return None
-
     async def _writer(self) -> None:
         try:
             while self._lost is None:
-                if not self._outbox:
+                writes = self._protocol.data_to_send()
+                if not writes:
                     self._outbox_ready = trio.Event()
                     await self._outbox_ready.wait()
                     continue
-                if self._frame_per_write:
-                    await self._stream.send_all(self._outbox.pop(0))
-                else:
-                    batch, self._outbox = b"".join(self._outbox), []
-                    await self._stream.send_all(batch)
+                for data in writes:  # over xenbus, one frame per write: the device takes whole messages
+                    await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._mark_lost(exc)
-
-    def _next_req_id(self) -> int:
-        while True:
-            req_id = next(self._req_ids) & 0xFFFFFFFF
-            if req_id == 0:  # 0 is what xenbus uses for its own acknowledgements: keep it unambiguous
-                continue
-            if req_id not in self._pending:
-                return req_id
 
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
         if self._lost is not None:
             raise self._lost_error()
-        req_id = self._next_req_id()
-        frame = encode(op, payload, req_id, tx_id)  # PayloadTooLarge before anything is queued
-        reply = _Reply(op)
-        self._pending[req_id] = reply
-        self._outbox.append(frame)
+        # PayloadTooLarge before anything is queued
+        return await self._wait(self._protocol.request(op, payload, tx_id, path), path)
+
+    async def _wait(self, request: Request, path: str | None) -> bytes:
+        protocol = self._protocol
+        if protocol.pending == 1:
+            self._stall.requests_began()
+        done = request.waiter = trio.Event()
         self._outbox_ready.set()
+        timeout = self.request_timeout
         try:
-            await reply.done.wait()
+            if timeout is None:
+                await done.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await done.wait()
         finally:
-            # Cancelled: forget the slot, so its late reply is discarded.
-            if self._pending.get(req_id) is reply:
-                del self._pending[req_id]
-        answer = reply.frame
+            # Cancelled or timed out: forget the request, so its late reply is discarded.
+            if request.reply is None:
+                protocol.abandon(request)
+        answer = request.reply
+        op_name = _op_name(request.op)
         if answer is None:
-            raise self._lost_error()
+            if self._lost is not None:
+                raise self._lost_error()
+            where = f" on {path!r}" if path is not None else ""
+            raise RequestTimeout(
+                f"{op_name}{where}: no reply within {timeout} s from xenstored ({self.name})"
+            )
         if answer.op == Op.ERROR:
-            error = answer.error(path, op.name)
+            error = answer.error(path, op_name)
             assert error is not None
             raise error
         return answer.payload
 
-    # -- domains and the daemon --------------------------------------------------------------------------
-
-    async def get_domain_path(self, domid: int) -> str:
-        reply = await self._request(Op.GET_DOMAIN_PATH, join(str(check_domid(domid))))
-        return _text(reply.rstrip(b"\0"))
-
-    async def introduce(self, domid: int, mfn: int, port: int) -> None:
-        """Tell xenstored about a new domain's ring page (``mfn``) and event channel (``port``)."""
-        await self._request(Op.INTRODUCE, join(str(check_domid(domid)), str(int(mfn)), str(int(port))))
-
-    async def release(self, domid: int) -> None:
-        await self._request(Op.RELEASE, join(str(check_domid(domid))))
-
-    async def is_domain_introduced(self, domid: int) -> bool:
-        reply = await self._request(Op.IS_DOMAIN_INTRODUCED, join(str(check_domid(domid))))
-        return reply.rstrip(b"\0") == b"T"
-
-    async def resume(self, domid: int) -> None:
-        await self._request(Op.RESUME, join(str(check_domid(domid))))
-
-    async def set_target(self, domid: int, target: int) -> None:
-        await self._request(Op.SET_TARGET, join(str(check_domid(domid)), str(check_domid(target))))
-
-    async def control(self, *args: str | bytes) -> bytes:
-        """XS_CONTROL (``check``, ``quota``, ``help``, ...): the daemon's reply, trailing NUL removed."""
-        return (await self._request(Op.DEBUG, join(*args) if args else b"\0")).rstrip(b"\0")
+    async def capabilities(self) -> Capabilities:
+        """What the daemon answers (features, DIRECTORY_PART, RESET_WATCHES, which daemon): probed with three
+        requests every daemon answers the first time, then remembered for the life of the connection."""
+        async with self._caps_lock:
+            if self._caps is None:
+                self._caps = await self._probe()
+        return self._caps
 
     async def reset_watches(self) -> None:
-        """Drop every watch and transaction of this connection, on the daemon and here."""
+        """Drop every watch and transaction of this connection, on the daemon and here.
+
+        Unsupported, with nothing sent, on a daemon that never answers RESET_WATCHES (oxenstored)."""
+        caps = await self.capabilities()
+        if not caps.reset_watches:
+            raise Unsupported(op="RESET_WATCHES", why=f"{caps.daemon} never answers it; nothing was sent")
         await self._request(Op.RESET_WATCHES, b"\0")
         for sub in self._subscriptions.values():
             sub.close()
         self._subscriptions.clear()
-        self._sinks.clear()
+        self._protocol.unwatch_all()
 
-    # -- transactions ------------------------------------------------------------------------------------
+    # -- transactions --------------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """``async with xs.transaction() as tx:``: a clean exit commits (TransactionConflict if a concurrent
-        change got in first), an exception or cancellation aborts."""
-        reply = await self._request(Op.TRANSACTION_START, b"\0")
-        tx = Transaction(self, int(reply.rstrip(b"\0")))
+        change got in first), an exception or cancellation aborts. ProtocolError if the daemon's transaction
+        id is not a number."""
+        reply = (await self._request(Op.TRANSACTION_START, b"\0")).rstrip(b"\0")
+        if not reply.isdigit() or not 0 < int(reply) <= 0xFFFFFFFF:
+            raise ProtocolError(f"TRANSACTION_START: the daemon's transaction id {reply[:40]!r} is not valid")
+        tx = Transaction(self, int(reply))
         try:
             yield tx
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(XenStoreError):
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT), suppress(XenStoreError):
                 await self._request(Op.TRANSACTION_END, b"F\0", tx.tx_id)
             raise
         await self._request(Op.TRANSACTION_END, b"T\0", tx.tx_id)
@@ -381,48 +298,66 @@ class XenStore(_Operations):
                 await trio.sleep(random.uniform(0, backoff * 2 ** min(attempt, 10)))
         raise AssertionError("unreachable")
 
-    # -- watches -----------------------------------------------------------------------------------------
+    # -- watches -------------------------------------------------------------------------------------------
 
     def new_token(self, prefix: str = "mtw") -> str:
         return f"{prefix}{next(self._tokens)}"
 
-    async def add_watch(self, path: str, token: str, sink: WatchSink) -> None:
+    async def add_watch(self, path: str, token: str, sink: WatchSink, *, depth: int | None = None) -> None:
         """Register a watch whose events the reader task hands to ``sink`` (which must not block or raise).
 
-        The sink is in place before WATCH is sent, so the initial event, which may arrive before the reply,
-        is not missed. AlreadyExists if this connection already has ``token``.
+        The sink is in place before WATCH is sent, so the registration event (``initial``), which may arrive
+        before the reply, is not missed. TokenInUse if this connection already has ``token``, with nothing
+        sent. ``depth`` (0: the node, 1: and its children, None: the whole subtree) needs a daemon with the
+        WATCHDEPTH feature (Xen 4.22): Unsupported otherwise, and always over xenbus, whose kernel drops it.
         """
         raw = check_watch_path(path)
-        if token in self._sinks:
-            raise ValueError(f"token {token!r} is already in use on this connection")
-        payload = join(raw, token)
-        if len(payload) > PAYLOAD_MAX:
+        if self._protocol.has_watch(token):
+            raise TokenInUse(path=path)
+        if depth is not None:
+            await self._check_depth(path, depth)
+        if len(join(raw, token) if depth is None else join(raw, token, str(depth))) > PAYLOAD_MAX:
             raise ValueError("watch path and token exceed the payload limit")
-        self._sinks[token] = sink
+        if self._lost is not None:
+            raise self._lost_error()
+        if self._protocol.has_watch(token):  # taken while the capabilities were probed
+            raise TokenInUse(path=path)
+        request = self._protocol.watch(raw, token, sink, depth, label=path)
         try:
-            await self._request(Op.WATCH, payload, 0, path)
+            await self._wait(request, path)
         except BaseException:
-            if self._sinks.get(token) is sink:
-                del self._sinks[token]
+            self._protocol.unwatch(token, sink)
             raise
+
+    async def _check_depth(self, path: str, depth: int) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"watch depth {depth!r} is not a non-negative int")
+        if self.xenbus:
+            raise Unsupported(
+                op="WATCH", path=path, why="the xenbus device drops a watch's depth; use the socket"
+            )
+        caps = await self.capabilities()
+        if not caps.features & caps.features.WATCHDEPTH:
+            raise Unsupported(op="WATCH", path=path, why="the daemon has no WATCHDEPTH feature")
 
     async def remove_watch(self, path: str, token: str) -> None:
         """Unregister a watch; its sink gets no further events. NotFound if the daemon does not know it."""
-        self._sinks.pop(token, None)
+        self._protocol.unwatch(token)
         await self._request(Op.UNWATCH, join(check_watch_path(path), token), 0, path)
 
     @asynccontextmanager
     async def watch(
-        self, path: str, token: str | None = None, *, capacity: int = 1024
+        self, path: str, token: str | None = None, *, depth: int | None = None, capacity: int = 1024
     ) -> AsyncIterator[Subscription]:
         """``async with xs.watch(path) as events: async for event in events:``
 
-        The initial event is delivered. Leaving the block unwatches, also when cancelled. A slow consumer costs
-        bounded memory (see :class:`Subscription`); when the connection is lost, iteration raises ConnectionLost.
+        The registration event is delivered (``initial`` True). Leaving the block unwatches, also when
+        cancelled. A slow consumer costs bounded memory (see :class:`Subscription`); when the connection is
+        lost, iteration raises ConnectionLost. ``depth`` as for :meth:`add_watch`.
         """
         token = token if token is not None else self.new_token()
         sub = Subscription(path, token, capacity)
-        await self.add_watch(path, token, sub.deliver)
+        await self.add_watch(path, token, sub.deliver, depth=depth)
         self._subscriptions[token] = sub
         try:
             yield sub
@@ -430,26 +365,55 @@ class XenStore(_Operations):
             self._subscriptions.pop(token, None)
             sub.close()
             if self._lost is None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(XenStoreError):
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(_CLEANUP_TIMEOUT),
+                    suppress(XenStoreError),
+                ):
                     await self.remove_watch(path, token)
+
+
+def _op_name(op: int) -> str:
+    return Op(op).name if op in _OPS else str(op)
+
+
+_OPS = frozenset(int(op) for op in Op)
 
 
 @asynccontextmanager
 async def open_xenstore(
-    stream: trio.abc.Stream, *, name: str = "stream", frame_per_write: bool = False
+    stream: trio.abc.Stream,
+    *,
+    name: str = "stream",
+    xenbus: bool = False,
+    request_timeout: float | None = None,
+    stall_after: float = 2.0,
+    stall_limit: float | None = None,
 ) -> AsyncIterator[XenStore]:
-    """Run a XenStore client over an already open stream (a socket, the xenbus device, a guest's ring)."""
-    xs = XenStore(stream, name=name, frame_per_write=frame_per_write)
+    """Run a XenStore client over an already open stream (a socket, the xenbus device, a guest's ring).
+
+    ``xenbus``: the stream is the kernel's xenbus device (one frame per write, replies up to 4096 bytes,
+    no watch depth). The other arguments are :class:`XenStore`'s.
+    """
+    xs = XenStore(
+        stream,
+        name=name,
+        xenbus=xenbus,
+        request_timeout=request_timeout,
+        stall_after=stall_after,
+        stall_limit=stall_limit,
+    )
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(xs._reader)
             nursery.start_soon(xs._writer)
+            nursery.start_soon(xs._stall.run)
             try:
                 yield xs
             except BaseException as exc:
-                # Raised again below, outside the nursery, so the caller sees it unwrapped (the reader and
-                # writer never raise: they turn their errors into a lost connection).
+                # Raised again below, outside the nursery, so the caller sees it unwrapped (the reader, writer
+                # and stall watchdog never raise: they turn their errors into a lost connection).
                 body_error = exc
             finally:
                 nursery.cancel_scope.cancel()
@@ -462,13 +426,29 @@ async def open_xenstore(
 
 
 @asynccontextmanager
-async def connect(path: str | None = None, *, xenbus: bool = False) -> AsyncIterator[XenStore]:
+async def connect(
+    path: str | None = None,
+    *,
+    xenbus: bool = False,
+    request_timeout: float | None = None,
+    stall_after: float = 2.0,
+    stall_limit: float | None = None,
+) -> AsyncIterator[XenStore]:
     """``async with actors.connect() as xs:``: connect to xenstored.
 
-    Where: ``path``, else ``$XENSTORED_PATH``, else ``$XENSTORED_RUNDIR/socket``, else ``/run/xenstored/socket``,
-    else ``/var/run/xenstored/socket``; ``xenbus=True`` opens ``/dev/xen/xenbus`` (or ``/proc/xen/xenbus``).
-    XenStoreUnavailable (naming the path) when nothing answers there.
+    Where: ``path``, else ``$XENSTORED_PATH``, else ``$XENSTORED_RUNDIR/socket``, else ``/run/xenstored/socket``
+    or ``/var/run/xenstored/socket``, whichever exists; with none of them there, ``/dev/xen/xenbus`` (or
+    ``/proc/xen/xenbus``) when present (a dom0 whose xenstored runs in a stub domain). ``xenbus=True`` opens the
+    device in any case. ``xs.name`` says which transport is in use. XenStoreUnavailable (naming
+    what was tried) when nothing answers.
     """
-    stream, name = await open_transport(path, xenbus=xenbus)
-    async with open_xenstore(stream, name=name, frame_per_write=xenbus) as xs:
+    stream, name, is_xenbus = await open_transport(path, xenbus=xenbus)
+    async with open_xenstore(
+        stream,
+        name=name,
+        xenbus=is_xenbus,
+        request_timeout=request_timeout,
+        stall_after=stall_after,
+        stall_limit=stall_limit,
+    ) as xs:
         yield xs

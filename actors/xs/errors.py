@@ -14,6 +14,7 @@ from pyxs.exceptions import PyXSError
 __all__ = [
     "AlreadyExists",
     "ConnectionLost",
+    "ConnectionStalled",
     "InvalidArgument",
     "InvalidDomid",
     "InvalidPath",
@@ -24,7 +25,10 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "QuotaExceeded",
+    "RequestTimeout",
+    "TokenInUse",
     "TransactionConflict",
+    "Unsupported",
     "XenStoreError",
     "XenStoreUnavailable",
     "error_from_name",
@@ -90,7 +94,36 @@ class QuotaExceeded(ErrorReply):
 
 
 class OperationFailed(ErrorReply):
-    """Any other error name (EIO, ENOSYS, EISDIR, ENOTEMPTY, EROFS, EBUSY, EISCONN, EPERM, ENOMEM, ...)."""
+    """Any other error name (EIO, EISDIR, ENOTEMPTY, EROFS, EBUSY, EISCONN, EPERM, ENOMEM, ...)."""
+
+
+class Unsupported(OperationFailed):
+    """The daemon lacks the op or feature: it answered ENOSYS, or it is known not to answer at all (then
+    nothing was sent, and ``why`` says so)."""
+
+    errno_names = ("ENOSYS",)
+
+    def __init__(
+        self,
+        errno_name: str = "ENOSYS",
+        op: str | None = None,
+        path: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        super().__init__(errno_name, op, path)
+        self.why = why
+        if why is not None:
+            self.args: tuple[object, ...] = (f"{self.args[0]} ({why})",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.errno_name, self.op, self.path, self.why))
+
+
+class TokenInUse(AlreadyExists):
+    """``add_watch`` with a token this connection already has a watch for; nothing was sent."""
+
+    def __init__(self, errno_name: str = "EEXIST", op: str | None = "WATCH", path: str | None = None) -> None:
+        super().__init__(errno_name, op, path)
 
 
 _BY_NAME: dict[str, type[ErrorReply]] = {
@@ -102,6 +135,7 @@ _BY_NAME: dict[str, type[ErrorReply]] = {
         InvalidArgument,
         TransactionConflict,
         QuotaExceeded,
+        Unsupported,
     )
     for name in cls.errno_names
 }
@@ -113,11 +147,24 @@ def error_from_name(errno_name: str, op: str | None = None, path: str | None = N
 
 
 class ProtocolError(XenStoreError):
-    """The byte stream broke the wire format (oversized or unknown frame): the connection is unusable."""
+    """The daemon broke the protocol: a frame past the size bound, a reply of the wrong type or for no request,
+    a malformed payload. Where the framing or the matching of replies is lost, the connection ends and every
+    pending caller gets :class:`ConnectionLost` caused by this error; a bad listing (DIRECTORY_PART past its
+    bounds) fails only its own call."""
 
 
 class ConnectionLost(XenStoreError):
-    """The connection to the daemon is gone; the request's outcome is unknown."""
+    """The connection to the daemon is gone; the request's outcome is unknown. ``__cause__`` says why."""
+
+
+class ConnectionStalled(ConnectionLost):
+    """The daemon sent nothing for longer than the connection's ``stall_limit`` while requests were pending:
+    the connection was ended as lost."""
+
+
+class RequestTimeout(XenStoreError):
+    """The request's deadline (``XenStore.request_timeout``) passed before its reply came; the connection is
+    kept and a late reply is discarded. The request may or may not have taken effect."""
 
 
 class XenStoreUnavailable(XenStoreError, OSError):

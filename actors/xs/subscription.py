@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import trio
 
 from .errors import ConnectionLost
+from .events import WatchEvent
 
 __all__ = ["Subscription", "WatchEvent"]
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One WATCH_EVENT: the path that fired and the watch's token.
-
-    ``received_at`` is ``trio.current_time()`` when the connection's reader decoded the frame (0 for events
-    made up locally, such as a resync). Events are hints: re-read the state.
-    """
-
-    path: str
-    token: str
-    received_at: float = field(default=0.0, compare=False)
 
 
 class Subscription:

@@ -77,8 +77,12 @@ async def open_socket(path: str) -> trio.SocketStream:
         ) from None
 
 
-def open_xenbus(paths: tuple[str, ...] = XENBUS_DEVICES) -> trio.lowlevel.FdStream:
+def open_xenbus(paths: tuple[str, ...] | None = None) -> trio.lowlevel.FdStream:
     """Open the kernel's xenbus device (dom0 or a driver domain) as a stream."""
+    return _open_device(XENBUS_DEVICES if paths is None else paths)[0]
+
+
+def _open_device(paths: tuple[str, ...]) -> tuple[trio.lowlevel.FdStream, str]:
     tried: list[str] = []
     for path in paths:
         try:
@@ -88,14 +92,36 @@ def open_xenbus(paths: tuple[str, ...] = XENBUS_DEVICES) -> trio.lowlevel.FdStre
             continue
         except OSError as exc:
             raise XenStoreUnavailable(exc.errno, f"cannot open {path}: {exc.strerror}") from None
-        return trio.lowlevel.FdStream(fd)
+        return trio.lowlevel.FdStream(fd), path
     raise XenStoreUnavailable(errno.ENOENT, f"no xenbus device ({', '.join(tried)}): is this a Xen domain?")
 
 
-async def open_transport(path: str | None = None, *, xenbus: bool = False) -> tuple[trio.abc.Stream, str]:
-    """The stream and a name for it (the path it was opened at)."""
+def _chosen_socket(path: str | None, environ: Mapping[str, str]) -> bool:
+    return bool(path or environ.get("XENSTORED_PATH") or environ.get("XENSTORED_RUNDIR"))
+
+
+async def open_transport(
+    path: str | None = None, *, xenbus: bool = False, environ: Mapping[str, str] | None = None
+) -> tuple[trio.abc.Stream, str, bool]:
+    """The stream, a name for it (``xenbus (/dev/xen/xenbus)`` or the socket's path), and whether it is the
+    xenbus device.
+
+    With no socket chosen (``path``, ``$XENSTORED_PATH``, ``$XENSTORED_RUNDIR``) and none at the standard
+    paths, the xenbus device is used when present: a dom0 whose xenstored runs in a stub domain has only
+    that. XenStoreUnavailable naming everything tried when neither exists.
+    """
+    env = os.environ if environ is None else environ
+    devices = XENBUS_DEVICES
+    if not xenbus and not _chosen_socket(path, env) and not any(map(os.path.exists, DEFAULT_SOCKETS)):
+        if not any(map(os.path.exists, devices)):
+            raise XenStoreUnavailable(
+                errno.ENOENT,
+                f"no xenstored socket ({', '.join(DEFAULT_SOCKETS)}) and no xenbus device ({', '.join(devices)}):"
+                " is xenstored running, is this a Xen dom0? ($XENSTORED_PATH names another socket)",
+            )
+        xenbus = True
     if xenbus:
-        stream = open_xenbus()
-        return stream, "xenbus"
-    where = socket_path(path)
-    return await open_socket(where), where
+        stream, device = _open_device(devices)
+        return stream, f"xenbus ({device})", True
+    where = socket_path(path, env)
+    return await open_socket(where), where, False

@@ -29,6 +29,7 @@ from .errors import (
 
 __all__ = [
     "ABS_PATH_MAX",
+    "DOMID_ANY",
     "DOMID_FIRST_RESERVED",
     "HEADER",
     "PAYLOAD_MAX",
@@ -50,6 +51,7 @@ PAYLOAD_MAX: Final = 4096  # XENSTORE_PAYLOAD_MAX
 ABS_PATH_MAX: Final = 3072  # XENSTORE_ABS_PATH_MAX
 REL_PATH_MAX: Final = 2048  # XENSTORE_REL_PATH_MAX
 DOMID_FIRST_RESERVED: Final = 0x7FF0  # DOMID_SELF and friends start here
+DOMID_ANY: Final = 0x7FF5  # 32757: "every domain" in a permission (Xen 4.22)
 SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
 
 HEADER: Final = _pyxs.Packet._struct  # native "IIII", 16 bytes
@@ -57,7 +59,8 @@ assert HEADER.size == 16
 
 
 class Op(enum.IntEnum):
-    """``enum xsd_sockmsg_type``: pyxs's ``Op`` table plus RESET_WATCHES (21) and DIRECTORY_PART (22)."""
+    """``enum xsd_sockmsg_type``: pyxs's ``Op`` table plus RESET_WATCHES (21), DIRECTORY_PART (22) and the
+    Xen 4.21/4.22 ops GET_FEATURE (23), SET_FEATURE (24), GET_QUOTA (25), SET_QUOTA (26)."""
 
     DEBUG = 0  # XS_CONTROL
     DIRECTORY = 1
@@ -82,6 +85,11 @@ class Op(enum.IntEnum):
     # 20 was RESTRICT, removed from Xen (ENOSYS); pyxs 0.4.1 still lists it, as 128.
     RESET_WATCHES = 21
     DIRECTORY_PART = 22
+    # Xen 4.21/4.22 (C xenstored); older daemons and oxenstored answer ENOSYS.
+    GET_FEATURE = 23
+    SET_FEATURE = 24
+    GET_QUOTA = 25
+    SET_QUOTA = 26
 
 
 # Our table must agree with pyxs's wherever pyxs has an entry.
@@ -126,16 +134,17 @@ def encode(op: int, payload: bytes, req_id: int = 0, tx_id: int = 0) -> bytes:
 class FrameDecoder:
     """Incremental decoder: feed bytes in any chunking, get whole frames.
 
-    A header announcing more than 4096 payload bytes raises :class:`ProtocolError`, and so does an unknown op
-    unless ``allow_unknown_ops`` (the daemon answers those with ENOSYS instead). After a ProtocolError the
-    decoder refuses further input: the stream's framing is lost.
+    A header announcing more than ``max_payload`` bytes (default 4096) raises :class:`ProtocolError`, and so
+    does an unknown op unless ``allow_unknown_ops`` (the daemon answers those with ENOSYS instead). After a
+    ProtocolError the decoder refuses further input: the stream's framing is lost.
     """
 
-    __slots__ = ("_allow_unknown", "_broken", "_buf")
+    __slots__ = ("_allow_unknown", "_broken", "_buf", "_max_payload")
 
-    def __init__(self, *, allow_unknown_ops: bool = False) -> None:
+    def __init__(self, *, allow_unknown_ops: bool = False, max_payload: int = PAYLOAD_MAX) -> None:
         self._buf = bytearray()
         self._allow_unknown = allow_unknown_ops
+        self._max_payload = max_payload
         self._broken: ProtocolError | None = None
 
     @property
@@ -155,8 +164,8 @@ class FrameDecoder:
         try:
             while len(buf) - pos >= HEADER.size:
                 op, req_id, tx_id, size = HEADER.unpack_from(buf, pos)
-                if size > PAYLOAD_MAX:
-                    self._fail(f"frame announces {size} payload bytes (max {PAYLOAD_MAX})")
+                if size > self._max_payload:
+                    self._fail(f"frame announces {size} payload bytes (max {self._max_payload})")
                 if op not in _KNOWN_OPS and not self._allow_unknown:
                     self._fail(f"unknown op {op}")
                 end = pos + HEADER.size + size

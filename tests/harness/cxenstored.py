@@ -1,4 +1,4 @@
-"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests.
+"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests (oxenstored too: see harness.oxenstored).
 
 ``open_cxenstored(workdir)`` compiles ``preload.c`` (cached under ``tests/harness/_build/``), starts the daemon
 with that library preloaded and its socket at ``workdir/socket``, and stops it again (SIGTERM, then SIGKILL)
@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -40,10 +41,12 @@ from actors.xs.transport import connect_unix
 from actors.xs.wire import Frame, FrameDecoder, Op, check_domid, encode, join
 
 __all__ = [
+    "C_XENSTORED",
     "DOM_PORT_BASE",
     "VIRQ_DOM_EXC_PORT",
     "CXenStored",
     "CXenStoredUnavailable",
+    "Daemon",
     "find_xenstored",
     "open_cxenstored",
     "open_unix_stream",
@@ -92,12 +95,15 @@ RSP_OFFSET: Final = RING_SIZE
 FIELDS_OFFSET: Final = 2 * RING_SIZE
 REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD, SERVER_FEATURES, CONNECTION, RING_ERROR = range(7)
 RING_ERRORS: Final = {1: "COMM", 2: "RINGIDX", 3: "PROTO"}  # XENSTORE_ERROR_*: why the daemon stopped
+FEATURE_RECONNECTION: Final = 1  # XENSTORE_SERVER_FEATURE_RECONNECTION in server_features
+CONNECTED: Final = 0  # XENSTORE_CONNECTED in connection
+RECONNECT: Final = 1  # XENSTORE_RECONNECT
 _PORT: Final = struct.Struct("=I")
 _MASK32: Final = 0xFFFFFFFF
 
 
 class CXenStoredUnavailable(Exception):
-    """The real daemon cannot run here; ``reason`` says why (binary missing, gcc missing, compile failed...)."""
+    """A real daemon (C xenstored or oxenstored) cannot run here; ``reason`` says why (binary missing, gcc missing, compile failed...)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
@@ -110,21 +116,48 @@ def skip_or_fail(exc: CXenStoredUnavailable) -> NoReturn:
     """In a test: skip because of ``exc``, or fail when the environment variable CI is "true"."""
     import pytest  # only tests call this
 
-    message = f"real C xenstored unavailable: {exc}"
+    message = f"real xenstored unavailable: {exc}"
     if os.environ.get("CI") == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
 
 
-def find_xenstored() -> Path:
-    """The daemon binary: $MTW_CXENSTORED, else the unpacked package under .cache/xen, else the system's."""
-    override = os.environ.get("MTW_CXENSTORED")
-    candidates = (Path(override),) if override else XENSTORED_CANDIDATES
+@dataclass(frozen=True)
+class Daemon:
+    """One kind of real xenstored: where its binary is and how it is started in a workdir.
+
+    ``command(work, binary, trace)`` returns the command line; it may write files into ``work`` (a config).
+    The preload library moves a daemon's fixed socket folder (/var/run/xenstored) into ``work``, so every
+    kind ends up with its socket at ``work/socket``.
+    """
+
+    name: str
+    label: str  # for messages: "C xenstored", "oxenstored"
+    override: str  # environment variable naming the binary
+    candidates: tuple[Path, ...]
+    command: Callable[[Path, Path, bool], list[str]]
+
+
+def _c_command(work: Path, binary: Path, trace: bool) -> list[str]:
+    command = [str(binary), "--no-fork", "--pid-file", str(work / "pid")]
+    if trace:
+        command += ["--trace-file", str(work / "trace"), "--verbose"]
+    return command
+
+
+C_XENSTORED: Final = Daemon("cxenstored", "C xenstored", "MTW_CXENSTORED", XENSTORED_CANDIDATES, _c_command)
+
+
+def find_xenstored(daemon: Daemon = C_XENSTORED) -> Path:
+    """The daemon binary: $MTW_CXENSTORED (or the daemon's own variable), else the unpacked package under
+    .cache/xen, else the system's."""
+    override = os.environ.get(daemon.override)
+    candidates = (Path(override),) if override else daemon.candidates
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
     raise CXenStoredUnavailable(
-        "xenstored binary not found (run scripts/install-xen-deps)",
+        f"{daemon.name} binary not found (run scripts/install-xen-deps)",
         "looked at: " + ", ".join(str(p) for p in candidates),
     )
 
@@ -162,23 +195,22 @@ async def build_preload() -> Path:
     return await trio.to_thread.run_sync(build_preload_sync)
 
 
-_probe_ok = False
+_probed: set[str] = set()
 
 
-def probe_cxenstored() -> None:
+def probe_cxenstored(daemon: Daemon = C_XENSTORED) -> None:
     """Synchronously check, once per process, that the daemon builds, starts and opens its socket.
 
     Raises :class:`CXenStoredUnavailable` with the reason. Meant for a sync (session) fixture, where
     ``pytest.skip(reason)`` keeps its message (pytest-trio drops the message of a skip raised in async code).
     """
-    global _probe_ok
-    if _probe_ok:
+    if daemon.name in _probed:
         return
-    binary = find_xenstored()
+    binary = find_xenstored(daemon)
     preload = build_preload_sync()
-    work = Path(tempfile.mkdtemp(prefix="cxsprobe", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="xsprobe", dir="/tmp"))
     try:
-        command, env = _prepare_launch(work, binary, preload, trace=False)
+        command, env = _prepare_launch(work, daemon, binary, preload, trace=False)
         log_path = work / "xenstored.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -212,7 +244,7 @@ def probe_cxenstored() -> None:
                 process.wait()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _probe_ok = True
+    _probed.add(daemon.name)
 
 
 async def open_unix_stream(path: str) -> trio.SocketStream:
@@ -377,6 +409,21 @@ class _GuestRingStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
+    async def reconnect(self) -> bool:
+        """Start the ring afresh, if the daemon offers XENSTORE_SERVER_FEATURE_RECONNECTION (oxenstored does, C
+        xenstored 4.17 does not): it then drops the guest's watches, transactions and unread bytes. Returns
+        whether it did."""
+        if not self._u32(SERVER_FEATURES) & FEATURE_RECONNECTION:
+            return False
+        self._fields[CONNECTION] = RECONNECT
+        self._kick()
+        with trio.fail_after(START_TIMEOUT):
+            while self._u32(CONNECTION) != CONNECTED:
+                if not self._alive():
+                    raise trio.BrokenResourceError("xenstored is not running")
+                await self._wait_for_daemon()
+        return True
+
     def close(self) -> None:
         if self._closed:
             return
@@ -392,11 +439,13 @@ class _GuestRingStream(trio.abc.Stream):
 
 
 class CXenStored:
-    """A running C xenstored: its unix socket (dom0) and guests through ring pages."""
+    """A running real xenstored (``name`` "cxenstored" or "oxenstored"): its unix socket (dom0) and guests
+    through ring pages."""
 
-    name = "cxenstored"
-
-    def __init__(self, workdir: Path, socket_path: str, process: trio.Process, event_fd: int) -> None:
+    def __init__(
+        self, workdir: Path, socket_path: str, process: trio.Process, event_fd: int, name: str = "cxenstored"
+    ) -> None:
+        self.name = name
         self.workdir = workdir
         self.socket_path = socket_path
         self.process = process
@@ -417,8 +466,10 @@ class CXenStored:
         return self.workdir / "xenstored.log"
 
     def log_tail(self, limit: int = 2000) -> str:
-        """The end of the daemon's stdout/stderr (and trace, if tracing), for failure messages."""
-        return _log_tail(self.log_path, limit) + _log_tail(self.workdir / "trace", limit)
+        """The end of the daemon's stdout/stderr and own log (and trace, if tracing), for failure messages."""
+        return "".join(
+            _log_tail(self.workdir / name, limit) for name in ("xenstored.log", "oxenstored-log", "trace")
+        )
 
     # -- event channel ----------------------------------------------------------------------------
 
@@ -474,7 +525,8 @@ class CXenStored:
 
         Sends INTRODUCE ``domid 0 1`` from dom0 on every entry: the first introduces the domain (firing
         ``@introduceDomain``); later ones find it introduced and reset its connection (the C daemon drops the
-        guest's watches, transactions and unread bytes), so each stream starts clean. A domain marked dead by
+        guest's watches, transactions and unread bytes; oxenstored keeps them, so the guest then reconnects its
+        ring, which drops them there), so each stream starts clean. A domain marked dead by
         :meth:`domain_died` exists again. If the daemon had stopped serving the ring (after a protocol error:
         the stream then reads end-of-stream, like a socket the daemon closed), the domain is released (firing
         ``@releaseDomain``) and introduced again. On exit the stream is closed; the domain stays introduced.
@@ -509,6 +561,8 @@ class CXenStored:
                 )
                 if reply.op == Op.ERROR:
                     raise RuntimeError(f"INTRODUCE {domid} failed: {reply.payload.rstrip(bytes(1)).decode()}")
+                await stream.reconnect()
+                stream._drain()
                 yield stream
             finally:
                 stream.close()
@@ -557,7 +611,9 @@ def _check_workdir(workdir: str) -> Path:
     return work
 
 
-def _prepare_launch(work: Path, binary: Path, preload: Path, trace: bool) -> tuple[list[str], dict[str, str]]:
+def _prepare_launch(
+    work: Path, daemon: Daemon, binary: Path, preload: Path, trace: bool
+) -> tuple[list[str], dict[str, str]]:
     """Create the event FIFO, clear stale files; returns the daemon's command line and environment."""
     _mkfifo(work / "evtchn")
     for stale in ("socket", "pid"):
@@ -573,15 +629,14 @@ def _prepare_launch(work: Path, binary: Path, preload: Path, trace: bool) -> tup
     lib_dirs = [str(d) for d in EXTRA_LIB_DIRS if d.is_dir()]
     if lib_dirs:
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [*lib_dirs, env.get("LD_LIBRARY_PATH", "")]))
-    command = [str(binary), "--no-fork", "--pid-file", str(work / "pid")]
-    if trace:
-        command += ["--trace-file", str(work / "trace"), "--verbose"]
-    return command, env
+    return daemon.command(work, binary, trace), env
 
 
 @asynccontextmanager
-async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIterator[CXenStored]:
-    """Run the real C xenstored with its socket at ``workdir/socket`` for the body's duration.
+async def open_cxenstored(
+    workdir: str, *, trace: bool | None = None, daemon: Daemon = C_XENSTORED
+) -> AsyncIterator[CXenStored]:
+    """Run the real C xenstored (or another ``daemon``) with its socket at ``workdir/socket`` for the body.
 
     ``workdir`` must exist and be short (AF_UNIX paths < 107 bytes). ``trace`` (default: $MTW_CXS_TRACE set
     and not "0") adds ``--trace-file workdir/trace --verbose``. Raises :class:`CXenStoredUnavailable` when
@@ -591,9 +646,9 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
     socket_path = str(work / "socket")
     if trace is None:
         trace = os.environ.get("MTW_CXS_TRACE", "0") not in ("", "0")
-    binary = find_xenstored()
+    binary = find_xenstored(daemon)
     preload = await build_preload()
-    command, env = _prepare_launch(work, binary, preload, trace)
+    command, env = _prepare_launch(work, daemon, binary, preload, trace)
 
     log_path = work / "xenstored.log"
     event_fd = os.open(work / "evtchn", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -609,7 +664,7 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
         os.close(event_fd)
         raise
 
-    server = CXenStored(work, socket_path, process, event_fd)
+    server = CXenStored(work, socket_path, process, event_fd, daemon.name)
     died_during_body: int | None = None
     try:
         await _wait_for_socket(server, binary)
@@ -620,7 +675,7 @@ async def open_cxenstored(workdir: str, *, trace: bool | None = None) -> AsyncIt
         await _stop(process)
     if died_during_body is not None:
         raise RuntimeError(
-            f"xenstored (pid {process.pid}) exited with status {died_during_body} during the test:\n"
+            f"{daemon.name} (pid {process.pid}) exited with status {died_during_body} during the test:\n"
             + server.log_tail()
         )
 

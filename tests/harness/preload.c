@@ -18,6 +18,11 @@
  *   VIRQ v                     -> port MTW_VIRQ_PORT_BASE + v   (VIRQ_DOM_EXC = 3 -> port 4)
  *   interdomain with domain N  -> port MTW_DOM_PORT_BASE + N    (dom0 -> 1024, guest 5 -> 1029)
  *
+ * oxenstored has its socket fixed at /var/run/xenstored/socket: open(), bind(), connect(), unlink(), chmod()
+ * and mkdir() of a path under /var/run/xenstored or /run/xenstored go to DIR instead, so several daemons run
+ * side by side.  It also raises RLIMIT_NOFILE to fs.nr_open and dies when that fails (no CAP_SYS_RESOURCE,
+ * as in a container): setrlimit() of RLIMIT_NOFILE past the hard limit is clamped to it.
+ *
  * If $MTW_XS_PARENT holds a pid, a thread ends the daemon once its parent is no longer that pid, so a
  * harness that dies without cleaning up leaves no daemon behind.
  *
@@ -30,13 +35,17 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <xenctrl.h>
@@ -98,6 +107,137 @@ static int state_exists(const char *fmt, unsigned int domid)
 	return access(path, F_OK) == 0;
 }
 
+/* ---- the fixed run folder of oxenstored --------------------------------------------------------- */
+
+static const char *const fixed_rundirs[] = {"/var/run/xenstored", "/run/xenstored"};
+
+/* If PATH is a fixed run folder or lies in one, writes its place in DIR to buf and returns buf; else PATH. */
+static const char *redirect_path(const char *path, char *buf, size_t size)
+{
+	size_t i, n;
+	int w;
+
+	if (!path)
+		return path;
+	for (i = 0; i < sizeof(fixed_rundirs) / sizeof(fixed_rundirs[0]); i++) {
+		n = strlen(fixed_rundirs[i]);
+		if (strncmp(path, fixed_rundirs[i], n) != 0 || (path[n] != '\0' && path[n] != '/'))
+			continue;
+		w = snprintf(buf, size, "%s%s", state_dir(), path + n);
+		if (w < 0 || (size_t)w >= size)
+			return path; /* does not fit: leave it alone, the call then fails or succeeds as it would */
+		return buf;
+	}
+	return path;
+}
+
+static void *real_symbol(void **slot, const char *name)
+{
+	if (!*slot)
+		*slot = dlsym(RTLD_NEXT, name);
+	if (!*slot)
+		errno = ENOSYS;
+	return *slot;
+}
+
+/* A unix address naming a fixed run folder, moved into DIR; returns addr itself when nothing changes. */
+static const struct sockaddr *redirect_addr(const struct sockaddr *addr, socklen_t *len,
+					    struct sockaddr_un *copy)
+{
+	const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+	char path[sizeof(un->sun_path) + 1];
+	char moved[sizeof(un->sun_path)];
+	const char *target;
+	size_t n;
+
+	if (!addr || *len <= offsetof(struct sockaddr_un, sun_path) || addr->sa_family != AF_UNIX)
+		return addr;
+	n = *len - offsetof(struct sockaddr_un, sun_path);
+	if (n > sizeof(un->sun_path))
+		n = sizeof(un->sun_path);
+	memcpy(path, un->sun_path, n);
+	path[n] = '\0';
+	target = redirect_path(path, moved, sizeof(moved));
+	if (target == path)
+		return addr;
+	memset(copy, 0, sizeof(*copy));
+	copy->sun_family = AF_UNIX;
+	memcpy(copy->sun_path, target, strlen(target) + 1);
+	*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(target) + 1);
+	return (const struct sockaddr *)copy;
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	static void *real;
+	struct sockaddr_un copy;
+	int (*fn)(int, const struct sockaddr *, socklen_t) = real_symbol(&real, "bind");
+
+	if (!fn)
+		return -1;
+	addr = redirect_addr(addr, &len, &copy);
+	return fn(fd, addr, len);
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	static void *real;
+	struct sockaddr_un copy;
+	int (*fn)(int, const struct sockaddr *, socklen_t) = real_symbol(&real, "connect");
+
+	if (!fn)
+		return -1;
+	addr = redirect_addr(addr, &len, &copy);
+	return fn(fd, addr, len);
+}
+
+int unlink(const char *path)
+{
+	static void *real;
+	char buf[PATH_MAX];
+	int (*fn)(const char *) = real_symbol(&real, "unlink");
+
+	return fn ? fn(redirect_path(path, buf, sizeof(buf))) : -1;
+}
+
+int chmod(const char *path, mode_t mode)
+{
+	static void *real;
+	char buf[PATH_MAX];
+	int (*fn)(const char *, mode_t) = real_symbol(&real, "chmod");
+
+	return fn ? fn(redirect_path(path, buf, sizeof(buf)), mode) : -1;
+}
+
+int mkdir(const char *path, mode_t mode)
+{
+	static void *real;
+	char buf[PATH_MAX];
+	int (*fn)(const char *, mode_t) = real_symbol(&real, "mkdir");
+
+	return fn ? fn(redirect_path(path, buf, sizeof(buf)), mode) : -1;
+}
+
+/* ---- setrlimit(): RLIMIT_NOFILE past the hard limit ----------------------------------------------- */
+
+int setrlimit(__rlimit_resource_t resource, const struct rlimit *rlim)
+{
+	static void *real;
+	int (*fn)(__rlimit_resource_t, const struct rlimit *) = real_symbol(&real, "setrlimit");
+	struct rlimit now, clamped;
+
+	if (!fn)
+		return -1;
+	if (fn(resource, rlim) == 0)
+		return 0;
+	if (errno != EPERM || resource != RLIMIT_NOFILE || getrlimit(RLIMIT_NOFILE, &now) < 0)
+		return -1;
+	/* Without CAP_SYS_RESOURCE the hard limit cannot rise: keep it, as a host with a lower nr_open would. */
+	clamped.rlim_max = now.rlim_max;
+	clamped.rlim_cur = rlim->rlim_cur < now.rlim_max ? rlim->rlim_cur : now.rlim_max;
+	return fn(resource, &clamped);
+}
+
 /* ---- libc open(): /proc/xen/xsd_port and /proc/xen/xsd_kva ------------------------------------- */
 
 typedef int (*open_fn)(const char *, int, ...);
@@ -138,12 +278,14 @@ static int open_common(const char *symbol, const char *path, int flags, mode_t m
 {
 	static open_fn real_open, real_open64;
 	open_fn *slot = strcmp(symbol, "open") == 0 ? &real_open : &real_open64;
+	char moved[PATH_MAX];
 	int fd;
 
 	if (path) {
 		fd = fake_proc_file(path);
 		if (fd != -2)
 			return fd;
+		path = redirect_path(path, moved, sizeof(moved));
 	}
 	if (!*slot)
 		*slot = (open_fn)dlsym(RTLD_NEXT, symbol);

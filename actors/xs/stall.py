@@ -1,0 +1,111 @@
+"""Stall detection: a daemon that stops answering (SIGSTOP, a hung disk, a livelock) is told apart from a
+guest that is slow, so that waiting on it is not blamed on the guest."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+import trio_util
+
+from .errors import ConnectionStalled
+
+if TYPE_CHECKING:
+    from .client import XenStore
+
+__all__ = ["StallDetector"]
+
+_HISTORY = 256  # stalls remembered for stalled_during()
+
+
+class StallDetector:
+    """Watches one connection: it is *stalled* while requests are pending and no frame arrived for
+    ``stall_after`` seconds. ``stalled`` (an AsyncBool) turns True then and False at the next frame (or when
+    nothing is pending any more); ``count`` counts stalls. With ``stall_limit``, a silence that long ends the
+    connection with :class:`ConnectionStalled` (every pending caller gets it). A stall's interval, for
+    :meth:`during`, runs from the start of the silence to its end.
+    """
+
+    def __init__(self, conn: XenStore, stall_after: float, stall_limit: float | None) -> None:
+        self.conn = conn
+        self.stall_after = stall_after
+        self.stall_limit = stall_limit
+        self.stalled = trio_util.AsyncBool(False)
+        self.count = 0
+        self._last_frame = -math.inf
+        self._waiting_since = -math.inf
+        self._intervals: deque[list[float]] = deque(maxlen=_HISTORY)  # [start, end]; end inf while ongoing
+        self._wakeup = trio.Event()
+
+    # -- called by the connection (cheap: the reader calls frame_received for every chunk) -----------------
+
+    def frame_received(self, now: float) -> None:
+        self._last_frame = now
+        if self.stalled.value:
+            self._end(now)
+            self._wakeup.set()  # the watchdog waits for the stall's end to watch for the next one
+
+    def requests_began(self) -> None:
+        """Requests are pending where none were: the silence counts from now."""
+        self._waiting_since = trio.current_time()
+        self._wakeup.set()
+
+    def poke(self) -> None:
+        """The thresholds changed: re-check."""
+        self._wakeup.set()
+
+    def connection_lost(self) -> None:
+        if self.stalled.value:
+            self._end(trio.current_time())
+        self._wakeup.set()
+
+    def during(self, start: float, end: float) -> bool:
+        return any(s <= end and e >= start for s, e in self._intervals)
+
+    # -- the watchdog task ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The watchdog: sleeps while nothing is pending, else until the next threshold."""
+        conn = self.conn
+        while not conn.is_lost:
+            self._wakeup = trio.Event()
+            deadline = self._check(trio.current_time())
+            if deadline is None:
+                return
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
+
+    def _check(self, now: float) -> float | None:
+        """Update the state for ``now``; the next time to look again (None: the connection was ended)."""
+        if not self.conn._protocol.pending:
+            if self.stalled.value:
+                self._end(now)
+            return math.inf
+        silent_since = max(self._last_frame, self._waiting_since)
+        if not self.stalled.value:
+            if now < silent_since + self.stall_after:
+                return silent_since + self.stall_after
+            self._begin(silent_since)
+        if self.stall_limit is None:
+            return math.inf  # a frame ends the stall and wakes the watchdog (frame_received)
+        if now < silent_since + self.stall_limit:
+            return silent_since + self.stall_limit
+        silence = now - silent_since
+        self.conn._mark_lost(
+            ConnectionStalled(
+                f"xenstored sent nothing for {silence:.1f} s with requests pending (stall_limit)"
+            )
+        )
+        return None
+
+    def _begin(self, since: float) -> None:
+        self.count += 1
+        self._intervals.append([since, math.inf])
+        self.stalled.value = True
+
+    def _end(self, now: float) -> None:
+        if self._intervals and self._intervals[-1][1] == math.inf:
+            self._intervals[-1][1] = now
+        self.stalled.value = False
