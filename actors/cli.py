@@ -217,10 +217,13 @@ def _domain(args: argparse.Namespace) -> int:
                 for d in sorted(listing):
                     print(f"{d}\t{listing[d].decode(errors='replace')}")
             else:
+                from loguru import logger
+
                 from .agent.logs import configure_logging
                 from .bridge import run_bridge
 
                 configure_logging()
+                logger.info("domain bridge: keeping {} in step with the host's domains on {}", root, xs.name)
                 await _until_signal("domain bridge", lambda: run_bridge(xs, root=root))
 
     try:

@@ -117,7 +117,7 @@ def test_defaults_without_a_file() -> None:
     config = load_config(None)
     assert config.xenstore_socket is None and not config.xenbus  # the client's own resolution
     assert config.root == MTWATCH_ROOT
-    assert config.lifecycle == "mtwatch"
+    assert config.lifecycle == "auto"
     assert config.mailbox_size == 64
     assert config.stop_deadline == 10.0
     assert config.restart == RestartPolicy()
@@ -168,7 +168,7 @@ def test_command_line_overrides_the_file(handlers_module: str) -> None:
         ("[xenstore]\nsocket = '/x'\nxenbus = true", "xenstore", "exclude each other"),
         ("[registry]\nroot = 'local/x'", "registry.root", "absolute"),
         ("[registry]\nroot = '/a b'", "registry.root", "not a valid XenStore path"),
-        ("[registry]\nlifecycle = 'xl'", "registry.lifecycle", '"mtwatch" or "domains"'),
+        ("[registry]\nlifecycle = 'xl'", "registry.lifecycle", '"auto" or "mtwatch" or "domains"'),
         ("[runtime]\nmailbox_size = 0", "runtime.mailbox_size", "at least 1"),
         ("[runtime]\nmailbox_size = 2.5", "runtime.mailbox_size", "must be an integer"),
         ("[runtime]\nmailbox_size = true", "runtime.mailbox_size", "must be an integer"),

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_CONTROL = "/run/mtwatch/control"
-LIFECYCLES = ("mtwatch", "domains")
+LIFECYCLES = ("auto", "mtwatch", "domains")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
