@@ -98,3 +98,45 @@ async def test_long_running_commands_stop_with_one_line(
         ["xenstored", "--socket", own], lambda err: os.path.exists(own), signum, workdir
     )
     assert code == 0 and "Traceback" not in err
+
+
+def test_the_table_puts_trouble_first_and_says_what_each_domain_does() -> None:
+    from actors.agent.status import header, rates_between, rows, totals
+
+    def dom(domid: int, state: str = "running", handled: int = 0, **more: object) -> dict[str, object]:
+        counts = {"mailbox": 0, "dropped": 0, "failures": 0, "restarts": 0, "name": f"guest-{domid}"}
+        return {"domid": domid, "state": state, "handled": handled, **counts, **more}
+
+    doc = {
+        "version": "0.1.0",
+        "pid": 42,
+        "uptime": 75.0,
+        "ready": True,
+        "lifecycle": "mtwatch",
+        "connection": {"connected": False, "disconnected_for": 3.0, "xenstored": "/run/xs", "reconnects": 2},
+        "health": {"code": 2, "reason": "not connected to xenstored (retrying for 3 s)"},
+        "default": {"handled": 1, "failures": 0},
+        "domains": [
+            dom(1, handled=500),
+            dom(2, handled=9, busy=12.5, busy_path="/local/domain/2/data/x"),
+            dom(3, "failed", last_error="on-ping (pid 7) exited with status 3"),
+            dom(4, handled=50),
+            dom(5, "stopping", stopping=2.0),
+        ],
+    }
+    lines = header(doc)
+    assert (
+        "xenstored /run/xs: NOT CONNECTED, reconnecting for 3 s, 2 reconnects; lifecycle mtwatch" in lines[0]
+    )
+    assert lines[1] == "health: not connected to xenstored (retrying for 3 s)"
+    table = rows(doc, labels={4: "HUNG"})
+    assert [domid for domid, _ in table] == [3, 2, 5, 1, 4]  # failed, busy, stopping, then by activity
+    text = dict(table)
+    assert "failed" in text[3] and text[3].endswith("on-ping (pid 7) exited with status 3")
+    assert " busy " in text[2] and text[2].endswith("busy 12.5 s on /local/domain/2/data/x")
+    assert "guest-1" in text[1] and text[4].endswith("HUNG")
+    assert text[5].endswith("stopping 2 s")
+    assert [domid for domid, _ in rows(doc, sort="domid")] == [1, 2, 3, 4, 5]
+    later = {**doc, "domains": [dom(1, handled=600), dom(4, handled=40)]}
+    assert rates_between(doc, later, 2.0) == {1: 50.0, 4: None}  # a count that went back: unknown
+    assert totals(doc).startswith("5 domains (1 failed, 1 busy, 1 stopping, 2 running)")

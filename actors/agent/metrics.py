@@ -38,7 +38,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
 from ..runtime.context import State
-from .status import NOT_READY, health
+from .exits import NOT_READY
+from .status import health
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime

@@ -16,13 +16,14 @@ import trio
 
 from .. import __version__
 from ..runtime.context import DomainSnapshot, State
+from .exits import NOT_READY, Exit
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["DEGRADED", "HEALTHY", "NOT_READY", "NO_AGENT", "describe", "format_seconds", "health", "render"]
+__all__ = ["describe", "format_seconds", "health", "render", "rows"]
 
-HEALTHY, DEGRADED, NOT_READY, NO_AGENT = 0, 1, 2, 3
+HEALTHY, DEGRADED = Exit.OK, Exit.DEGRADED
 _TROUBLE = {"failed": 0, "throttled": 1, "backoff": 2, "busy": 3, "stopping": 4, "starting": 5, "running": 6}
 BUSY_NOTABLE = 5.0  # seconds in one handler call before the table calls the domain busy
 
@@ -64,7 +65,7 @@ def _few(domids: list[int]) -> str:
     return ", ".join(map(str, domids[:10])) + (", ..." if len(domids) > 10 else "")
 
 
-def health(rt: Runtime) -> tuple[int, str]:
+def health(rt: Runtime) -> tuple[Exit, str]:
     """The agent's health code and a one-line reason."""
     if not rt.connected.value:
         since = rt.disconnected_since
