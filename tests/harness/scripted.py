@@ -104,7 +104,8 @@ async def answer_as(peer: Peer, flavour: str, tree: dict[str, bytes] | None = No
     """Answer every request as ``flavour`` ("c422", "c417", "oxenstored") does, until the client leaves.
 
     The tree is flat (path -> value); listings are derived from it. Watches fire their registration event.
-    oxenstored leaves RESET_WATCHES unanswered, as the real one does.
+    oxenstored leaves RESET_WATCHES, and any request with an empty payload, unanswered, as the real one
+    (4.17) does.
     """
     nodes = {"/": b"", **(tree or {})}
     quotas = dict.fromkeys(C422_QUOTAS, 1000)
@@ -133,6 +134,8 @@ def _answer(
     flavour: str, request: Frame, args: list[bytes], nodes: dict[str, bytes], quotas: dict[str, int]
 ) -> bytes | str | None:
     op = request.op
+    if flavour == "oxenstored" and not request.payload:
+        return None
     if op in (Op.GET_FEATURE, Op.SET_FEATURE, Op.GET_QUOTA, Op.SET_QUOTA):
         return _answer_422(op, args, quotas) if flavour == "c422" else "ENOSYS"
     if op in (Op.DIRECTORY, Op.DIRECTORY_PART):
