@@ -1,8 +1,9 @@
 """What ``mtwatch status``, ``domains`` and ``top`` show: the agent's state as one JSON document (built in the
 agent, sent over the control socket), its health, and the domain table.
 
-Health, also the exit status of ``mtwatch status``: 0 healthy; 1 degraded (failed or throttled domains); 2 not
-connected to xenstored, or not ready (the registry not read yet); 3 (the command's own) no agent answers.
+Health, also the exit status of ``mtwatch status``: 0 healthy; 1 degraded (failed or throttled domains, or
+xenstored stalled: requests wait and no answer came for a while); 2 not connected to xenstored, or not ready (the
+registry not read yet); 3 (the command's own) no agent answers.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def health(rt: Runtime) -> tuple[Exit, str]:
         return NOT_READY, f"not connected to xenstored (retrying{how_long}); {counts(rt)}"
     if not rt.ready.is_set():
         return NOT_READY, f"connected, reading the registry; {counts(rt)}"
+    stalled = rt.connection is not None and rt.connection.stalled.value
     failed = sorted(domid for domid, d in rt.domains.items() if d.state is State.FAILED)
     throttled = sorted(domid for domid, d in rt.domains.items() if d.throttled_since is not None)
     trouble = [
@@ -80,6 +82,8 @@ def health(rt: Runtime) -> tuple[Exit, str]:
         for what, ids in (("failed", failed), ("throttled", throttled))
         if ids
     ]
+    if stalled:  # requests wait and nothing came back for stall_after seconds (past stall_limit: lost)
+        trouble.insert(0, "xenstored stalled")
     if trouble:
         return DEGRADED, f"degraded: {', '.join(trouble)}; {counts(rt)}"
     return HEALTHY, f"healthy: {counts(rt)}"
@@ -99,6 +103,7 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
         "connection": {
             "connected": bool(rt.connected.value),
             "disconnected_for": _ago(rt.disconnected_since, now),
+            "stalled": bool(rt.connection is not None and rt.connection.stalled.value),
             "xenstored": rt.connection.name if rt.connection is not None else xenstore,
             "reconnects": rt.reconnects,
         },
