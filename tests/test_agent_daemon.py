@@ -24,9 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import actors
 from actors.agent import daemon
-from actors.agent.config import Overrides
+from actors.agent.config import Overrides, parse_config
 from actors.agent.exits import Exit
-from actors.agent.config import parse_config
 from actors.xenstored import open_xenstored
 from conftest import Embedded
 

@@ -122,7 +122,9 @@ async def test_top_fits_the_terminal_scrolls_sorts_and_quits(
                 screen = await term.wait_for("60 domains", bottom="of 60")
                 assert screen[0].startswith("mtwatch top")  # the header is pinned at the top
                 assert "of 60" in screen[-1] and first_row(screen) == 1  # the rows scroll under it
-                assert screen.count("") <= 1  # every line used but the one under the header: none scrolled away
+                assert (
+                    screen.count("") <= 1
+                )  # every line used but the one under the header: none scrolled away
                 assert all(len(line) < columns for line in screen)  # cut at the width, not wrapped
                 term.press(b"s")
                 screen = await term.wait_for("sort: domid", bottom="of 60")
