@@ -1,8 +1,9 @@
 """``mtwatch domain bridge``: the mtwatch protocol on a stock Xen host.
 
 libxl as shipped writes no mtwatch nodes (the seed was an RFC that was never merged). The bridge follows the
-host's domains (``@introduceDomain``, ``@releaseDomain``, the children of ``/local/domain``) and announces and
-retires ``/local/domain/0/mtwatch/<domid>`` on the toolstack's behalf, so every mtwatch consumer works there.
+host's domains as the ``domains`` lifecycle does (see :mod:`actors.runtime.host_domains`: the daemon's word on
+liveness, a ``vm`` identity only when the guest cannot write it) and announces and retires
+``/local/domain/0/mtwatch/<domid>`` on the toolstack's behalf, so every mtwatch consumer works there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class _Latest:
     def full(self, domains: dict[int, bytes]) -> None:
         self.value.value = dict(domains)
 
-    def one(self, domid: int, identity: bytes | None) -> None:  # DomainsSource reports full listings only
+    def one(self, domid: int, identity: bytes | None) -> None:
         current = dict(self.value.value or {})
         if identity is None:
             current.pop(domid, None)

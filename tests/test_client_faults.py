@@ -195,7 +195,12 @@ async def test_malformed_payloads_are_typed_errors(op: Op, reply: bytes, call: o
     async def script(peer: Peer) -> None:
         while True:
             request = await peer.receive()
-            await peer.reply(request, reply if request.op == op else b"OK\0")
+            if request.op == op:
+                await peer.reply(request, reply)
+            elif request.op == Op.GET_FEATURE:  # the capability probe: a 4.22 daemon
+                await peer.reply(request, b"14\0")
+            else:
+                await peer.reply(request, b"OK\0")
 
     async with scripted(script) as path, actors.connect(path) as xs:
         with trio.fail_after(5), pytest.raises(ProtocolError):
@@ -246,6 +251,6 @@ async def test_oversized_watch_is_refused_before_anything_is_registered() -> Non
         await peer.answer_everything()
 
     async with scripted(script) as path, actors.connect(path) as xs:
-        with pytest.raises(ValueError, match="payload limit"):
+        with pytest.raises(actors.PayloadTooLarge, match="payload limit"):
             await xs.add_watch("/" + "a" * 3000, "t" * 2000, lambda e: None)
         assert xs._sinks == {}

@@ -17,7 +17,6 @@ from conftest import Embedded, Server
 from harness.stockhost import create_domain, destroy_domain
 
 
-@pytest.mark.cxenstored
 async def test_domains_lifecycle_follows_introduce_and_release(server: Server) -> None:
     async with actors.connect(server.socket_path) as xs:
         await create_domain(xs, 21, "aaaa")
@@ -33,7 +32,6 @@ async def test_domains_lifecycle_follows_introduce_and_release(server: Server) -
                 assert set(rt.domains) == {22}
 
 
-@pytest.mark.cxenstored
 async def test_bridge_announces_and_retires_for_a_stock_toolstack(server: Server) -> None:
     async with actors.connect(server.socket_path) as xs:
         await create_domain(xs, 31, "cccc")

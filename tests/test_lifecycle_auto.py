@@ -3,7 +3,6 @@ otherwise, switching as the root appears and goes; the choice is logged and name
 
 from __future__ import annotations
 
-import pytest
 import trio
 from loguru import logger
 
@@ -14,7 +13,6 @@ from conftest import Server
 from harness.stockhost import create_domain, destroy_domain
 
 
-@pytest.mark.cxenstored
 async def test_auto_follows_the_root_when_it_exists_and_the_domains_otherwise(server: Server) -> None:
     infos: list[str] = []
     sink = logger.add(lambda m: infos.append(m.record["message"]), level="INFO")

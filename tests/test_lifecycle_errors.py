@@ -20,7 +20,6 @@ def node(domid: int) -> str:
     return f"{MTWATCH_ROOT}/{domid}"
 
 
-@pytest.mark.cxenstored
 async def test_error_replies_are_retried_or_skipped_never_fatal(server: Server) -> None:
     failures = {  # (op, path) -> errno names to answer with, in turn (then the daemon's own answer)
         (Op.DIRECTORY, MTWATCH_ROOT): ["EIO"],

@@ -5,7 +5,6 @@ the C daemon, a socket pair on the embedded one)."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 import actors
@@ -31,7 +30,6 @@ GOOD = {1: ["n0"], 2: ["r0"], 3: ["n0", "r5"]}
 BAD = {4: ["n0", "w5"], 6: ["n0", "b5"], 7: ["w0"], 8: ["b0"], 10: ["n5"]}
 
 
-@pytest.mark.cxenstored
 async def test_guest_writable_mtwatch_nodes_are_refused(server: Server) -> None:
     async with actors.connect(server.socket_path) as xs:
         for domid, perms in (GOOD | BAD).items():
@@ -67,7 +65,6 @@ async def test_guest_writable_mtwatch_nodes_are_refused(server: Server) -> None:
             assert f"permissions {' '.join(perms)}" in said[0]
 
 
-@pytest.mark.cxenstored
 async def test_a_stock_host_guest_cannot_choose_its_identity(server: Server) -> None:
     async with actors.connect(server.socket_path) as xs:
         await create_domain(xs, 5, "aaaa")

@@ -315,3 +315,24 @@ def test_directory_parts_are_bounded() -> None:
 def test_malformed_or_stuck_directory_parts(reply: bytes) -> None:
     with pytest.raises(errors.ProtocolError):
         DirectoryParts(b"/big").feed(reply)
+
+
+def test_long_reply_in_pieces() -> None:
+    protocol = ClientProtocol()
+    request = protocol.request(Op.DIRECTORY, b"/big\0")
+    stream = encode_long(Op.DIRECTORY, b"child\0" * 20000, request.req_id) + encode(
+        Op.WATCH_EVENT, join("/a", "t")
+    )
+    assert feed_in_chunks(protocol, stream, list(range(0, len(stream), 999))) == [request.req_id]
+    assert request.reply is not None and len(request.reply.payload) == 120000
+    assert protocol.unknown_events == 1
+
+
+def test_watch_events_compare_by_path_token_and_domid() -> None:
+    first = WatchEvent("/a", "t", 1.0, True)
+    assert first == WatchEvent("/a", "t", 2.0) and hash(first) == hash(WatchEvent("/a", "t"))
+    assert first != WatchEvent("/a", "t", domid=3)
+    assert first != WatchEvent("/b", "t")
+    assert first != ("/a", "t", 1.0, True, None)  # a tuple underneath, but never equal to a plain one
+    with pytest.raises(AttributeError):
+        first.path = "/b"  # type: ignore[misc]

@@ -15,26 +15,35 @@ from conftest import Embedded, Server
 from harness.faultproxy import fault_proxy
 from harness.stockhost import mtwatch_node
 
+# The 50 toolstacks, the proxy and (embedded) the daemon share one Python process on a machine shared with other
+# test runs: what is tested is that contention never makes them give up, not how fast a starved CPU commits.
+DEADLINE = 60.0
 
-@pytest.mark.cxenstored
+
 async def test_fifty_toolstack_tasks_at_once_never_give_up(server: Server) -> None:
     domids = range(1, 51)
     failures: list[BaseException] = []
 
-    async def toolstack(domid: int, rounds: int = 2) -> None:
-        async with actors.connect(proxy.path) as xs:
-            try:
-                for round in range(rounds):
-                    await actors.announce_domain(xs, domid, identity=f"uuid-{domid}-{round}")
-                    await actors.retire_domain(xs, domid)
-                await actors.announce_domain(xs, domid, identity=f"uuid-{domid}")
-            except actors.XenStoreError as exc:
-                failures.append(exc)
+    async def toolstack(xs: actors.XenStore, domid: int) -> None:
+        try:
+            await actors.announce_domain(xs, domid, identity=f"uuid-{domid}-old", deadline=DEADLINE)
+            await actors.retire_domain(xs, domid, deadline=DEADLINE)
+            await actors.announce_domain(xs, domid, identity=f"uuid-{domid}", deadline=DEADLINE)
+        except actors.XenStoreError as exc:
+            failures.append(exc)
 
     with trio.fail_after(120):
-        async with fault_proxy(server.socket_path) as proxy, trio.open_nursery() as nursery:
+        async with (  # five toolstack processes' connections, ten tasks on each
+            fault_proxy(server.socket_path) as proxy,
+            actors.connect(proxy.path) as a,
+            actors.connect(proxy.path) as b,
+            actors.connect(proxy.path) as c,
+            actors.connect(proxy.path) as d,
+            actors.connect(proxy.path) as e,
+            trio.open_nursery() as nursery,
+        ):
             for domid in domids:
-                nursery.start_soon(toolstack, domid)
+                nursery.start_soon(toolstack, (a, b, c, d, e)[domid % 5], domid)
     assert failures == []
     assert "EAGAIN" in proxy.errors  # they did contend
     async with actors.connect(server.socket_path) as xs:
@@ -44,7 +53,7 @@ async def test_fifty_toolstack_tasks_at_once_never_give_up(server: Server) -> No
 
         async def retire(domid: int) -> None:
             try:
-                await actors.retire_domain(xs, domid)
+                await actors.retire_domain(xs, domid, deadline=DEADLINE)
             except actors.XenStoreError as exc:
                 failures.append(exc)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -25,7 +26,7 @@ needs_tools = pytest.mark.skipif(
 
 async def test_main_serves_and_removes_its_socket_on_sigterm() -> None:
     directory = tempfile.mkdtemp(prefix="xsd-", dir="/tmp")
-    path = os.path.join(directory, "run", "socket")  # the directory is made if missing
+    path = os.path.join(directory, "socket")
     try:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "actors.xenstored", "--socket", path],
@@ -73,30 +74,115 @@ def _listening(path: str) -> bool:
         return True
 
 
-def test_main_replaces_a_stale_socket_and_uses_xenstored_path() -> None:
-    directory = tempfile.mkdtemp(prefix="xsd-", dir="/tmp")
-    path = os.path.join(directory, "socket")
+def start(path: str | None, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``mtwatch xenstored`` in a process of its own, serving once it returns."""
+    command = [sys.executable, "-m", "actors.xenstored", *(["--socket", path] if path else []), *argv]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    target = path or (env or {})["XENSTORED_PATH"]
+    deadline = time.monotonic() + 20
+    while not _listening(target):
+        assert proc.poll() is None, "xenstored exited early"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
     try:
-        with socket.socket(socket.AF_UNIX) as stale:
-            stale.bind(path)  # a socket file nobody listens on
-        env = dict(os.environ, XENSTORED_PATH=path)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.xenstored"], env=env, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not _listening(path):
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert not os.path.exists(path)
+        return proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def refused(path: str) -> subprocess.CompletedProcess[bytes]:
+    """A second ``mtwatch xenstored --socket path``, which must give up at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "actors.xenstored", "--socket", path], capture_output=True, timeout=30
+    )
+
+
+@pytest.fixture
+def folder() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="xsd-", dir="/tmp")
+    try:
+        yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_main_uses_xenstored_path(folder: str) -> None:
+    path = os.path.join(folder, "socket")
+    proc = start(None, env=dict(os.environ, XENSTORED_PATH=path))
+    assert stop(proc) == 0
+    assert not os.path.exists(path)
+
+
+def test_a_socket_a_live_daemon_answers_on_is_refused_and_kept(folder: str) -> None:
+    path = os.path.join(folder, "socket")
+    first = start(path)
+    try:
+        identity = os.stat(path).st_ino
+        second = refused(path)
+        assert second.returncode == 1
+        assert f"a daemon already answers on {path}".encode() in second.stderr
+        assert b"Traceback" not in second.stderr
+        assert os.stat(path).st_ino == identity  # still the first daemon's socket, still served
+        assert _listening(path)
+    finally:
+        assert stop(first) == 0
+    assert not os.path.exists(path)
+
+
+def test_a_stale_socket_or_other_file_is_refused_and_left_alone(folder: str) -> None:
+    path = os.path.join(folder, "socket")
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(path)  # a socket file nobody listens on
+    result = refused(path)
+    assert result.returncode == 1
+    assert b"exists and no daemon answers on it: remove it if it is a stale socket" in result.stderr
+    assert os.path.exists(path)
+    os.unlink(path)
+    with open(path, "w") as other:
+        other.write("not a socket")
+    assert refused(path).returncode == 1
+    with open(path) as other:
+        assert other.read() == "not a socket"
+
+
+def test_a_missing_folder_is_an_error_and_is_not_made(folder: str) -> None:
+    path = os.path.join(folder, "run", "socket")
+    result = refused(path)
+    assert result.returncode == 1
+    assert f"folder {folder}/run does not exist".encode() in result.stderr
+    assert not os.path.exists(os.path.join(folder, "run"))
+
+
+def test_a_socket_replaced_meanwhile_is_not_removed(folder: str) -> None:
+    path = os.path.join(folder, "socket")
+    proc = start(path)
+    os.unlink(path)  # someone else takes the path over
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        assert stop(proc) == 0
+        assert os.path.exists(path)  # not the daemon's own: left alone
+
+
+async def test_compat_417_in_a_process(folder: str) -> None:
+    paths = {compat: os.path.join(folder, f"s{compat}") for compat in ("4.17", "4.22")}
+    procs = [start(paths["4.17"], "--compat", "4.17"), start(paths["4.22"])]
+    try:
+        async with (
+            await RawClient.connect(paths["4.17"]) as old,
+            await RawClient.connect(paths["4.22"]) as new,
+        ):
+            assert await old.error(23, b"") == "ENOSYS"  # GET_FEATURE
+            assert await new.call(23, b"") == b"14\0"
+    finally:
+        assert [stop(proc) for proc in procs] == [0, 0]
 
 
 async def tool(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:

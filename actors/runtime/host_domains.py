@@ -11,9 +11,15 @@ What is trusted, and why (a guest must not be able to make, keep alive, stop or 
   The guest's own ``name`` is never read.
 
 Followed with two watches, ``@introduceDomain`` and ``@releaseDomain``, and no watch on ``/local/domain``, so
-no guest's write reaches the registry. Without watch depth the special events do not name a domain: an
-introduction costs one listing of ``/local/domain`` (DIRECTORY, or a few DIRECTORY_PART rounds) and requests
-for the new names only; a release costs one pipelined round of IS_DOMAIN_INTRODUCED over the live domains.
+no guest's write reaches the registry. The first report on each connection is a full listing.
+
+- With watch depth (the connection has the WATCHDEPTH feature: C xenstored 4.22, the embedded xenstored), the
+  watches have depth 1 and each event names its domain (``@introduceDomain/<domid>``): only that domain is
+  read. ``@releaseDomain/<domid>`` fires on shutdown as well as on destruction: the domain is gone once it is
+  no longer introduced.
+- Without (4.17, oxenstored, the xenbus device), the events name no domain: an introduction costs one listing
+  of ``/local/domain`` (DIRECTORY, or a few DIRECTORY_PART rounds) and requests for the new names only; a
+  release costs one pipelined round of IS_DOMAIN_INTRODUCED over the live domains.
 
 A domid that is released and introduced again before the registry handles the first event keeps its old
 identity (Xen hands domids out in increasing order and wraps only after 32,751 of them, so this needs a
@@ -29,7 +35,16 @@ import trio
 from loguru import logger
 
 from ..xs.client import XenStore
-from ..xs.errors import InvalidDomid, NotFound, XenStoreError
+from ..xs.daemon import Feature
+from ..xs.errors import (
+    InvalidArgument,
+    InvalidDomid,
+    NotFound,
+    OperationFailed,
+    PermissionDenied,
+    Unsupported,
+    XenStoreError,
+)
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_domid
 from .source import LifecycleSink, Skipped, gather_bounded, patiently, untrusted_because
@@ -38,7 +53,40 @@ __all__ = ["DomainsSource"]
 
 INTRODUCE = "@introduceDomain"
 RELEASE = "@releaseDomain"
+PROBE_TIMEOUT = 2.0  # seconds the daemon's capabilities may take (oxenstored 4.17 may leave the probe unread)
 FAN_OUT = 4096  # requests in flight at once in a round (dom0's socket has no outstanding-request quota)
+
+
+class _Pending:
+    """What the special watches said since the registry last looked: a domid-less event (no watch depth) is a
+    flag, a depth-1 event names its domain."""
+
+    def __init__(self) -> None:
+        self.depth: int | None = None
+        self.wake = trio.Event()
+        self.introduced = self.released = False
+        self.named_in: set[int] = set()
+        self.named_out: set[int] = set()
+
+    def mark(self, event: WatchEvent) -> None:
+        into = event.path.startswith(INTRODUCE)
+        if event.domid is not None:
+            (self.named_in if into else self.named_out).add(event.domid)
+        elif self.depth is not None:
+            return  # with depth, only the registration event names no domain
+        elif into:
+            self.introduced = True
+        else:
+            self.released = True
+        self.wake.set()
+
+    def take(self) -> tuple[bool, bool, set[int], set[int]]:
+        """What was said, forgotten here."""
+        taken = (self.introduced, self.released, self.named_in, self.named_out)
+        self.introduced = self.released = False
+        self.named_in, self.named_out = set(), set()
+        self.wake = trio.Event()
+        return taken
 
 
 class DomainsSource:
@@ -51,7 +99,8 @@ class DomainsSource:
         self.base = base
         self._warned: dict[int, str] = {}
         self._live: dict[int, bytes] = {}  # what the sink was told on this connection
-        self.rounds = 0  # release rounds done (for tests and metrics)
+        self.rounds = 0  # release rounds over every live domain (without watch depth)
+        self.watch_depth: int | None = None  # 1 on a daemon with WATCHDEPTH, once following
 
     # -- what a domain is ----------------------------------------------------------------------------------
 
@@ -136,36 +185,30 @@ class DomainsSource:
         return found
 
     async def follow(self, xs: XenStore, sink: LifecycleSink) -> None:
-        introduced = trio.Event()
-        released = trio.Event()
-        wake = trio.Event()
-
-        def mark(event: WatchEvent) -> None:
-            (introduced if event.path.startswith(INTRODUCE) else released).set()
-            wake.set()
-
+        pending = _Pending()
         tokens = [(INTRODUCE, "mtw/lifecycle/introduce"), (RELEASE, "mtw/lifecycle/release")]
         try:
-            for path, token in tokens:
-                await xs.add_watch(path, token, mark)
+            await self._watch(xs, tokens, pending)
             domids = await self._names_until_listed(xs)
             # The listing's reply came after the watches' initial events, and after any event of a change made
             # before the daemon listed: the listing covers them all.
-            introduced, released, wake = trio.Event(), trio.Event(), trio.Event()
+            pending.take()
             found, unknown = await self._examine(xs, domids)
             for domid in unknown & set(self._live):
                 found[domid] = self._live[domid]
             self._live = dict(found)
             sink.full(found)
             while True:
-                await wake.wait()
-                wake = trio.Event()
-                if released.is_set():
-                    released = trio.Event()
+                await pending.wake.wait()
+                introduced, released, named_in, named_out = pending.take()
+                if released:
                     await self._released(xs, sink)
-                if introduced.is_set():
-                    introduced = trio.Event()
+                if named_out:
+                    await self._released_named(xs, sink, named_out)
+                if introduced:
                     await self._introduced_new(xs, sink)
+                if named_in:
+                    await self._introduced_named(xs, sink, named_in)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 for path, token in tokens:
@@ -173,6 +216,47 @@ class DomainsSource:
                         break
                     with suppress(XenStoreError):
                         await xs.remove_watch(path, token)
+
+    async def _watch(self, xs: XenStore, tokens: list[tuple[str, str]], pending: _Pending) -> None:
+        """Depth-1 special watches where the daemon has WATCHDEPTH (Xen 4.22: events name the domain), else
+        plain ones (4.17, oxenstored, xenbus)."""
+        depth: int | None = None
+        with suppress(Unsupported, InvalidArgument, PermissionDenied, OperationFailed):
+            features = Feature(0)
+            with trio.move_on_after(PROBE_TIMEOUT):  # a daemon that will not say has no depth to offer
+                features = (await xs.capabilities()).features
+            if features & Feature.WATCHDEPTH:
+                pending.depth = 1
+                await xs.add_watch(tokens[0][0], tokens[0][1], pending.mark, depth=1)
+                depth = 1
+        self.watch_depth = pending.depth = depth
+        logger.info(
+            "domains lifecycle: {}",
+            "depth-1 @introduceDomain/@releaseDomain watches (events name the domain)"
+            if depth
+            else "@introduceDomain/@releaseDomain watches without depth (a release checks every live domain)",
+        )
+        for path, token in tokens[1 if depth else 0 :]:
+            await xs.add_watch(path, token, pending.mark, depth=depth)
+
+    async def _released_named(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
+        """Depth-1 ``@releaseDomain/<domid>`` (shutdown or destroy): gone once no longer introduced."""
+        gone: list[int] = []
+
+        async def check(domid: int) -> None:
+            if await self._introduced(xs, domid) is False:
+                gone.append(domid)
+
+        await gather_bounded(sorted(domids & set(self._live)), check, FAN_OUT)
+        for domid in sorted(gone):
+            self._report(sink, domid, None)
+
+    async def _introduced_named(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
+        """Depth-1 ``@introduceDomain/<domid>``: only that domain is read (again, if its domid was reused)."""
+        found, _ = await self._examine(xs, sorted(domids))
+        for domid, identity in sorted(found.items()):
+            if self._live.get(domid) != identity:
+                self._report(sink, domid, identity)
 
     async def _released(self, xs: XenStore, sink: LifecycleSink) -> None:
         """One pipelined round of IS_DOMAIN_INTRODUCED over the live domains; the ones no longer introduced

@@ -1,4 +1,5 @@
-"""The embedded XenStore daemon: the XenStore wire protocol served the way C xenstored 4.17 serves it.
+"""The embedded XenStore daemon: the XenStore wire protocol served the way C xenstored 4.22 serves it (or,
+with ``compat="4.17"``, 4.17).
 
 ``XenStored`` is the daemon; ``open_xenstored()`` runs one on a unix socket for the duration of a block;
 ``main()`` runs one in the foreground (``python -m actors.xenstored --socket PATH``).

@@ -10,22 +10,48 @@ guest, once ``outstanding`` replies are unread); watch events to it are deduplic
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 from loguru import logger
 
 from actors.xs.errors import ProtocolError
-from actors.xs.wire import HEADER, PAYLOAD_MAX, FrameDecoder, Op
+from actors.xs.wire import HEADER, PAYLOAD_MAX, Frame, FrameDecoder, Op
 
+from .domains import Quotas
 from .transactions import Transaction
+from .watches import Watch
 
-if TYPE_CHECKING:
-    from .core import Core
-    from .domains import Quotas
-    from .watches import Watch
+__all__ = ["Connection", "ConnectionDaemon"]
 
-__all__ = ["Connection"]
+
+class _Domain(Protocol):
+    @property
+    def features(self) -> int: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+
+class _Domains(Protocol):
+    def get(self, domid: int) -> _Domain | None: ...
+
+
+class ConnectionDaemon(Protocol):
+    """What a connection needs of the daemon: which version it answers as, the quotas and domains, and
+    running one request."""
+
+    @property
+    def v422(self) -> bool: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+    @property
+    def domains(self) -> _Domains: ...
+
+    def process(self, conn: Connection, frame: Frame) -> None: ...
+
 
 _RECEIVE_SIZE: Final = 65536
 _EVENT: Final = int(Op.WATCH_EVENT)
@@ -47,7 +73,7 @@ class _Event:
 class Connection:
     """A connection as domain ``domid``: dom0 (privileged) for sockets, or a guest domain."""
 
-    def __init__(self, core: Core, stream: trio.abc.Stream | None, domid: int, seq: int) -> None:
+    def __init__(self, core: ConnectionDaemon, stream: trio.abc.Stream | None, domid: int, seq: int) -> None:
         self.core = core
         self.stream = stream
         self.domid = domid
@@ -55,7 +81,7 @@ class Connection:
         self.target: int | None = None
         self.seq = seq
         self.implicit = b"/local/domain/%d" % domid
-        self.watches: list[Watch] = []
+        self.watches: list[Watch[Connection]] = []
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         self.closed = False

@@ -1,13 +1,14 @@
-"""The daemon's state and the node operations shared by the op handlers, with no I/O.
+"""The daemon's state (store, domains, connections, watches) and the node operations the op handlers share.
 
-Everything here runs synchronously inside one request (or one hypervisor notification), so no request
-ever sees another half done, as in the single-threaded C daemon.
+Nothing here reads or writes a socket: the connections do (:mod:`.connection`), and hand each whole request to
+:meth:`Core.process`. Everything here runs synchronously inside one request (or one hypervisor notification),
+so no request ever sees another half done, as in the single-threaded C daemon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, NamedTuple
 
 import trio
 from loguru import logger
@@ -17,20 +18,26 @@ from actors.xs.wire import Frame, Op
 from .connection import Connection
 from .domains import DOMID_ANY, DomainTable, Quotas
 from .failure import EACCES, EINVAL, EIO, ENOENT, ENOSPC, ENOSYS, Fail
-from .features import FEATURE_HANDLERS, FEATURE_PRIVILEGED
-from .ops import HANDLERS, NOTID, PRIVILEGED
 from .permissions import ALL, IGNORE, NONE, READ, Perms, perm_for
 from .store import Node, Store, basename, child_path, is_valid_nodename, parent_path
 from .transactions import Transaction, View
-from .watches import Watch, WatchIndex, event_path, within_depth
+from .watches import WatchIndex, event_path, within_depth
 
-__all__ = ["COMPATS", "SPECIAL_PATHS", "Core", "GlobalView"]
+__all__ = ["COMPATS", "SPECIAL_PATHS", "Core", "GlobalView", "Handler", "OpTable"]
 
 SPECIAL_PATHS: Final = (b"@introduceDomain", b"@releaseDomain")
 COMPATS: Final = ("4.17", "4.22")
 _ERROR: Final = int(Op.ERROR)
 
 Handler = Callable[["Core", Connection, Frame, "Transaction | None", View], "bytes | None"]
+
+
+class OpTable(NamedTuple):
+    """The ops a daemon version has: op -> handler, the ops only dom0 may use, the ops that ignore tx_id."""
+
+    handlers: Mapping[int, Handler]
+    privileged: frozenset[int]
+    notid: frozenset[int]
 
 
 class GlobalView:
@@ -72,7 +79,7 @@ class Core:
     domid-carrying special events, DOMID_ANY) or "4.17" (none of it: ENOSYS for ops 23-26).
     """
 
-    def __init__(self, quotas: Quotas | None = None, compat: str = "4.22") -> None:
+    def __init__(self, ops: OpTable, quotas: Quotas | None = None, compat: str = "4.22") -> None:
         if compat not in COMPATS:
             raise ValueError(f"compat must be one of {', '.join(COMPATS)}, not {compat!r}")
         self.compat = compat
@@ -80,8 +87,8 @@ class Core:
         self.any_domain = DOMID_ANY if self.v422 else None  # the domid of "every domain" in permissions
         self.quotas = quotas if quotas is not None else Quotas()
         self.store = Store()
-        self.domains = DomainTable(lambda: self.quotas)
-        self.watches = WatchIndex()
+        self.domains: DomainTable[Connection] = DomainTable(lambda: self.quotas)
+        self.watches: WatchIndex[Connection] = WatchIndex()
         self.connections: dict[int, Connection] = {}
         self.special_perms: dict[bytes, Perms] = {path: ((NONE, 0),) for path in SPECIAL_PATHS}
         if self.v422:  # setup_structure(): every domain may watch @releaseDomain
@@ -89,9 +96,9 @@ class Core:
         self.view = GlobalView(self)
         self.internal_errors = 0  # requests that hit a bug (answered EIO)
         self._conn_seq = 0
-        self._handlers: dict[int, Handler] = {**HANDLERS, **FEATURE_HANDLERS} if self.v422 else HANDLERS
-        self._notid = NOTID
-        self._privileged = PRIVILEGED | FEATURE_PRIVILEGED
+        self._handlers = ops.handlers
+        self._notid = ops.notid
+        self._privileged = ops.privileged
 
     # -- connections -----------------------------------------------------------------------------------
 
@@ -329,123 +336,3 @@ class Core:
                 ok = allowed[conn.seq] = self.watch_permitted(conn, path, node, old_perms, parent)
             if ok:
                 conn.send_event(event_path(watch, path), watch.token)
-
-    def fire_special(self, path: bytes, domid: int, *, bare: bool = True, with_domid: bool = True) -> None:
-        """``fire_special_watches()``: @introduceDomain / @releaseDomain, only to connections allowed to read
-        the special path. ``bare``: the watches on the path itself without a depth (4.17: all of them);
-        ``with_domid`` (4.22): the event ``<path>/<domid>`` to watches on the path with a depth of 1 or more
-        and to watches on ``<path>/<domid>``."""
-        perms = self.special_perms[path]
-        events: list[tuple[Watch, bytes]] = []
-        if bare:
-            events += [(w, path) for w in self.watches.match(path, True) if w.depth is None]
-        if with_domid and self.v422:
-            named = path + b"/%d" % domid
-            events += [(w, named) for w in self.watches.match(path, True) if w.depth]
-            events += [(w, named) for w in self.watches.match(named, True)]
-            events.sort(key=lambda e: (e[0].conn.seq, e[0].seq))
-        for watch, event in events:
-            if perm_for(watch.conn, perms, self.any_domain) & READ:
-                watch.conn.send_event(event, watch.token)
-
-    # -- domains ---------------------------------------------------------------------------------------
-
-    def introduce(self, domid: int) -> bool:
-        """Introduce ``domid`` (a guest) if it is not yet; returns whether it was new.
-
-        A new domain gets a connection without a stream (a ring nobody reads) and fires @introduceDomain;
-        re-introducing a domain resets its connection's watches and transactions, as C does.
-        """
-        domain = self.domains.introduced(domid)
-        if domain is not None:
-            if domain.conn is not None:
-                self.reset_connection(domain.conn)
-            return False
-        domain = self.domains.ensure(domid, self.store.generation)
-        domain.introduced = True
-        domain.shutdown = False
-        domain.conn = self.connect(None, domid)
-        domain.conn.target = domain.target
-        logger.info("domain {} introduced", domid)
-        self.fire_special(b"@introduceDomain", domid)
-        return True
-
-    def attach(self, domid: int, stream: trio.abc.Stream) -> Connection:
-        """Make ``stream`` the (introduced) domain's connection, dropping the one it had."""
-        domain = self.domains.introduced(domid)
-        assert domain is not None
-        old = domain.conn
-        conn = self.connect(stream, domid)
-        conn.target = domain.target
-        domain.conn = conn
-        if old is not None:
-            self.disconnect(old)
-        return conn
-
-    def detach(self, conn: Connection) -> None:
-        """A guest stream went away. Like a ring nobody reads any more, the domain's connection stays, with
-        its watches and transactions (events to it are dropped), until the domain is introduced again
-        (:meth:`attach`), released or dead."""
-        domain = self.domains.introduced(conn.domid)
-        if domain is not None and domain.conn is conn and not conn.closed:
-            if conn.broken:  # ignore_connection(): its watches and transactions go
-                self.reset_connection(conn)
-            conn.detach_stream()
-        else:
-            self.disconnect(conn)
-
-    def destroy_domain(self, domid: int) -> None:
-        """``destroy_domain()``: drop the domain's connection, remove the nodes it owns, and fire
-        @releaseDomain if it had been introduced."""
-        domain = self.domains.get(domid)
-        if domain is None or domid == 0:
-            return
-        if domain.conn is not None:
-            self.disconnect(domain.conn)
-            domain.conn = None
-        self._remove_owned(domid)
-        self.domains.remove(domid)
-        for path, perms in self.special_perms.items():
-            owner = perms[0]
-            if owner[1] == domid:
-                owner = (owner[0], 0)
-            self.special_perms[path] = (owner, *(p for p in perms[1:] if p[1] != domid))
-        if self.v422:
-            self._drop_perms(domid)
-        if domain.introduced:
-            logger.info("domain {} released", domid)
-            self.fire_special(b"@releaseDomain", domid)
-
-    def shutdown_domain(self, domid: int) -> None:
-        """The hypervisor reports ``domid`` shut down (not dead): once per shutdown (RESUME re-arms), fire
-        @releaseDomain (4.22: first ``@releaseDomain/<domid>``, then the bare watches)."""
-        domain = self.domains.introduced(domid)
-        if domain is None or domid == 0 or domain.shutdown:
-            return
-        domain.shutdown = True
-        self.fire_special(b"@releaseDomain", domid, bare=False)
-        self.fire_special(b"@releaseDomain", domid, with_domid=False)
-
-    def _drop_perms(self, domid: int) -> None:
-        """4.22 ``domain_tree_remove()``: permission entries naming a dead domain are removed from every node,
-        so a later domain with the same domid inherits nothing."""
-        for node in self.store.nodes.values():
-            perms = node.perms
-            if len(perms) > 1 and any(who == domid for _, who in perms[1:]):
-                node.perms = (perms[0], *(p for p in perms[1:] if p[1] != domid))
-
-    def _remove_owned(self, domid: int) -> None:
-        """``domain_tree_remove()``: remove every node owned by ``domid``, with its subtree."""
-        store = self.store
-        stack = [b"/"]
-        while stack and store.count(domid):
-            path = stack.pop()
-            node = store.get(path)
-            if node is None:
-                continue
-            if node.owner == domid and path != b"/":
-                parent = store.get(parent_path(path))
-                if parent is not None:
-                    self.rm_node(self.view, path, parent)
-                continue
-            stack.extend(child_path(path, name) for name in reversed(node.children))

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from typing import Final, Generic, TypeVar
 
 __all__ = [
     "DOMID_ANY",
@@ -35,7 +32,7 @@ FEATURES: Final = FEATURE_ERROR | FEATURE_WATCHDEPTH | FEATURE_DOMID_ANY
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Quotas of C xenstored 4.17 (its defaults); they apply to unprivileged domains only.
+    """Quotas with the defaults of C xenstored (4.17 and 4.22 alike); they apply to unprivileged domains only.
 
     Over-quota errors are those of the C daemon: a new node past ``nodes``, a node record past ``node_size``
     bytes, more than ``permissions`` entries, a transaction touching more than ``transaction_nodes`` nodes:
@@ -60,7 +57,10 @@ class Quotas:
     watch_event_timeout: float = 20.0
 
 
-class Domain:
+C = TypeVar("C")  # the daemon's connection type
+
+
+class Domain(Generic[C]):
     """A ``struct domain``: exists once referenced (by a permission, as a node owner, or by INTRODUCE).
 
     ``features`` (4.22) are what it may use, all of them unless SET_FEATURE changed them before INTRODUCE;
@@ -86,7 +86,7 @@ class Domain:
         self.generation = generation  # nodes older than this do not grant it anything (XSA-322)
         self.introduced = False
         self.shutdown = False
-        self.conn: Connection | None = None
+        self.conn: C | None = None
         self.target: int | None = None
         # SET_TARGET makes the targeting domain's connection hold a talloc reference to this one's; in C a
         # RELEASE then only drops that reference, and the domain stays (one RELEASE per reference).
@@ -97,27 +97,27 @@ class Domain:
         return b"/local/domain/%d" % self.domid
 
 
-class DomainTable:
+class DomainTable(Generic[C]):
     """domid -> :class:`Domain`. Dom0 is there from the start, introduced (``dom0_init``).
 
     ``quotas()`` gives the global quotas a new domain starts with."""
 
     def __init__(self, quotas: Callable[[], Quotas]) -> None:
         self._quotas = quotas
-        dom0 = Domain(0, 0, quotas())
+        dom0: Domain[C] = Domain(0, 0, quotas())
         dom0.introduced = True
-        self._domains: dict[int, Domain] = {0: dom0}
+        self._domains: dict[int, Domain[C]] = {0: dom0}
 
     def __contains__(self, domid: object) -> bool:
         return domid in self._domains
 
-    def __iter__(self) -> Iterator[Domain]:
+    def __iter__(self) -> Iterator[Domain[C]]:
         return iter(list(self._domains.values()))
 
-    def get(self, domid: int) -> Domain | None:
+    def get(self, domid: int) -> Domain[C] | None:
         return self._domains.get(domid)
 
-    def ensure(self, domid: int, generation: int) -> Domain:
+    def ensure(self, domid: int, generation: int) -> Domain[C]:
         """``find_or_alloc_existing_domain()``: every domid below DOMID_FIRST_RESERVED exists here."""
         domain = self._domains.get(domid)
         if domain is None:
@@ -127,6 +127,6 @@ class DomainTable:
     def remove(self, domid: int) -> None:
         self._domains.pop(domid, None)
 
-    def introduced(self, domid: int) -> Domain | None:
+    def introduced(self, domid: int) -> Domain[C] | None:
         domain = self._domains.get(domid)
         return domain if domain is not None and domain.introduced else None

@@ -7,7 +7,6 @@ import errno
 import os
 import signal
 import socket
-import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -16,9 +15,12 @@ from typing import Final
 import trio
 from loguru import logger
 
+from . import lifecycle
 from .connection import Connection
 from .core import COMPATS, Core
 from .domains import DOMID_FIRST_RESERVED, Quotas
+from .handlers import op_table
+from .sockets import daemon_answers
 from .store import Store
 
 __all__ = ["DEFAULT_SOCKET", "XenStored", "main", "open_xenstored"]
@@ -33,7 +35,7 @@ class XenStored:
     """
 
     def __init__(self, quotas: Quotas | None = None, compat: str = "4.22") -> None:
-        self.core = Core(quotas, compat)
+        self.core = Core(op_table(compat), quotas, compat)
 
     @property
     def compat(self) -> str:
@@ -56,13 +58,17 @@ class XenStored:
     async def serve(
         self, socket_path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen on ``socket_path`` until cancelled; then close every connection and remove the socket."""
-        with suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
-                os.unlink(socket_path)
+        """Listen on ``socket_path`` until cancelled; then close every connection and remove the socket.
+
+        Only a new socket file is made, never a folder: an existing file at ``socket_path`` (a live daemon's
+        socket, a stale one, anything) or a missing folder is an OSError that says so, and nothing is removed.
+        On the way out the socket is removed only if it is still the one made here."""
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await sock.bind(socket_path)
+            try:
+                await sock.bind(socket_path)
+            except OSError as exc:
+                raise await _bind_error(socket_path, exc) from None
             identity = os.stat(socket_path).st_ino
             os.chmod(socket_path, 0o600)
             sock.listen(128)
@@ -99,8 +105,8 @@ class XenStored:
         if domid:
             _check_guest(domid)
             if core.domains.introduced(domid) is None:
-                core.introduce(domid)
-            conn = core.attach(domid, stream)
+                lifecycle.introduce(core, domid)
+            conn = lifecycle.attach(core, domid, stream)
         else:
             conn = core.connect(stream, 0)
         try:
@@ -109,7 +115,7 @@ class XenStored:
             logger.exception("dropping {!r} after an internal error", conn)
         finally:
             if domid:
-                core.detach(conn)
+                lifecycle.detach(core, conn)
             else:
                 core.disconnect(conn)
             await trio.aclose_forcefully(stream)
@@ -127,7 +133,7 @@ class XenStored:
         server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
         if self.core.domains.introduced(domid) is None:
-            self.core.introduce(domid)
+            lifecycle.introduce(self.core, domid)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.handle_stream, server_end, domid)
             try:
@@ -139,20 +145,37 @@ class XenStored:
     def introduce(self, domid: int) -> bool:
         """Introduce guest ``domid`` as INTRODUCE does (fires @introduceDomain); False if it already was."""
         _check_guest(domid)
-        return self.core.introduce(domid)
+        return lifecycle.introduce(self.core, domid)
 
     def domain_shutdown(self, domid: int) -> None:
         """The hypervisor reports ``domid`` shut down: fire @releaseDomain once (4.22: ``@releaseDomain/<domid>``
         first), until RESUME re-arms it. The domain stays until it dies or is released."""
-        self.core.shutdown_domain(domid)
+        lifecycle.shutdown_domain(self.core, domid)
 
     def domain_died(self, domid: int) -> None:
         """The hypervisor reports ``domid`` dead: drop its connection, remove the nodes it owns and, if it
         had been introduced, fire @releaseDomain (as C xenstored's ``check_domains()``)."""
-        self.core.destroy_domain(domid)
+        lifecycle.destroy_domain(self.core, domid)
 
     def is_introduced(self, domid: int) -> bool:
         return self.core.domains.introduced(domid) is not None
+
+
+async def _bind_error(socket_path: str, exc: OSError) -> OSError:
+    """Why ``socket_path`` cannot be ours, in words an operator can act on."""
+    if exc.errno == errno.EADDRINUSE:
+        if await trio.to_thread.run_sync(daemon_answers, socket_path):
+            return OSError(errno.EADDRINUSE, f"a daemon already answers on {socket_path}: not taking it over")
+        return OSError(
+            errno.EEXIST,
+            f"{socket_path} exists and no daemon answers on it: remove it if it is a stale socket",
+        )
+    if exc.errno == errno.ENOENT:
+        folder = os.path.dirname(socket_path) or "."
+        return OSError(
+            errno.ENOENT, f"folder {folder} does not exist (only the socket file is made): create it"
+        )
+    return OSError(exc.errno, f"cannot listen on {socket_path}: {exc.strerror}")
 
 
 def _check_guest(domid: int) -> None:
@@ -195,20 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     logger.enable("actors")
 
     async def run() -> None:
-        directory = os.path.dirname(args.socket)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with open_xenstored(args.socket, compat=args.compat):
                 async for signum in signals:
                     logger.info("{} received: stopping", signal.Signals(signum).name)
                     break
 
-    failures: list[BaseException] = []
+    failures: list[OSError] = []
     try:
         trio.run(run)
     except* OSError as group:
-        failures.extend(group.exceptions)
+        failures.extend(exc for exc in group.exceptions if isinstance(exc, OSError))
     for exc in failures:
-        logger.error("xenstored: {}", exc)
+        logger.error("xenstored: {}", exc.strerror or exc)
     return 1 if failures else 0

@@ -15,11 +15,11 @@ from typing import cast
 
 import trio
 
-from actors.xs.transport import connect_unix
 from actors.xs.wire import HEADER, Frame, Op, encode, join
 
 from .domains import Quotas
 from .server import XenStored, open_xenstored
+from .sockets import connect_unix
 
 __all__ = ["RawClient", "XsError", "serving"]
 
@@ -80,7 +80,7 @@ class RawClient:
 
     @classmethod
     async def connect(cls, path: str) -> RawClient:
-        """Connect to the unix socket ``path`` (retrying a full listen backlog: see connect_unix)."""
+        """Connect to the unix socket ``path`` (waiting for room in a full listen backlog)."""
         return cls(await connect_unix(path))
 
     async def __aenter__(self) -> RawClient:

@@ -1,4 +1,4 @@
-"""Transactions as C xenstored 4.17 runs them, without copying the store.
+"""Transactions as C xenstored runs them, without copying the store.
 
 A transaction keeps an overlay of the nodes it touched: for each, the node as the transaction sees it and
 the generation it had at the first access. The first access reads the global node (a reference: stored
@@ -9,17 +9,42 @@ modified nodes and fires their watches. Watch events of a transaction fire only 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from .domains import Quotas
 from .failure import EAGAIN, ENOMEM, ENOSPC, Fail
 from .permissions import Perms
-from .store import NO_GENERATION, Node
+from .store import NO_GENERATION, Node, Store
 
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .core import Core
+__all__ = ["Access", "Transaction", "TransactionDaemon", "TransactionPeer", "View"]
 
-__all__ = ["Access", "Transaction", "View"]
+
+class TransactionPeer(Protocol):
+    """What a transaction needs of the connection that opened it."""
+
+    @property
+    def privileged(self) -> bool: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+
+class _Domains(Protocol):
+    def ensure(self, domid: int, generation: int) -> object: ...
+
+
+class TransactionDaemon(Protocol):
+    """What a transaction needs of the daemon: the store, the domains, and firing watches at commit."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def domains(self) -> _Domains: ...
+
+    def fire_watches(
+        self, path: bytes, exact: bool, node: Node | None, old_perms: Perms | None, parent: Node | None
+    ) -> None: ...
 
 
 class View(Protocol):
@@ -62,7 +87,7 @@ class Transaction:
 
     in_transaction = True
 
-    def __init__(self, core: Core, conn: Connection, tx_id: int) -> None:
+    def __init__(self, core: TransactionDaemon, conn: TransactionPeer, tx_id: int) -> None:
         self.core = core
         self.conn = conn
         self.id = tx_id

@@ -3,19 +3,26 @@ change fires costs the depth of the changed path, not the number of watches."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .connection import Connection
-
-__all__ = ["Watch", "WatchIndex", "event_path", "within_depth"]
+__all__ = ["Watch", "WatchIndex", "Watcher", "event_path", "within_depth"]
 
 
-class Watch:
+class Watcher(Protocol):
+    """A connection, as watches know it: ``seq`` orders connections as C's connection list does."""
+
+    @property
+    def seq(self) -> int: ...
+
+
+C = TypeVar("C", bound=Watcher)
+
+
+class Watch(Generic[C]):
     __slots__ = ("conn", "depth", "path", "relative", "seq", "token")
 
     def __init__(
-        self, conn: Connection, path: bytes, token: bytes, relative: bytes | None, seq: int, depth: int | None
+        self, conn: C, path: bytes, token: bytes, relative: bytes | None, seq: int, depth: int | None
     ) -> None:
         self.conn = conn
         self.path = path  # canonical (absolute) path, or a special "@..." path
@@ -33,7 +40,7 @@ def within_depth(path: bytes, watched: bytes, depth: int) -> bool:
     return levels <= depth
 
 
-def event_path(watch: Watch, path: bytes) -> bytes:
+def event_path(watch: Watch[C], path: bytes) -> bytes:
     """``get_watch_path()``: the path as the watcher named it (relative for a relative watch)."""
     if watch.relative is None:
         return path
@@ -41,25 +48,25 @@ def event_path(watch: Watch, path: bytes) -> bytes:
     return rest[1:] if rest.startswith(b"/") else rest
 
 
-class WatchIndex:
+class WatchIndex(Generic[C]):
     """Watched path -> watches on it, in registration order."""
 
     def __init__(self) -> None:
-        self._by_path: dict[bytes, list[Watch]] = {}
+        self._by_path: dict[bytes, list[Watch[C]]] = {}
         self._seq = 0
 
     def __len__(self) -> int:
         return sum(len(ws) for ws in self._by_path.values())
 
     def add(
-        self, conn: Connection, path: bytes, token: bytes, relative: bytes | None, depth: int | None = None
-    ) -> Watch:
+        self, conn: C, path: bytes, token: bytes, relative: bytes | None, depth: int | None = None
+    ) -> Watch[C]:
         self._seq += 1
         watch = Watch(conn, path, token, relative, self._seq, depth)
         self._by_path.setdefault(path, []).append(watch)
         return watch
 
-    def remove(self, watch: Watch) -> None:
+    def remove(self, watch: Watch[C]) -> None:
         watches = self._by_path.get(watch.path)
         if watches is None:
             return
@@ -70,7 +77,7 @@ class WatchIndex:
         if not watches:
             del self._by_path[watch.path]
 
-    def match(self, path: bytes, exact: bool) -> list[Watch]:
+    def match(self, path: bytes, exact: bool) -> list[Watch[C]]:
         """The watches a change of ``path`` fires, in C's order (by connection, then registration).
 
         ``exact``: only watches on ``path`` itself; else also those on every ancestor (``is_child()``).

@@ -22,11 +22,10 @@ from .daemon import Capabilities, DaemonOperations
 from .errors import (
     ConnectionLost,
     ConnectionStalled,
+    ErrorReply,
     ProtocolError,
     RequestTimeout,
-    TokenInUse,
     TransactionConflict,
-    Unsupported,
     XenStoreError,
 )
 from .operations import Operations, Transaction
@@ -34,7 +33,8 @@ from .protocol import ClientProtocol, Request, WatchSink
 from .stall import StallDetector
 from .subscription import Subscription
 from .transport import open_transport
-from .wire import PAYLOAD_MAX, Op, check_watch_path, join
+from .watches import WatchOperations
+from .wire import Op
 
 __all__ = ["Transaction", "XenStore", "connect", "open_xenstore"]
 
@@ -44,7 +44,7 @@ _RECEIVE_SIZE = 65536
 _CLEANUP_TIMEOUT = 5.0  # an abort or unwatch in cleanup waits no longer than this
 
 
-class XenStore(Operations, DaemonOperations):
+class XenStore(Operations, DaemonOperations, WatchOperations):
     """One connection to a XenStore daemon. Open it with :func:`connect` or :func:`open_xenstore`.
 
     ``request_timeout`` (seconds, settable, None for none) bounds every request: past it the caller gets
@@ -203,16 +203,35 @@ class XenStore(Operations, DaemonOperations):
             self._mark_lost(exc)
 
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
+        return await self._wait(self._queue(op, payload, tx_id, path), path)
+
+    def _queue(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> Request:
         if self._lost is not None:
             raise self._lost_error()
-        # PayloadTooLarge before anything is queued
-        return await self._wait(self._protocol.request(op, payload, tx_id, path), path)
+        if not self._protocol.pending:
+            self._stall.requests_began()
+        request = self._protocol.request(
+            op, payload, tx_id, path
+        )  # PayloadTooLarge before anything is queued
+        request.waiter = trio.Event()
+        return request
+
+    async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
+        """Requests queued at once (one write on a socket), then their answers in order: a payload or the
+        error reply. Other errors (lost, timeout) are raised."""
+        requests = [(self._queue(op, payload, 0, path), path) for op, payload, path in calls]
+        answers: list[bytes | ErrorReply] = []
+        for request, path in requests:
+            try:
+                answers.append(await self._wait(request, path))
+            except ErrorReply as exc:
+                answers.append(exc)
+        return answers
 
     async def _wait(self, request: Request, path: str | None) -> bytes:
         protocol = self._protocol
-        if protocol.pending == 1:
-            self._stall.requests_began()
-        done = request.waiter = trio.Event()
+        done = request.waiter
+        assert isinstance(done, trio.Event)  # set when queued: the reply may come before this waits
         self._outbox_ready.set()
         timeout = self.request_timeout
         try:
@@ -247,19 +266,6 @@ class XenStore(Operations, DaemonOperations):
             if self._caps is None:
                 self._caps = await self._probe()
         return self._caps
-
-    async def reset_watches(self) -> None:
-        """Drop every watch and transaction of this connection, on the daemon and here.
-
-        Unsupported, with nothing sent, on a daemon that never answers RESET_WATCHES (oxenstored)."""
-        caps = await self.capabilities()
-        if not caps.reset_watches:
-            raise Unsupported(op="RESET_WATCHES", why=f"{caps.daemon} never answers it; nothing was sent")
-        await self._request(Op.RESET_WATCHES, b"\0")
-        for sub in self._subscriptions.values():
-            sub.close()
-        self._subscriptions.clear()
-        self._protocol.unwatch_all()
 
     # -- transactions --------------------------------------------------------------------------------------
 
@@ -297,80 +303,6 @@ class XenStore(Operations, DaemonOperations):
                     raise
                 await trio.sleep(random.uniform(0, backoff * 2 ** min(attempt, 10)))
         raise AssertionError("unreachable")
-
-    # -- watches -------------------------------------------------------------------------------------------
-
-    def new_token(self, prefix: str = "mtw") -> str:
-        return f"{prefix}{next(self._tokens)}"
-
-    async def add_watch(self, path: str, token: str, sink: WatchSink, *, depth: int | None = None) -> None:
-        """Register a watch whose events the reader task hands to ``sink`` (which must not block or raise).
-
-        The sink is in place before WATCH is sent, so the registration event (``initial``), which may arrive
-        before the reply, is not missed. TokenInUse if this connection already has ``token``, with nothing
-        sent. ``depth`` (0: the node, 1: and its children, None: the whole subtree) needs a daemon with the
-        WATCHDEPTH feature (Xen 4.22): Unsupported otherwise, and always over xenbus, whose kernel drops it.
-        """
-        raw = check_watch_path(path)
-        if self._protocol.has_watch(token):
-            raise TokenInUse(path=path)
-        if depth is not None:
-            await self._check_depth(path, depth)
-        if len(join(raw, token) if depth is None else join(raw, token, str(depth))) > PAYLOAD_MAX:
-            raise ValueError("watch path and token exceed the payload limit")
-        if self._lost is not None:
-            raise self._lost_error()
-        if self._protocol.has_watch(token):  # taken while the capabilities were probed
-            raise TokenInUse(path=path)
-        request = self._protocol.watch(raw, token, sink, depth, label=path)
-        try:
-            await self._wait(request, path)
-        except BaseException:
-            self._protocol.unwatch(token, sink)
-            raise
-
-    async def _check_depth(self, path: str, depth: int) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"watch depth {depth!r} is not a non-negative int")
-        if self.xenbus:
-            raise Unsupported(
-                op="WATCH", path=path, why="the xenbus device drops a watch's depth; use the socket"
-            )
-        caps = await self.capabilities()
-        if not caps.features & caps.features.WATCHDEPTH:
-            raise Unsupported(op="WATCH", path=path, why="the daemon has no WATCHDEPTH feature")
-
-    async def remove_watch(self, path: str, token: str) -> None:
-        """Unregister a watch; its sink gets no further events. NotFound if the daemon does not know it."""
-        self._protocol.unwatch(token)
-        await self._request(Op.UNWATCH, join(check_watch_path(path), token), 0, path)
-
-    @asynccontextmanager
-    async def watch(
-        self, path: str, token: str | None = None, *, depth: int | None = None, capacity: int = 1024
-    ) -> AsyncIterator[Subscription]:
-        """``async with xs.watch(path) as events: async for event in events:``
-
-        The registration event is delivered (``initial`` True). Leaving the block unwatches, also when
-        cancelled. A slow consumer costs bounded memory (see :class:`Subscription`); when the connection is
-        lost, iteration raises ConnectionLost. ``depth`` as for :meth:`add_watch`.
-        """
-        token = token if token is not None else self.new_token()
-        sub = Subscription(path, token, capacity)
-        await self.add_watch(path, token, sub.deliver, depth=depth)
-        self._subscriptions[token] = sub
-        try:
-            yield sub
-        finally:
-            self._subscriptions.pop(token, None)
-            sub.close()
-            if self._lost is None:
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(_CLEANUP_TIMEOUT),
-                    suppress(XenStoreError),
-                ):
-                    await self.remove_watch(path, token)
 
 
 def _op_name(op: int) -> str:

@@ -10,7 +10,6 @@ oxenstored is known by either sign, and RESET_WATCHES (which oxenstored never an
 from __future__ import annotations
 
 import enum
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import overload
 
@@ -36,13 +35,15 @@ class Capabilities:
     ``features``: this connection's feature bits (0 where GET_FEATURE is ENOSYS). ``directory_part``: the
     daemon answers DIRECTORY_PART. ``reset_watches``: RESET_WATCHES gets an answer (not on oxenstored).
     ``daemon``: "oxenstored", or "cxenstored" for a daemon that answers as C xenstored does (the embedded
-    xenstored does so by design, and is named so); best effort.
+    xenstored does so by design, and is named so); best effort. ``feature_ops``: GET/SET_FEATURE and
+    GET/SET_QUOTA exist (Xen 4.21+).
     """
 
     features: Feature
     directory_part: bool
     reset_watches: bool
     daemon: str
+    feature_ops: bool = False
 
 
 def _number(reply: bytes, what: str) -> int:
@@ -58,41 +59,41 @@ class DaemonOperations:
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
         raise NotImplementedError
 
+    async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
+        raise NotImplementedError
+
     async def capabilities(self) -> Capabilities:
         raise NotImplementedError
 
-    async def _empty_request(self, op: Op) -> bytes:
-        """A request with an empty payload, which oxenstored 4.17 leaves unanswered: Unsupported there, with
-        nothing sent."""
-        caps = await self.capabilities()
-        if caps.daemon == "oxenstored":
-            raise Unsupported(
-                op=op.name, why="oxenstored never answers it with an empty payload; nothing was sent"
-            )
-        return await self._request(op, b"")
-
     async def _probe(self) -> Capabilities:
-        """Probe what the daemon answers: at most three requests, each one this daemon answers. oxenstored
-        (4.17) leaves a request with an empty payload unanswered, so GET_FEATURE goes only to the others."""
-        try:
-            await self._request(Op.DIRECTORY_PART, join("/", "0"), 0, "/")
-            directory_part = True
-        except Unsupported:
-            directory_part = False
-        except ErrorReply:  # refused (a guest may not read "/"), but answered: the op exists
-            directory_part = True
-        try:
-            root = split(await self._request(Op.DIRECTORY, join("/"), 0, "/"))
-        except ErrorReply:
-            root = []
-        oxenstored = not directory_part or b"@introduceDomain" in root
-        features = Feature(0)
-        if not oxenstored:
-            with suppress(Unsupported):
-                features = Feature(_number(await self._request(Op.GET_FEATURE, b""), "GET_FEATURE"))
+        """Probe what the daemon answers: three requests every daemon answers, in one write.
+
+        GET_FEATURE goes out with an empty payload, and oxenstored reads a frame with an empty payload only
+        when more bytes follow: in the same write, DIRECTORY does.
+        """
+        part, feature, root = await self._pipelined(
+            [
+                (Op.DIRECTORY_PART, join("/", "0"), "/"),
+                (Op.GET_FEATURE, b"", None),
+                (Op.DIRECTORY, join("/"), "/"),
+            ]
+        )
+        # ENOSYS: the op does not exist; any other answer (a guest may be refused "/") says it does.
+        directory_part = not isinstance(part, Unsupported)
+        feature_ops = not isinstance(feature, Unsupported)
+        bits = 0 if isinstance(feature, ErrorReply) else _number(feature, "GET_FEATURE")
+        features = Feature(bits)
+        names = [] if isinstance(root, ErrorReply) else split(root)
+        oxenstored = not directory_part or b"@introduceDomain" in names
         # The embedded xenstored answers as C xenstored does, by design: on the wire it is "cxenstored".
         daemon = "oxenstored" if oxenstored else "cxenstored"
-        return Capabilities(features, directory_part, not oxenstored, daemon)
+        return Capabilities(features, directory_part, not oxenstored, daemon, feature_ops)
+
+    async def _feature_ops(self, op: str) -> None:
+        """Unsupported, with nothing sent, where the probe found no GET_FEATURE (a daemon before Xen 4.21, or
+        oxenstored, which would also leave an empty-payload request unread)."""
+        if not (await self.capabilities()).feature_ops:
+            raise Unsupported(op=op, why="the daemon has no Xen 4.21 feature and quota ops (probed)")
 
     # -- domains -------------------------------------------------------------------------------------------
 
@@ -127,14 +128,13 @@ class DaemonOperations:
 
     async def features(self, domid: int | None = None) -> Feature:
         """This connection's features, or domain ``domid``'s (dom0 only). Unsupported before Xen 4.21."""
-        if domid is None:
-            reply = await self._empty_request(Op.GET_FEATURE)
-        else:
-            reply = await self._request(Op.GET_FEATURE, join(str(check_domid(domid))))
-        return Feature(_number(reply, "GET_FEATURE"))
+        payload = b"" if domid is None else join(str(check_domid(domid)))
+        await self._feature_ops("GET_FEATURE")
+        return Feature(_number(await self._request(Op.GET_FEATURE, payload), "GET_FEATURE"))
 
     async def set_features(self, domid: int, bits: int) -> None:
         """Set a domain's features, before it is introduced (EBUSY after). Unsupported before Xen 4.21."""
+        await self._feature_ops("SET_FEATURE")
         await self._request(Op.SET_FEATURE, join(str(check_domid(domid)), str(int(bits))))
 
     @overload
@@ -146,10 +146,11 @@ class DaemonOperations:
     async def quota(self, name: str | None = None, domid: int | None = None) -> int | list[str]:
         """Without ``name``: the quota names the daemon has. With it: the global value, or domain ``domid``'s.
         InvalidArgument for a name the daemon lacks; Unsupported before Xen 4.21."""
+        if name is None and domid is not None:
+            raise ValueError("a domain's quota needs the quota's name")
+        await self._feature_ops("GET_QUOTA")
         if name is None:
-            if domid is not None:
-                raise ValueError("a domain's quota needs the quota's name")
-            reply = await self._empty_request(Op.GET_QUOTA)
+            reply = await self._request(Op.GET_QUOTA, b"")
             return reply.rstrip(b"\0").decode("ascii", "replace").split()
         args = [name] if domid is None else [str(check_domid(domid)), name]
         return _number(await self._request(Op.GET_QUOTA, join(*args)), f"GET_QUOTA {name}")
@@ -157,4 +158,5 @@ class DaemonOperations:
     async def set_quota(self, name: str, value: int, domid: int | None = None) -> None:
         """Set a quota globally, or for domain ``domid``. Unsupported before Xen 4.21."""
         args = [name, str(int(value))] if domid is None else [str(check_domid(domid)), name, str(int(value))]
+        await self._feature_ops("SET_QUOTA")
         await self._request(Op.SET_QUOTA, join(*args))

@@ -32,7 +32,7 @@ WatchSink = Callable[[WatchEvent], None]
 
 SOCKET_REPLY_MAX: Final = 1 << 20  # oxenstored answers DIRECTORY on a socket in one reply of any length
 DIRECTORY_MAX_BYTES: Final = 1 << 20  # a DIRECTORY_PART listing, all chunks together
-_ABANDONED_MAX: Final = 4096  # requests whose callers left before the reply: remembered to discard the reply
+_ABANDONED_MAX: Final = 1 << 16  # requests whose callers left before the reply, remembered to discard it
 _WATCH_OPS: Final = frozenset((int(Op.WATCH), int(Op.UNWATCH)))
 _ERROR: Final = int(Op.ERROR)
 _WATCH_EVENT: Final = int(Op.WATCH_EVENT)
@@ -196,21 +196,27 @@ class ClientProtocol:
         self._check()
         buf = self._buf
         buf += data
+        if len(buf) < HEADER.size:
+            return []
+        length = HEADER.unpack_from(buf)[3]
+        if length <= self.max_reply and len(buf) < HEADER.size + length:
+            return []  # the first frame is not whole yet: a long reply arriving in pieces costs no copies
+        view = bytes(buf)  # one copy; slices of it are the payloads
         done: list[Request] = []
         pos = 0
-        size = len(buf)
+        size = len(view)
         header = HEADER.size
         unpack = HEADER.unpack_from
         limit = self.max_reply
         try:
             while size - pos >= header:
-                op, req_id, tx_id, length = unpack(buf, pos)
+                op, req_id, tx_id, length = unpack(view, pos)
                 if length > limit:
                     self._fail(f"frame announces {length} payload bytes (max {limit})")
                 end = pos + header + length
                 if end > size:
                     break
-                payload = bytes(buf[pos + header : end])
+                payload = view[pos + header : end]
                 pos = end
                 if op == _WATCH_EVENT:
                     self._event(payload, now)
@@ -240,7 +246,7 @@ class ClientProtocol:
             match = _SPECIAL_DOMID.fullmatch(path)
             if match is not None:
                 domid = int(match[1])
-        watch.sink(WatchEvent(_text(path), watch.token, now, initial, domid))
+        watch.sink(WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, now, initial, domid))
 
     def _reply(self, op: int, req_id: int, tx_id: int, payload: bytes) -> Request | None:
         # Checked before it leaves the pending table: on a ProtocolError its caller is woken with the rest.

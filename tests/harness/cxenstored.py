@@ -1,4 +1,4 @@
-"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests (oxenstored too: see harness.oxenstored).
+"""Debian's real C xenstored (Xen 4.17), run without a hypervisor, for tests (oxenstored: harness.oxenstored).
 
 ``open_cxenstored(workdir)`` compiles ``preload.c`` (cached under ``tests/harness/_build/``), starts the daemon
 with that library preloaded and its socket at ``workdir/socket``, and stops it again (SIGTERM, then SIGKILL)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import mmap
 import os
 import shutil
@@ -29,16 +28,26 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final
 
 import trio
 
 from actors.xs.transport import connect_unix
 from actors.xs.wire import Frame, FrameDecoder, Op, check_domid, encode, join
+from harness.build import (
+    C_XENSTORED,
+    EXTRA_LIB_DIRS,
+    CXenStoredUnavailable,
+    Daemon,
+    build_preload,
+    build_preload_sync,
+    find_xenstored,
+    skip_or_fail,
+)
+from harness.ring import PAGE_SIZE, RING_ERROR, GuestRingStream, ring_fields
 
 __all__ = [
     "C_XENSTORED",
@@ -54,22 +63,6 @@ __all__ = [
     "skip_or_fail",
 ]
 
-HERE: Final = Path(__file__).resolve().parent
-PROJECT_ROOT: Final = HERE.parent.parent
-PRELOAD_SOURCE: Final = HERE / "preload.c"
-BUILD_DIR: Final = HERE / "_build"
-XENSTORED_CANDIDATES: Final = (
-    PROJECT_ROOT / ".cache/xen/usr/lib/xen-4.17/bin/xenstored",
-    Path("/usr/lib/xen-4.17/bin/xenstored"),
-)
-# Libraries of the unpacked package, if it carries any (Debian's carries none: the daemon links against the
-# libxen* runtime libraries that libxen-dev pulls in). Added to LD_LIBRARY_PATH when present.
-EXTRA_LIB_DIRS: Final = (
-    PROJECT_ROOT / ".cache/xen/usr/lib/x86_64-linux-gnu",
-    PROJECT_ROOT / ".cache/xen/lib/x86_64-linux-gnu",
-)
-GCC_FLAGS: Final = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra")
-GCC_LIBS: Final = ("-ldl", "-pthread")
 
 # Port numbering fixed by preload.c.
 VIRQ_DOM_EXC_PORT: Final = 1 + 3  # MTW_VIRQ_PORT_BASE + VIRQ_DOM_EXC
@@ -80,119 +73,7 @@ GUEST_MFN: Final = 0  # ignored by the daemon
 START_TIMEOUT: Final = 5.0
 STOP_TIMEOUT: Final = 2.0
 SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes with its NUL
-# Safety net only: waits for the daemon's notification also end after this long, then re-check the ring.
-WAKEUP_FALLBACK: Final = 0.5
-
-# struct xenstore_domain_interface (xen/io/xs_wire.h): req[1024], rsp[1024], then native uint32
-# req_cons, req_prod, rsp_cons, rsp_prod, server_features, connection, error.
-RING_SIZE: Final = 1024
-PAGE_SIZE: Final = 4096
-REQ_OFFSET: Final = 0
-RSP_OFFSET: Final = RING_SIZE
-# The uint32 fields after the two rings, as indexes into a memoryview cast to "I". Every index is read and
-# written as one aligned 4-byte access: the daemon must never see a half-written index, nor we read one.
-# (struct.pack_into is no good here: it zeroes the target bytes before packing into them.)
-FIELDS_OFFSET: Final = 2 * RING_SIZE
-REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD, SERVER_FEATURES, CONNECTION, RING_ERROR = range(7)
-RING_ERRORS: Final = {1: "COMM", 2: "RINGIDX", 3: "PROTO"}  # XENSTORE_ERROR_*: why the daemon stopped
-FEATURE_RECONNECTION: Final = 1  # XENSTORE_SERVER_FEATURE_RECONNECTION in server_features
-CONNECTED: Final = 0  # XENSTORE_CONNECTED in connection
-RECONNECT: Final = 1  # XENSTORE_RECONNECT
 _PORT: Final = struct.Struct("=I")
-_MASK32: Final = 0xFFFFFFFF
-
-
-class CXenStoredUnavailable(Exception):
-    """A real daemon (C xenstored or oxenstored) cannot run here; ``reason`` says why (binary missing, gcc missing, compile failed...)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        text = reason if not detail else f"{reason}\n{detail.rstrip()}"
-        super().__init__(text)
-
-
-def skip_or_fail(exc: CXenStoredUnavailable) -> NoReturn:
-    """In a test: skip because of ``exc``, or fail when the environment variable CI is "true"."""
-    import pytest  # only tests call this
-
-    message = f"real xenstored unavailable: {exc}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-@dataclass(frozen=True)
-class Daemon:
-    """One kind of real xenstored: where its binary is and how it is started in a workdir.
-
-    ``command(work, binary, trace)`` returns the command line; it may write files into ``work`` (a config).
-    The preload library moves a daemon's fixed socket folder (/var/run/xenstored) into ``work``, so every
-    kind ends up with its socket at ``work/socket``.
-    """
-
-    name: str
-    label: str  # for messages: "C xenstored", "oxenstored"
-    override: str  # environment variable naming the binary
-    candidates: tuple[Path, ...]
-    command: Callable[[Path, Path, bool], list[str]]
-
-
-def _c_command(work: Path, binary: Path, trace: bool) -> list[str]:
-    command = [str(binary), "--no-fork", "--pid-file", str(work / "pid")]
-    if trace:
-        command += ["--trace-file", str(work / "trace"), "--verbose"]
-    return command
-
-
-C_XENSTORED: Final = Daemon("cxenstored", "C xenstored", "MTW_CXENSTORED", XENSTORED_CANDIDATES, _c_command)
-
-
-def find_xenstored(daemon: Daemon = C_XENSTORED) -> Path:
-    """The daemon binary: $MTW_CXENSTORED (or the daemon's own variable), else the unpacked package under
-    .cache/xen, else the system's."""
-    override = os.environ.get(daemon.override)
-    candidates = (Path(override),) if override else daemon.candidates
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise CXenStoredUnavailable(
-        f"{daemon.name} binary not found (run scripts/install-xen-deps)",
-        "looked at: " + ", ".join(str(p) for p in candidates),
-    )
-
-
-def build_preload_sync() -> Path:
-    """Compile preload.c once per source version; returns the shared library's path."""
-    try:
-        source = PRELOAD_SOURCE.read_bytes()
-    except OSError as exc:
-        raise CXenStoredUnavailable(f"cannot read {PRELOAD_SOURCE}: {exc}") from exc
-    digest = hashlib.sha256(source + "\0".join(GCC_FLAGS + GCC_LIBS).encode()).hexdigest()[:16]
-    target = BUILD_DIR / f"preload-{digest}.so"
-    if target.is_file():
-        return target
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise CXenStoredUnavailable("gcc not found (run scripts/install-xen-deps)")
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    command = [gcc, *GCC_FLAGS, "-o", str(partial), str(PRELOAD_SOURCE), *GCC_LIBS]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        raise CXenStoredUnavailable(
-            "compiling preload.c failed (libxen-dev headers missing? run scripts/install-xen-deps)",
-            result.stderr.decode(errors="replace"),
-        )
-    os.replace(partial, target)  # atomic: parallel builds of the same source are harmless
-    return target
-
-
-async def build_preload() -> Path:
-    """:func:`build_preload_sync` in a worker thread."""
-    return await trio.to_thread.run_sync(build_preload_sync)
 
 
 _probed: set[str] = set()
@@ -267,175 +148,6 @@ def _mkfifo(path: Path) -> None:
     except FileExistsError:
         if not stat.S_ISFIFO(path.stat().st_mode):
             raise
-
-
-def _ring_fields(page: mmap.mmap) -> memoryview:
-    return memoryview(page)[FIELDS_OFFSET : FIELDS_OFFSET + 7 * 4].cast("I")
-
-
-class _GuestRingStream(trio.abc.Stream):
-    """Bytes to and from the daemon through a guest's ring page, as that guest.
-
-    Replies are awaited on the guest's notification FIFO (the daemon notifies the guest whenever it
-    produces or consumes ring bytes); one task at a time waits on the fd, any other waits on an Event.
-    """
-
-    def __init__(
-        self, page: mmap.mmap, notify_fd: int, kick: Callable[[], None], alive: Callable[[], bool]
-    ) -> None:
-        self._page = page
-        self._fields = _ring_fields(page)
-        self._fd = notify_fd
-        self._kick = kick
-        self._alive = alive
-        self._closed = False
-        self._sending = False
-        self._receiving = False
-        self._fd_waiter = False
-        self._wakeup = trio.Event()
-
-    def _u32(self, field: int) -> int:
-        value: int = self._fields[field]
-        return value
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("guest stream is closed")
-
-    def _ring_error(self) -> str | None:
-        """Why the daemon stopped serving this ring (like a socket it closed), or None."""
-        code = self._u32(RING_ERROR)
-        if code == 0:
-            return None
-        indices = "/".join(str(self._u32(field)) for field in (REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD))
-        return f"XENSTORE_ERROR_{RING_ERRORS.get(code, code)}, req_cons/req_prod/rsp_cons/rsp_prod {indices}"
-
-    async def _wait_for_daemon(self) -> None:
-        if self._fd_waiter:
-            event = self._wakeup
-            with trio.move_on_after(WAKEUP_FALLBACK):
-                await event.wait()
-            return
-        self._fd_waiter = True
-        try:
-            with trio.move_on_after(WAKEUP_FALLBACK):
-                await trio.lowlevel.wait_readable(self._fd)
-            self._drain()
-        finally:
-            self._fd_waiter = False
-            event, self._wakeup = self._wakeup, trio.Event()
-            event.set()
-
-    def _drain(self) -> None:
-        while not self._closed:
-            try:
-                if not os.read(self._fd, 4096):
-                    return
-            except BlockingIOError:
-                return
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this guest stream")
-        self._sending = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_open()
-            view = memoryview(data).cast("B")
-            pos = 0
-            while pos < len(view):
-                self._check_open()
-                error = self._ring_error()
-                if error is not None:
-                    raise trio.BrokenResourceError(f"xenstored stopped serving this guest ({error})")
-                cons, prod = self._u32(REQ_CONS), self._u32(REQ_PROD)
-                used = (prod - cons) & _MASK32
-                if used > RING_SIZE:
-                    raise trio.BrokenResourceError(f"corrupt request ring indices {cons}/{prod}")
-                if used == RING_SIZE:
-                    if not self._alive():
-                        raise trio.BrokenResourceError("xenstored is not running")
-                    await self._wait_for_daemon()  # the daemon notifies once it has consumed
-                    continue
-                start = prod % RING_SIZE
-                n = min(RING_SIZE - used, RING_SIZE - start, len(view) - pos)
-                self._page[REQ_OFFSET + start : REQ_OFFSET + start + n] = view[pos : pos + n]
-                self._fields[REQ_PROD] = (prod + n) & _MASK32  # after the data (x86: stores stay in order)
-                pos += n
-                self._kick()
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
-
-    async def wait_send_all_might_not_block(self) -> None:
-        self._check_open()
-        while (self._u32(REQ_PROD) - self._u32(REQ_CONS)) & _MASK32 >= RING_SIZE:
-            if self._ring_error() is not None or not self._alive():
-                break  # send_all will say why
-            await self._wait_for_daemon()
-            self._check_open()
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this guest stream")
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                self._check_open()
-                cons, prod = self._u32(RSP_CONS), self._u32(RSP_PROD)
-                avail = (prod - cons) & _MASK32
-                if avail > RING_SIZE:
-                    raise trio.BrokenResourceError(f"corrupt response ring indices {cons}/{prod}")
-                if avail:
-                    break
-                if self._ring_error() is not None or not self._alive():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    return b""  # end of stream, as from a socket the daemon closed
-                await self._wait_for_daemon()
-            n = avail if max_bytes is None else min(avail, max_bytes)
-            start = cons % RING_SIZE
-            first = min(n, RING_SIZE - start)
-            out = self._page[RSP_OFFSET + start : RSP_OFFSET + start + first]
-            if n > first:
-                out += self._page[RSP_OFFSET : RSP_OFFSET + n - first]
-            self._fields[RSP_CONS] = (cons + n) & _MASK32
-            self._kick()  # the daemon may be waiting for room to write more
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return out
-        finally:
-            self._receiving = False
-
-    async def reconnect(self) -> bool:
-        """Start the ring afresh, if the daemon offers XENSTORE_SERVER_FEATURE_RECONNECTION (oxenstored does, C
-        xenstored 4.17 does not): it then drops the guest's watches, transactions and unread bytes. Returns
-        whether it did."""
-        if not self._u32(SERVER_FEATURES) & FEATURE_RECONNECTION:
-            return False
-        self._fields[CONNECTION] = RECONNECT
-        self._kick()
-        with trio.fail_after(START_TIMEOUT):
-            while self._u32(CONNECTION) != CONNECTED:
-                if not self._alive():
-                    raise trio.BrokenResourceError("xenstored is not running")
-                await self._wait_for_daemon()
-        return True
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        trio.lowlevel.notify_closing(self._fd)
-        os.close(self._fd)
-        self._fields.release()
-        self._wakeup.set()
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
 
 
 class CXenStored:
@@ -539,7 +251,7 @@ class CXenStored:
         self._active.add(domid)
         try:
             page = self._ring(domid)
-            with _ring_fields(page) as fields:
+            with ring_fields(page) as fields:
                 broken = fields[RING_ERROR] != 0
             if broken:
                 # The daemon stopped serving this ring (a protocol error in an earlier stream) and INTRODUCE
@@ -551,7 +263,7 @@ class CXenStored:
             fifo = self.workdir / f"notify-{domid}"
             _mkfifo(fifo)
             notify_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            stream = _GuestRingStream(
+            stream = GuestRingStream(
                 page, notify_fd, lambda: self._send_event(DOM_PORT_BASE + domid), self._daemon_alive
             )
             try:

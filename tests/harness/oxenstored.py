@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
-from harness.cxenstored import PROJECT_ROOT, CXenStored, Daemon, open_cxenstored, probe_cxenstored
+from harness.build import PROJECT_ROOT, Daemon
+from harness.cxenstored import CXenStored, open_cxenstored, probe_cxenstored
 
 __all__ = ["O_XENSTORED", "open_oxenstored", "probe_oxenstored"]
 

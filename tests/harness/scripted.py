@@ -104,23 +104,36 @@ async def answer_as(peer: Peer, flavour: str, tree: dict[str, bytes] | None = No
     """Answer every request as ``flavour`` ("c422", "c417", "oxenstored") does, until the client leaves.
 
     The tree is flat (path -> value); listings are derived from it. Watches fire their registration event.
-    oxenstored leaves RESET_WATCHES, and any request with an empty payload, unanswered, as the real one
-    (4.17) does.
+    oxenstored leaves RESET_WATCHES unanswered and a frame with an empty payload unread until more bytes
+    come, as the real one (Debian's 4.17) does.
     """
     nodes = {"/": b"", **(tree or {})}
     quotas = dict.fromkeys(C422_QUOTAS, 1000)
+    unread: list[Frame] = []
     while True:
         request = await peer.receive()
-        args = split(request.payload)
-        reply = _answer(flavour, request, args, nodes, quotas)
-        if reply is None:
+        if flavour == "oxenstored" and not request.payload:
+            # oxenstored reads a frame with an empty payload only when more bytes come after it.
+            unread.append(request)
             continue
-        if isinstance(reply, str):
-            await peer.error(request, reply)
-        else:
-            await peer.reply(request, reply)
-        if request.op == Op.WATCH and not isinstance(reply, str):
-            await peer.event(args[0].decode(), args[1].decode())
+        for frame in [*unread, request]:
+            await _answer_one(peer, flavour, frame, nodes, quotas)
+        unread.clear()
+
+
+async def _answer_one(
+    peer: Peer, flavour: str, request: Frame, nodes: dict[str, bytes], quotas: dict[str, int]
+) -> None:
+    args = split(request.payload)
+    reply = _answer(flavour, request, args, nodes, quotas)
+    if reply is None:
+        return
+    if isinstance(reply, str):
+        await peer.error(request, reply)
+    else:
+        await peer.reply(request, reply)
+    if request.op == Op.WATCH and not isinstance(reply, str):
+        await peer.event(args[0].decode(), args[1].decode())
 
 
 def _children(nodes: dict[str, bytes], path: str) -> list[bytes]:
@@ -134,8 +147,6 @@ def _answer(
     flavour: str, request: Frame, args: list[bytes], nodes: dict[str, bytes], quotas: dict[str, int]
 ) -> bytes | str | None:
     op = request.op
-    if flavour == "oxenstored" and not request.payload:
-        return None
     if op in (Op.GET_FEATURE, Op.SET_FEATURE, Op.GET_QUOTA, Op.SET_QUOTA):
         return _answer_422(op, args, quotas) if flavour == "c422" else "ENOSYS"
     if op in (Op.DIRECTORY, Op.DIRECTORY_PART):

@@ -9,25 +9,18 @@ may use these ops, except GET_FEATURE for the caller's own features.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from actors.xs.wire import Frame
+from actors.xs.wire import Frame, Op
 
-from .domains import DOMID_FIRST_RESERVED, FEATURES, Domain, Quotas
-from .failure import EACCES, EBUSY, EINVAL, ENOENT, Fail
-from .permissions import atoi
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .core import Core, Handler
-    from .transactions import Transaction, View
+from ..connection import Connection
+from ..core import Core, Handler
+from ..domains import DOMID_FIRST_RESERVED, FEATURES, Domain, Quotas
+from ..failure import EACCES, EBUSY, EINVAL, ENOENT, Fail
+from ..permissions import atoi
+from ..transactions import Transaction, View
 
 __all__ = ["FEATURE_HANDLERS", "FEATURE_PRIVILEGED", "QUOTA_NAMES"]
-
-GET_FEATURE: Final = 23
-SET_FEATURE: Final = 24
-GET_QUOTA: Final = 25
-SET_QUOTA: Final = 26
 
 # The quota names of C 4.22 in its order, each with the Quotas field it sets. Every other soft quota is off.
 QUOTA_NAMES: Final = (
@@ -65,7 +58,7 @@ def _parse_domid(raw: bytes) -> int:
     return value
 
 
-def _existing_domain(core: Core, raw: bytes) -> Domain:
+def _existing_domain(core: Core, raw: bytes) -> Domain[Connection]:
     """``find_or_alloc_existing_domain()``: every domid below DOMID_FIRST_RESERVED exists here."""
     domid = _parse_domid(raw)
     if domid >= DOMID_FIRST_RESERVED:
@@ -136,9 +129,9 @@ def do_set_quota(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
 
 
 FEATURE_HANDLERS: Final[dict[int, Handler]] = {
-    GET_FEATURE: do_get_feature,
-    SET_FEATURE: do_set_feature,
-    GET_QUOTA: do_get_quota,
-    SET_QUOTA: do_set_quota,
+    int(Op.GET_FEATURE): do_get_feature,
+    int(Op.SET_FEATURE): do_set_feature,
+    int(Op.GET_QUOTA): do_get_quota,
+    int(Op.SET_QUOTA): do_set_quota,
 }
-FEATURE_PRIVILEGED: Final = frozenset({SET_FEATURE, GET_QUOTA, SET_QUOTA})
+FEATURE_PRIVILEGED: Final = frozenset(int(op) for op in (Op.SET_FEATURE, Op.GET_QUOTA, Op.SET_QUOTA))
