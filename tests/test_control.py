@@ -22,6 +22,7 @@ from test_agent_daemon import REPO, clean_env, poll, run_agent, script
 
 import actors
 from actors.agent.control import ControlInUse, ask_async, bind_control, serve_control
+from conftest import Embedded
 
 CLI = [sys.executable, "-m", "actors.cli"]
 T = TypeVar("T")
@@ -204,3 +205,28 @@ async def test_a_second_agent_on_the_same_control_socket_is_refused(workdir: str
     stale.close()  # a socket file nobody answers on: replaced
     sock, _ = bind_control(path)
     sock.close()
+
+
+async def test_sighup_with_changed_rules_resets_the_failed_domains(
+    xenstored: Embedded, xs: actors.XenStore, workdir: str
+) -> None:
+    broken = script(workdir, "broken", "exit 3\n")
+    control = os.path.join(workdir, "control")
+    config_path = config(workdir, xenstored.socket_path, broken)
+
+    async def states() -> dict[int, str]:
+        doc = await ask_async(control, {"op": "status"})
+        return {d["domid"]: d["state"] for d in doc["domains"]}
+
+    async with run_agent(workdir, "--config", config_path) as agent:
+        with trio.fail_after(30):
+            await agent.wait_log("ready: ")
+            await actors.announce_domain(xs, 5, identity="uuid-5")
+            await eventually(states, lambda s: s == {5: "failed"})
+            fixed = script(workdir, "fixed", "true\n")
+            text = await trio.Path(config_path).read_text()
+            await trio.Path(config_path).write_text(text.replace(broken, fixed))
+            agent.signal(signal.SIGHUP)
+            await agent.wait_log("reload done")
+            await eventually(states, lambda s: s == {5: "running"})
+            assert agent.find("control: reset of domain 5 (was failed)")
