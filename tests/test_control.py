@@ -149,19 +149,27 @@ async def test_status_and_healthz_follow_xenstored(workdir: str) -> None:
             assert code == 2 and "NOT CONNECTED" in out  # no xenstored yet
             assert (await healthz(port))[0] == 503
             async with xenstored_process(socket_path) as daemon:
-                await eventually(lambda: cli("status", "--control", control), lambda r: r[0] == 0)
+                await eventually(lambda: health(control), lambda code: code == 0)
+                assert (await cli("status", "--control", control))[0] == 0
                 status, body = await healthz(port)
                 assert status == 200 and body.startswith("healthy: ") and body.count("\n") == 1
                 daemon.kill()  # xenstored gone: not connected, 2, and 503
-                result = await eventually(lambda: cli("status", "--control", control), lambda r: r[0] == 2)
-                assert "not connected to xenstored" in result[1]
+                await daemon.wait()
+                await eventually(lambda: health(control), lambda code: code == 2)
+                result = await cli("status", "--control", control)
+                assert result[0] == 2 and "not connected to xenstored" in result[1]
                 assert (await healthz(port))[0] == 503
+            await trio.Path(socket_path).unlink()  # what the killed daemon left (a new one refuses it)
             async with xenstored_process(socket_path):  # back: healthy again, one reconnect more
-                result = await eventually(
-                    lambda: cli("status", "--json", "--control", control), lambda r: r[0] == 0
-                )
-                assert json.loads(result[1])["connection"]["reconnects"] >= 1
+                await eventually(lambda: health(control), lambda code: code == 0)
+                result = await cli("status", "--json", "--control", control)
+                assert result[0] == 0 and json.loads(result[1])["connection"]["reconnects"] >= 1
                 assert (await healthz(port))[0] == 200
+
+
+async def health(control: str) -> int:
+    doc = await ask_async(control, {"op": "status"})
+    return int(doc["health"]["code"])
 
 
 async def healthz(port: int) -> tuple[int, str]:
