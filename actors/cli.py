@@ -1,123 +1,274 @@
-"""The ``mtwatch`` command: ``xenstored``, ``domain announce|retire|list|bridge`` (and, with the agent,
-``agent``, ``status``, ``top``, ``demo``)."""
+"""The ``mtwatch`` command: one argparse tree for ``agent``, ``status``, ``domains``, ``top``, ``reset``, ``demo``,
+``domain announce|retire|list|bridge`` and ``xenstored`` (whose options are the embedded server's own). Exit
+statuses: :class:`actors.agent.exits.Exit` (``mtwatch --help`` lists them)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
+from . import __version__
+from .agent.exits import Exit, epilog
 from .xs.errors import XenStoreError
 
-EXIT_USAGE = 2
-EXIT_XENSTORE = 3
-
-# Subcommands with parsers of their own: name -> (module, function, help).
-_DELEGATED_HELP = {
-    "xenstored": (".xenstored", "main", "run the embedded xenstored (mtwatch xenstored --help)"),
-    "agent": (".agent.daemon", "main", "run the dom0 agent (mtwatch agent --help)"),
-    "status": (".agent.status", "main_status", "show a running agent's domains"),
-    "top": (".agent.status", "main_top", "a live view of a running agent's domains"),
-    "demo": (".agent.demo", "main", "the isolation demo on the embedded xenstored (no Xen, no root)"),
-}
-_DELEGATED = {name: (module, function) for name, (module, function, _) in _DELEGATED_HELP.items()}
+DEFAULT_CONTROL = "/run/mtwatch/control"
 
 
-def _domain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    domain = sub.add_parser("domain", help="the toolstack side of mtwatch: announce, retire, list, bridge")
-    actions = domain.add_subparsers(dest="action", metavar="ACTION", required=True)
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--version", action="version", version=f"mtwatch {__version__}")
+    return p
 
-    def with_xenstore(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--xenstore", metavar="PATH", help="xenstored socket (default: $XENSTORED_PATH, ...)")
-        p.add_argument("--root", default=None, help="mtwatch root (default /local/domain/0/mtwatch)")
-        return p
 
-    announce = with_xenstore(
-        actions.add_parser("announce", help="make /local/domain/0/mtwatch/DOMID (perms n0)")
+def _control(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        default=DEFAULT_CONTROL,
+        help="the agent's control socket (default %(default)s)",
     )
-    announce.add_argument("domid")
-    announce.add_argument("--identity", default="", help="the node's value, e.g. the domain's UUID")
-    retire = with_xenstore(actions.add_parser("retire", help="remove /local/domain/0/mtwatch/DOMID"))
-    retire.add_argument("domid")
-    with_xenstore(actions.add_parser("list", help="list announced domains and their identities"))
-    with_xenstore(
-        actions.add_parser(
-            "bridge",
-            help="announce and retire mtwatch nodes for a stock toolstack, following @introduceDomain/"
-            "@releaseDomain (runs until SIGINT/SIGTERM)",
+    return _common(p)
+
+
+def _xenstore(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--xenstore", metavar="PATH", help="xenstored socket (default: $XENSTORED_PATH, ...)")
+    p.add_argument("--root", default=None, help="mtwatch root (default /local/domain/0/mtwatch)")
+    return _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _common(
+        argparse.ArgumentParser(
+            prog="mtwatch",
+            description="A dom0 watch runtime for Xen hosts.",
+            epilog=epilog(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    agent = _control(sub.add_parser("agent", help="run the dom0 agent (SIGTERM stops, SIGHUP reloads)"))
+    agent.add_argument(
+        "--config", metavar="FILE", help="TOML configuration (default: built-in defaults, no rules)"
+    )
+    agent.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics and /healthz at HOST:PORT")
+    agent.add_argument("--log-json", action="store_true", help="log one compact JSON object per line")
+    agent.add_argument(
+        "--log-level", metavar="LEVEL", help="TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"
+    )
+    agent.add_argument("--xenstore", metavar="PATH", help="xenstored socket (default: $XENSTORED_PATH, ...)")
+    agent.set_defaults(control=None)  # None: the configuration's [control] socket
+    status = _control(sub.add_parser("status", help="the agent's health and domains (exit 0/1/2/3)"))
+    status.add_argument("--json", action="store_true", help="print the agent's status document as JSON")
+    _control(sub.add_parser("domains", help="the domain table, plain (for scripts)"))
+    top = _control(sub.add_parser("top", help="a live view of the agent's domains (q quits)"))
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    reset = _control(sub.add_parser("reset", help="give failed domains a fresh start"))
+    which = reset.add_mutually_exclusive_group(required=True)
+    which.add_argument("domid", nargs="?", type=int, help="the failed domain")
+    which.add_argument("--all-failed", action="store_true", help="every failed domain")
+    demo = _common(
+        sub.add_parser("demo", help="the isolation demo on the embedded xenstored (no Xen, no root)")
+    )
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long to run (default %(default)s)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON (no live view)")
+    demo.add_argument("--interval", type=float, help="live view refresh (default 1 s, 5 s when not a tty)")
+    demo.add_argument("--seed", type=int, help="seed of the churn's randomness")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, config)")
+    sub.add_parser("xenstored", help="run the embedded xenstored (mtwatch xenstored --help)", add_help=False)
+    domain = _common(sub.add_parser("domain", help="the toolstack side: announce, retire, list, bridge"))
+    actions = domain.add_subparsers(dest="action", metavar="ACTION", required=True)
+    announce = _xenstore(actions.add_parser("announce", help="make /local/domain/0/mtwatch/DOMID (perms n0)"))
+    announce.add_argument("domid")
+    announce.add_argument("--identity", default="", help="the node's value, e.g. the domain's UUID")
+    _xenstore(actions.add_parser("retire", help="remove /local/domain/0/mtwatch/DOMID")).add_argument("domid")
+    _xenstore(actions.add_parser("list", help="list announced domains and their identities"))
+    _xenstore(actions.add_parser("bridge", help="announce and retire mtwatch nodes for a stock toolstack"))
+    return parser
 
 
-def _run(fn: Callable[[], Awaitable[int]]) -> int:
+# -- the commands -------------------------------------------------------------------------------------------
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from loguru import logger
+
+    from .agent.config import ConfigError, ConfigPermissionError, Overrides, load_config
+    from .agent.daemon import run_agent
+    from .agent.logs import configure_logging
+
+    overrides = Overrides(args.metrics, args.log_json, args.log_level, args.xenstore, args.control)
     try:
-        return trio.run(fn)
-    except XenStoreError as exc:
-        print(f"mtwatch: {exc}", file=sys.stderr)
-        return EXIT_XENSTORE
-    except KeyboardInterrupt:
-        return 130
+        config = load_config(args.config, overrides)
+    except ConfigPermissionError as exc:
+        print(f"mtwatch agent: {exc}", file=sys.stderr)
+        return Exit.NOPERM
+    except ConfigError as exc:
+        print(f"mtwatch agent: configuration error: {exc}", file=sys.stderr)
+        return Exit.CONFIG
+    configure_logging(config.log_format, config.log_level)
+    try:
+        return trio.run(run_agent, config, overrides)
+    except KeyboardInterrupt:  # SIGINT before the signal receiver was in place
+        print("mtwatch agent: interrupted while starting", file=sys.stderr)
+        return Exit.INTERRUPTED
+    except Exception:
+        logger.opt(exception=True).critical("internal error: the agent stops")
+        return Exit.SOFTWARE
+
+
+def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
+    from .agent.control import ControlUnavailable, ask
+
+    try:
+        return ask(args.control, request)
+    except ControlUnavailable as exc:
+        print(f"mtwatch {args.command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .agent import status
+
+    doc = _ask(args, {"op": "status"})
+    if doc is None:
+        return Exit.NO_DAEMON
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.command == "domains":
+        print(status.COLUMNS.rstrip(), *status.render(doc), sep="\n")
+        return Exit.OK
+    else:
+        print(*status.header(doc), "", status.COLUMNS, *status.render(doc), status.totals(doc), sep="\n")
+    return int(doc["health"]["code"])
+
+
+def _reset(args: argparse.Namespace) -> int:
+    request = {"op": "reset", "failed": True} if args.all_failed else {"op": "reset", "domid": args.domid}
+    answer = _ask(args, request)
+    if answer is None:
+        return Exit.NO_DAEMON
+    if not answer.get("ok"):
+        print(f"mtwatch reset: {answer.get('error')}", file=sys.stderr)
+        return Exit.DEGRADED
+    reset = answer.get("reset") or []
+    print(f"reset: {', '.join(map(str, reset))}" if reset else "no failed domain")
+    return Exit.OK
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .agent.top import run_top
+
+    if args.interval <= 0:
+        print("mtwatch top: --interval must be positive", file=sys.stderr)
+        return Exit.USAGE
+    return run_top(args.control, args.interval)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .agent.demo import main
+
+    return main(args)
+
+
+async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
+    """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line."""
+    async with trio.open_nursery() as nursery:
+
+        async def body() -> None:
+            await fn()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(body)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                print(f"mtwatch {name}: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def _domain(args: argparse.Namespace) -> int:
     from . import toolstack
-    from .runtime.lifecycle import MTWATCH_ROOT
+    from .runtime.lifecycle import MTWATCH_ROOT, MtwatchSource
     from .xs.client import connect
     from .xs.wire import check_domid
 
     root = args.root or MTWATCH_ROOT
-    domid = None
-    if args.action in ("announce", "retire"):
-        try:
+    domid = 0
+    try:
+        if args.action in ("announce", "retire"):
             domid = check_domid(args.domid, guest_only=True)
-        except XenStoreError as exc:
-            print(f"mtwatch: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    except XenStoreError as exc:
+        print(f"mtwatch: {exc}", file=sys.stderr)
+        return Exit.USAGE
 
-    async def main() -> int:
+    async def main() -> None:
         async with connect(args.xenstore) as xs:
             if args.action == "announce":
-                assert domid is not None
                 await toolstack.announce_domain(xs, domid, identity=args.identity, root=root)
             elif args.action == "retire":
-                assert domid is not None
                 await toolstack.retire_domain(xs, domid, root=root)
             elif args.action == "list":
-                from .runtime.lifecycle import MtwatchSource
-
                 listing = await MtwatchSource(root).listing(xs)
                 for d in sorted(listing):
                     print(f"{d}\t{listing[d].decode(errors='replace')}")
-            elif args.action == "bridge":
+            else:
+                from loguru import logger
+
+                from .agent.logs import configure_logging
                 from .bridge import run_bridge
 
-                await run_bridge(xs, root=root)
-        return 0
+                configure_logging()
+                logger.info("domain bridge: keeping {} in step with the host's domains on {}", root, xs.name)
+                await _until_signal("domain bridge", lambda: run_bridge(xs, root=root))
 
-    return _run(main)
+    try:
+        trio.run(main)
+    except XenStoreError as exc:
+        print(f"mtwatch: {exc}", file=sys.stderr)
+        return Exit.NO_DAEMON
+    except KeyboardInterrupt:
+        print("mtwatch: interrupted", file=sys.stderr)
+        return Exit.INTERRUPTED
+    return Exit.OK
+
+
+def _xenstored(argv: list[str]) -> int:
+    from .xenstored.server import main
+
+    if "--version" in argv:
+        print(f"mtwatch {__version__}")
+        return Exit.OK
+    try:
+        return main(argv)
+    except KeyboardInterrupt:  # SIGINT before its signal receiver was in place
+        print("mtwatch xenstored: interrupted", file=sys.stderr)
+        return Exit.INTERRUPTED
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "agent": _agent,
+    "status": _status,
+    "domains": _status,
+    "reset": _reset,
+    "top": _top,
+    "demo": _demo,
+    "domain": _domain,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in _DELEGATED:
-        module_name, function = _DELEGATED[args_list[0]]
-        import importlib
-
-        module = importlib.import_module(module_name, __package__)
-        result: int = getattr(module, function)(args_list[1:])
-        return result
-    parser = argparse.ArgumentParser(prog="mtwatch", description="A dom0 watch runtime for Xen hosts.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, _, text) in _DELEGATED_HELP.items():
-        sub.add_parser(name, help=text, add_help=False)
-    _domain_parser(sub)
-    args = parser.parse_args(args_list)
-    if args.command == "domain":
-        return _domain(args)
-    parser.print_help()
-    return EXIT_USAGE
+    if args_list[:1] == ["xenstored"]:
+        return _xenstored(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    if args.command == "domains":
+        args.json = False
+    return int(_COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_defaults_without_a_file() -> None:
     config = load_config(None)
     assert config.xenstore_socket is None and not config.xenbus  # the client's own resolution
     assert config.root == MTWATCH_ROOT
-    assert config.lifecycle == "mtwatch"
+    assert config.lifecycle == "auto"
     assert config.mailbox_size == 64
     assert config.stop_deadline == 10.0
     assert config.restart == RestartPolicy()
@@ -168,7 +169,7 @@ def test_command_line_overrides_the_file(handlers_module: str) -> None:
         ("[xenstore]\nsocket = '/x'\nxenbus = true", "xenstore", "exclude each other"),
         ("[registry]\nroot = 'local/x'", "registry.root", "absolute"),
         ("[registry]\nroot = '/a b'", "registry.root", "not a valid XenStore path"),
-        ("[registry]\nlifecycle = 'xl'", "registry.lifecycle", '"mtwatch" or "domains"'),
+        ("[registry]\nlifecycle = 'xl'", "registry.lifecycle", '"auto" or "mtwatch" or "domains"'),
         ("[runtime]\nmailbox_size = 0", "runtime.mailbox_size", "at least 1"),
         ("[runtime]\nmailbox_size = 2.5", "runtime.mailbox_size", "must be an integer"),
         ("[runtime]\nmailbox_size = true", "runtime.mailbox_size", "must be an integer"),
@@ -299,3 +300,27 @@ def test_unreadable_file_is_a_permission_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(config_module, "open", denied, raising=False)  # as root, chmod 0 would not do
     with pytest.raises(ConfigPermissionError, match=r"secret\.toml: permission denied"):
         load_config(str(tmp_path / "secret.toml"))
+
+
+def test_handlers_from_a_configured_path_are_imported_again_when_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "handlers"
+    folder.mkdir()
+    module = folder / "site_handlers_xyz.py"
+    module.write_text("async def handle(ctx, event):\n    return 1\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "site_handlers_xyz", raising=False)
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'[handlers]\npath = ["{folder}"]\n[[watch]]\npath = "/x/{{domid}}"\ncall = "site_handlers_xyz:handle"\n'
+    )
+    first = load_config(str(config_file)).watches[0]
+    assert sys.path[0] == str(folder) and first.handler is not None
+    assert load_config(str(config_file), fresh=True).watches[0].key == first.key  # unchanged: the same rule
+    module.write_text("async def handle(ctx, event):\n    return 2\n")
+    os.utime(module, (module.stat().st_atime, module.stat().st_mtime + 10))
+    again = load_config(str(config_file), fresh=True).watches[0]
+    assert again.handler is not first.handler and again.key != first.key  # a reload replaces the rule
+    assert error_of('[handlers]\npath = "/x"').key == "handlers.path"
+    monkeypatch.delitem(sys.modules, "site_handlers_xyz")

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import actors
 from actors.agent import daemon
-from actors.agent.config import parse_config
+from actors.agent.config import Overrides, parse_config
+from actors.agent.exits import Exit
 from actors.xenstored import open_xenstored
 from conftest import Embedded
 
@@ -66,7 +67,8 @@ class Agent:
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line)["record"])
+                flat = json.loads(line)
+                out.append({"message": flat.pop("message"), "level": flat.pop("level"), "extra": flat})
             except (ValueError, KeyError, TypeError):
                 out.append({"message": line, "extra": {}})
         return out
@@ -92,7 +94,7 @@ async def run_agent(workdir: str, *args: str, env: dict[str, str] | None = None)
     log_path = Path(workdir) / "agent.log"
     with log_path.open("wb") as log:
         proc = await trio.lowlevel.open_process(
-            [*AGENT, *args],
+            [*AGENT, "--control", os.path.join(workdir, "control"), *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -224,7 +226,7 @@ async def test_agent_end_to_end(xenstored: Embedded, xs: actors.XenStore, workdi
         async with run_agent(workdir, "--config", str(config), "--metrics", "127.0.0.1:0", env=env) as agent:
             with trio.fail_after(15):
                 ready = notes.messages[await notes.wait("READY")]
-                assert ready["STATUS"].startswith("1 domain")  # READY=1 after the reconcile found domain 3
+                assert "1 domain" in ready["STATUS"]  # READY=1 after the reconcile found domain 3
                 port = metrics_port(agent)
 
                 # The toolstack announces a domain; the rule's command runs for its events.
@@ -388,7 +390,12 @@ async def test_unreachable_xenstored_is_retried_until_it_appears(workdir: str) -
 async def run_to_exit(workdir: str, *args: str) -> tuple[int, str]:
     with trio.fail_after(15):
         result = await trio.run_process(
-            [*AGENT, *args], capture_stdout=True, capture_stderr=True, check=False, env=clean_env(), cwd=REPO
+            [*AGENT, "--control", os.path.join(workdir, "control"), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=clean_env(),
+            cwd=REPO,
         )
     return result.returncode, result.stderr.decode()
 
@@ -397,7 +404,7 @@ async def test_config_errors_name_the_key_and_exit_78(workdir: str) -> None:
     config = Path(workdir) / "agent.toml"
     config.write_text('[[watch]]\npath = "/local/domain/{domid}/x"\nrun = ["/bin/true"]\ntimeout = -1\n')
     code, stderr = await run_to_exit(workdir, "--config", str(config))
-    assert code == daemon.EXIT_CONFIG == 78
+    assert code == Exit.CONFIG == 78
     assert stderr.strip().splitlines() == [
         f"mtwatch agent: configuration error: {config}: watch[0].timeout: must be a positive number, not -1"
     ]
@@ -407,7 +414,7 @@ async def test_config_errors_name_the_key_and_exit_78(workdir: str) -> None:
     code, stderr = await run_to_exit(workdir, "--metrics", "everywhere")
     assert code == 78 and "--metrics: 'everywhere' is not HOST:PORT" in stderr
     code, stderr = await run_to_exit(workdir, "--bogus")
-    assert code == daemon.EXIT_USAGE
+    assert code == Exit.USAGE
 
 
 async def test_metrics_port_in_use_exits_75(workdir: str) -> None:
@@ -416,13 +423,15 @@ async def test_metrics_port_in_use_exits_75(workdir: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         code, stderr = await run_to_exit(workdir, "--metrics", f"127.0.0.1:{port}", "--xenstore", "/nowhere")
-    assert code == daemon.EXIT_METRICS_ADDRESS == 75
+    assert code == Exit.TEMPFAIL == 75
     (line,) = stderr.strip().splitlines()
     assert f"metrics address 127.0.0.1:{port} is already in use" in line
     assert "Traceback" not in stderr
 
 
-async def test_permission_denied_on_the_xenstored_socket_exits_77(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_permission_denied_on_the_xenstored_socket_exits_77(
+    monkeypatch: pytest.MonkeyPatch, workdir: str
+) -> None:
     # As root no socket refuses us: make the transport refuse the way it does for an unprivileged agent.
     async def refused(path: str | None = None, *, xenbus: bool = False) -> Any:
         raise actors.XenStoreUnavailable(errno.EACCES, "not allowed to connect to xenstored at /run/xs")
@@ -433,11 +442,12 @@ async def test_permission_denied_on_the_xenstored_socket_exits_77(monkeypatch: p
     logger.enable("actors")
     try:
         with trio.fail_after(10):
-            code = await daemon.run_agent(parse_config({}))
+            control = Overrides(control=os.path.join(workdir, "control"))
+            code = await daemon.run_agent(parse_config({}, control), control)
     finally:
         logger.disable("actors")
         logger.remove(sink)
-    assert code == daemon.EXIT_PERMISSION == 77
+    assert code == Exit.NOPERM == 77
     assert "permission denied: not allowed to connect to xenstored at /run/xs" in seen
 
 

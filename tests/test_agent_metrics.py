@@ -100,6 +100,11 @@ async def test_scrape_shows_domains_and_their_counts(
     assert samples["mtwatch_event_latency_seconds_bucket"][(("le", "+Inf"),)] >= 3
     states = {dict(labels)["domid"]: dict(labels)["state"] for labels in samples["mtwatch_domain_state"]}
     assert states["3"] == "running"
+    assert samples["mtwatch_up"][()] == 1
+    assert samples["mtwatch_build_info"][(("version", actors.__version__),)] == 1
+    assert samples["process_cpu_seconds_total"][()] > 0  # prometheus_client's ProcessCollector
+    assert set(by_domid(samples, "mtwatch_handler_busy_seconds")) == {"3", "4"}
+    assert {dict(labels)["domid"] for labels in samples["mtwatch_domain_info"]} == {"3", "4"}
 
     # A retired domain's series go away.
     with trio.fail_after(10):
@@ -116,7 +121,7 @@ async def test_scrape_shows_domains_and_their_counts(
 
 
 async def test_other_requests(served: tuple[actors.Runtime, int, Handler]) -> None:
-    _, port, _ = served
+    rt, port, _ = served
     with trio.fail_after(10):
         status, _, body = await http(port, b"GET / HTTP/1.1\r\n\r\n")
         assert status == "HTTP/1.1 404 Not Found"
@@ -126,6 +131,9 @@ async def test_other_requests(served: tuple[actors.Runtime, int, Handler]) -> No
         assert status == "HTTP/1.1 200 OK" and int(headers["Content-Length"]) > 0 and body == b""
         status, _, body = await http(port, b"GET /metrics?x=1 HTTP/1.1\r\n\r\n")
         assert status == "HTTP/1.1 200 OK" and b"mtwatch_domains" in body
+        await rt.ready.wait()
+        status, headers, body = await http(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK" and body == b"healthy: 0 domains\n"
         status, _, _ = await http(port, b"garbage\r\n\r\n")
         assert status == "HTTP/1.1 400 Bad Request"
         status, _, _ = await http(port, b"GET /" + b"x" * 10000)

@@ -289,3 +289,23 @@ async def test_a_run_rule_that_overruns_its_timeout_is_a_failure_and_is_killed(
             await rt.changed.wait()
         assert "overran its timeout" in (rt.domains[6].last_error or "")
         assert not alive(pid)
+
+
+async def test_the_registration_event_is_marked_and_initial_false_skips_it(
+    xs: actors.XenStore, rt: actors.Runtime, tmp_path: Path
+) -> None:
+    out = tmp_path / "events"
+    record = script(tmp_path, "record", f'echo "$1 ${{XS_INITIAL-0}} ${{XS_VALUE-<unset>}}" >> {out}\n')
+    rules = "".join(
+        f'[[watch]]\nname = "{name}"\npath = "/local/domain/{{domid}}/data/x"\nrun = ["{record}", "{name}"]\n'
+        + ("initial = false\n" if name == "changes" else "")
+        for name in ("every", "changes")
+    )
+    RuleSet(rt).apply(rules_of(rules))
+    with trio.fail_after(10):
+        await actors.announce_domain(xs, 6, identity="uuid-6")
+        await wait_for_file(out)  # the registration's event: XS_INITIAL=1, the node not there yet
+        await rt.wait_domain(6, State.RUNNING)
+        await xs.write("/local/domain/6/data/x", b"v1")
+        lines = await wait_for_file(out, lines=3)
+    assert sorted(lines) == ["changes 0 v1", "every 0 v1", "every 1 <unset>"]

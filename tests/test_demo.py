@@ -19,18 +19,9 @@ import pytest
 import trio
 
 from actors.agent.config import parse_config
-from actors.agent.demo import (
-    Cast,
-    DemoError,
-    Show,
-    _supervise,
-    agent_config,
-    percentile,
-    read_records,
-    render_summary,
-    summarize,
-)
-from actors.agent.status import parse_metrics
+from actors.agent.demo import DemoError, _supervise, agent_config
+from actors.agent.demo_play import Cast, Show
+from actors.agent.demo_summary import percentile, read_records, render_summary, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = [sys.executable, "-m", "actors.cli", "demo"]
@@ -41,12 +32,12 @@ needs_agent = pytest.mark.skipif(
 
 
 def test_agent_config_is_valid_for_the_agent() -> None:
-    config = parse_config(tomllib.loads(agent_config("/tmp/x/socket", "127.0.0.1:9999")))
+    config = parse_config(tomllib.loads(agent_config("/tmp/x/socket", "/tmp/x/control")))
     assert [w.name for w in config.watches] == ["ping", "hang", "crash", "flood"]
     assert all(w.call and w.call.startswith("actors.agent.demo_handlers:") for w in config.watches)
     hang = config.watches[1]
     assert hang.timeout > 600  # the hung handler must outlast any demo run
-    assert config.xenstore_socket == "/tmp/x/socket"
+    assert config.xenstore_socket == "/tmp/x/socket" and config.control == "/tmp/x/control"
 
 
 def test_percentile_nearest_rank() -> None:
@@ -65,23 +56,23 @@ def test_read_records_skips_torn_lines(tmp_path: Path) -> None:
     assert read_records(str(tmp_path / "missing")) == {}
 
 
-def test_summary_from_a_scrape() -> None:
-    text = """\
-mtwatch_domains{state="running"} 4.0
-mtwatch_domains{state="failed"} 1.0
-mtwatch_domain_state{domid="1",state="running"} 1.0
-mtwatch_domain_state{domid="4",state="running"} 1.0
-mtwatch_domain_state{domid="5",state="failed"} 1.0
-mtwatch_domain_state{domid="6",state="running"} 1.0
-mtwatch_domain_state{domid="21",state="running"} 1.0
-mtwatch_events_total{domid="4"} 1.0
-mtwatch_events_coalesced_total{domid="4"} 80.0
-mtwatch_mailbox_depth{domid="4"} 65.0
-mtwatch_handler_failures_total{domid="5"} 6.0
-mtwatch_restarts_total{domid="5"} 5.0
-mtwatch_events_total{domid="6"} 200.0
-mtwatch_events_coalesced_total{domid="6"} 4000.0
-"""
+def domain(domid: int, state: str = "running", **counts: int) -> dict[str, object]:
+    base = {"mailbox": 0, "handled": 0, "coalesced": 0, "dropped": 0, "failures": 0, "restarts": 0}
+    return {"domid": domid, "state": state, **base, **counts}
+
+
+def test_summary_from_a_status() -> None:
+    status = {
+        "connection": {"reconnects": 0},
+        "latency": {"count": 3, "p50": 0.001, "p99": 0.002},
+        "domains": [
+            domain(1),
+            domain(4, handled=1, coalesced=80, mailbox=65),
+            domain(5, "failed", failures=6, restarts=5),
+            domain(6, handled=200, coalesced=4000),
+            domain(21),
+        ],
+    }
     show = Show(Cast(), announced=12, retired=5, flood_writes=5000, hang_at=0.0, crash_at=0.0)
     records = {
         1: [(0.001, 0.0001)] * 99 + [(0.004, 0.0002)],
@@ -89,7 +80,7 @@ mtwatch_events_coalesced_total{domid="6"} 4000.0
         6: [(1.5, 1.4)],
         5: [(9.0, 9.0)],
     }
-    summary = summarize(show, parse_metrics(text), records, 5.0)
+    summary = summarize(show, status, records, 5.0)
     assert summary["healthy"]["domids"] == [1, 21]
     assert summary["healthy"]["samples"] == 101  # domain 5 and the flood's pings are not healthy
     assert summary["healthy"]["p99_ms"] == pytest.approx(2.0)
@@ -101,6 +92,8 @@ mtwatch_events_coalesced_total{domid="6"} 4000.0
     text_lines = "\n".join(render_summary(summary))
     assert "crashing domain 5: state failed after 6 failures and 5 restarts" in text_lines
     assert "isolation:" in text_lines
+    assert summary["agent"]["latency_histogram_p99_ms"] == 2.0
+    assert summary["agent"]["totals"]["states"] == {"running": 4, "failed": 1}
     json.dumps(summary)  # JSON-ready
 
 
@@ -213,7 +206,8 @@ async def test_demo_text_summary_and_cleanup() -> None:
     assert process.returncode == 0
     assert "\x1b[" not in out  # not a terminal: plain lines
     assert out.count("mtwatch demo - ") >= 2  # the live table, refreshed
-    assert " DOMID  STATE" in out
+    assert " DOMID NAME" in out
+    assert "HUNG (the demo)" in out and "CRASHING (the demo)" in out and "FLOODING (the demo)" in out
     assert "healthy domains" in out and "hung domain 4" in out and "crashing domain 5" in out
     assert "flooding domain 6" in out and "isolation:" in out
     assert not any(_alive(pid) for pid in children)

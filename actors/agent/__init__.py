@@ -1,4 +1,5 @@
-"""``mtwatch agent``: the long-running dom0 daemon (config, watch rules, metrics, systemd notify, logs), and
-``mtwatch status``/``top``/``demo``. The entry point is :func:`actors.agent.daemon.main`."""
+"""``mtwatch agent``: the long-running dom0 daemon (config, watch rules, control socket, metrics, systemd notify,
+logs), and what talks to it: ``mtwatch status``/``domains``/``top``/``reset``, and ``mtwatch demo``. The
+commands are parsed in :mod:`actors.cli`; the daemon is :func:`actors.agent.daemon.run_agent`."""
 
 from .. import _log  # noqa: F401  (actors loggers off until the application enables them)

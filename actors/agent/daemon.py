@@ -2,43 +2,32 @@
 
 It connects to xenstored, follows the mtwatch registry, runs one supervised actor per guest domain, and for each
 ``[[watch]]`` rule of its TOML configuration (:mod:`actors.agent.config`) runs a command or calls a Python
-function per event (:mod:`actors.agent.rules`).
+function per event (:mod:`actors.agent.rules`). ``mtwatch status``, ``domains``, ``top`` and ``reset`` talk to it
+over its control socket (:mod:`actors.agent.control`).
 
-Signals: SIGTERM or SIGINT stop it gracefully within ``runtime.stop_deadline`` (running handlers may finish within
-most of it, then are cancelled and their processes killed), exit status 0. SIGHUP reloads the file: rules added or
-removed take effect at once, without restarting the domains they do not touch, and ``[log]`` changes apply; the
-other sections need a restart (the log says which). An invalid file on reload keeps the running configuration.
+Signals: SIGTERM or SIGINT stop it within ``runtime.stop_deadline`` (running handlers may finish within most of
+it, then are cancelled and their processes killed), exit status 0. SIGHUP reloads the file: rules added or removed
+take effect at once without restarting the domains they do not touch, changed handler modules are imported again,
+failed domains get a fresh start when the per-domain rules changed, and ``[log]`` changes apply; the other
+sections need a restart (the log says which). An invalid file on reload keeps the running configuration.
 
-systemd (``Type=notify-reload``): ``READY=1`` after the first full reconcile of the registry, ``STATUS=`` with the
-domain counts, ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC``, ``RELOADING=1`` then ``READY=1`` around a reload,
-``STOPPING=1``. See ``scripts/mtwatch-agent.service``.
+systemd: ``READY=1`` after the first full reconcile of the registry, ``STATUS=`` with the health, ``WATCHDOG=1`` at
+half of ``$WATCHDOG_USEC``, ``RELOADING=1`` then ``READY=1`` around a reload, ``STOPPING=1``.
 
-An unreachable xenstored, at start or later, is not fatal: the agent says so in the log and retries with
-backoff (READY=1 waits for it; systemd's TimeoutStartSec bounds the wait at start), since xenstored may start
-after the agent or be restarted under it.
-
-Exit status:
-
-- 0: stopped by SIGTERM or SIGINT
-- 2: bad command line usage
-- 70 (EX_SOFTWARE): internal error (a bug: the log has the traceback)
-- 75 (EX_TEMPFAIL): the metrics address cannot be bound (in use, or not available on this host)
-- 77 (EX_NOPERM): permission denied: the xenstored socket or xenbus device, the metrics port, the config file
-- 78 (EX_CONFIG): invalid configuration (the message names the key and the problem)
+An unreachable xenstored, at start or later, is not fatal: the agent logs it and retries with backoff (READY=1
+waits for it), since xenstored may start after the agent or be restarted under it. Exit statuses:
+:mod:`actors.agent.exits`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import signal
 import socket
-import sys
-from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import NoReturn
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from typing import Any
 
 import trio
 from loguru import logger
@@ -47,52 +36,24 @@ from ..runtime.context import State
 from ..runtime.runtime import Runtime, open_runtime
 from ..xs.client import XenStore, connect
 from ..xs.errors import XenStoreUnavailable
-from .config import Config, ConfigError, ConfigPermissionError, Overrides, load_config
+from .config import Config, ConfigError, Overrides, load_config
+from .control import ControlInUse, bind_control, serve_control, unlink_if_ours
+from .exits import Exit
 from .logs import configure_logging
 from .metrics import Metrics, listener_addresses, open_metrics_listeners, serve_metrics
 from .notify import Notifier, monotonic_usec
 from .rules import RuleSet
+from .status import describe, health
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_METRICS_ADDRESS",
-    "EXIT_OK",
-    "EXIT_PERMISSION",
-    "EXIT_SOFTWARE",
-    "EXIT_USAGE",
-    "Agent",
-    "Fatal",
-    "main",
-    "run_agent",
-]
+__all__ = ["Agent", "Fatal", "run_agent"]
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SOFTWARE = 70
-EXIT_METRICS_ADDRESS = 75
-EXIT_PERMISSION = 77
-EXIT_CONFIG = 78
-
-STATUS_INTERVAL = 1.0  # at most one STATUS= update per this many seconds
-
-EPILOG = """\
-exit status:
-  0   stopped by SIGTERM or SIGINT
-  2   bad command line usage
-  70  internal error (a bug: the log has the traceback)
-  75  the metrics address cannot be bound (in use, or not available here)
-  77  permission denied (xenstored socket or xenbus device, metrics port, config file)
-  78  invalid configuration (the message names the key)
-
-An unreachable xenstored is not fatal: the agent logs it and retries with backoff.
-signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration file.
-"""
+STATUS_INTERVAL = 1.0  # STATUS= is sent when it changed, checked this often
 
 
 class Fatal(Exception):
     """An expected condition that ends the agent: a one-line message and an exit status."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: Exit) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -103,42 +64,18 @@ def _find_fatal(exc: BaseException) -> Fatal | None:
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _find_fatal(inner)
-            if found is not None:
+            if (found := _find_fatal(inner)) is not None:
                 return found
     return None
 
 
-def status_text(rt: Runtime) -> str:
-    """``STATUS=``: the domain counts by state, and whether xenstored is reachable."""
-    counts = Counter(snapshot.state for snapshot in rt.domains.values())
-    total = sum(counts.values())
-    parts = ", ".join(f"{counts[state]} {state.value}" for state in State if counts.get(state))
-    text = f"{total} domain{'' if total == 1 else 's'}" + (f" ({parts})" if parts else "")
-    conn = rt.connection
-    if conn is None or conn.is_lost:
-        text = f"xenstored unreachable, retrying; {text}"
-    elif not rt.ready.is_set():
-        text = f"reading the registry; {text}"
-    return text
-
-
-class _Dirty:
-    """A flag with a wake-up: marks pile up into one while the reader is busy."""
-
-    def __init__(self) -> None:
-        self.flag = True
-        self._event = trio.Event()
-
-    def mark(self) -> None:
-        self.flag = True
-        self._event.set()
-
-    async def wait(self) -> None:
-        if not self.flag:
-            await self._event.wait()
-        self.flag = False
-        self._event = trio.Event()
+def _bind_error(what: str, exc: OSError) -> Fatal:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return Fatal(f"{what}: permission denied ({reason})", Exit.NOPERM)
+    if exc.errno == errno.EADDRINUSE or isinstance(exc, ControlInUse):
+        return Fatal(f"{what} is already in use ({reason})", Exit.TEMPFAIL)
+    return Fatal(f"{what}: {reason}", Exit.TEMPFAIL)
 
 
 class Agent:
@@ -149,32 +86,30 @@ class Agent:
         self.config = config
         self.overrides = overrides
         self.notifier = notifier
-        self._connected_once = False
-        self._status = _Dirty()
+        self.started_at = 0.0
         self.rules: RuleSet | None = None
-
-    # -- the connection -------------------------------------------------------------------------------------
+        self.rt: Runtime | None = None
+        self.metrics: Metrics | None = None
+        self._connected_once = False
+        self._refusing: dict[int, str] = {}  # domid -> why its events are refused (logged once per change)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[XenStore]:
         """The runtime's connection factory: XenStoreUnavailable is retried by the runtime (it logs it);
         permission denied is not something waiting fixes, so it ends the agent."""
-        config = self.config
         async with AsyncExitStack() as stack:
             try:
-                xs = await stack.enter_async_context(connect(config.xenstore_socket, xenbus=config.xenbus))
+                xs = await stack.enter_async_context(
+                    connect(self.config.xenstore_socket, xenbus=self.config.xenbus)
+                )
             except XenStoreUnavailable as exc:
                 if exc.errno in (errno.EACCES, errno.EPERM):
-                    raise Fatal(f"permission denied: {exc.strerror or exc}", EXIT_PERMISSION) from None
-                self._status.mark()
+                    raise Fatal(f"permission denied: {exc.strerror or exc}", Exit.NOPERM) from None
                 raise
             if not self._connected_once:
                 self._connected_once = True
                 logger.info("connected to xenstored at {}", xs.name)
-            self._status.mark()
             yield xs
-
-    # -- metrics -----------------------------------------------------------------------------------------
 
     async def open_metrics(self) -> list[trio.SocketListener]:
         listen = self.config.metrics
@@ -183,25 +118,37 @@ class Agent:
         try:
             return await open_metrics_listeners(listen.host, listen.port)
         except socket.gaierror as exc:
-            raise Fatal(f"metrics address {listen}: {exc.strerror}", EXIT_METRICS_ADDRESS) from None
+            raise Fatal(f"metrics address {listen}: {exc.strerror}", Exit.TEMPFAIL) from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise Fatal(
-                    f"metrics address {listen}: permission denied ({reason})", EXIT_PERMISSION
-                ) from None
-            if exc.errno == errno.EADDRINUSE:
-                raise Fatal(f"metrics address {listen} is already in use", EXIT_METRICS_ADDRESS) from None
-            raise Fatal(f"metrics address {listen}: {reason}", EXIT_METRICS_ADDRESS) from None
+            raise _bind_error(f"metrics address {listen}", exc) from None
+
+    def open_control(self, stack: ExitStack) -> socket.socket | None:
+        """Bind the control socket; without ``[control] socket`` a default that cannot be made is skipped."""
+        path = self.config.control_path
+        try:
+            sock, made = bind_control(path)
+        except OSError as exc:
+            if self.config.control is None and not isinstance(exc, ControlInUse):
+                logger.warning("no control socket ({}: {}): set [control] socket", path, exc.strerror or exc)
+                return None
+            raise _bind_error(f"control socket {path}", exc) from None
+        stack.callback(unlink_if_ours, path, made)
+        stack.callback(sock.close)
+        return sock
 
     # -- the whole life ------------------------------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with (
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+            ExitStack() as stack,
+        ):
+            control = self.open_control(stack)
             listeners = await self.open_metrics()
             try:
                 async with trio.open_nursery() as nursery:
+                    self.started_at = trio.current_time()
                     logger.info(
                         "mtwatch agent starting: xenstored {}, registry {} ({}), {} watch rule{}",
                         config.xenstore_text,
@@ -210,28 +157,12 @@ class Agent:
                         len(config.watches),
                         "" if len(config.watches) == 1 else "s",
                     )
-                    async with open_runtime(
-                        connect=self.connect,
-                        root=config.root,
-                        lifecycle=config.lifecycle,
-                        mailbox_size=config.mailbox_size,
-                        restart=config.restart,
-                        stop_deadline=config.stop_deadline,
-                    ) as rt:
+                    async with open_runtime(connect=self.connect, options=config.options) as rt:
+                        self.rt = rt
                         rt.observe(self._observe)
                         self.rules = RuleSet(rt)
                         self.rules.apply(config.watches)
-                        if listeners:
-                            metrics = Metrics(rt)
-                            await nursery.start(serve_metrics, metrics, listeners)
-                            logger.info(
-                                "metrics on {}",
-                                ", ".join(f"http://{a}/metrics" for a in listener_addresses(listeners)),
-                            )
-                        nursery.start_soon(self._announce_ready, rt)
-                        nursery.start_soon(self._follow_changes, rt)
-                        nursery.start_soon(self._status_loop, rt)
-                        nursery.start_soon(self.notifier.watchdog)
+                        await self._serve(nursery, rt, control, listeners)
                         task_status.started(rt)
                         await self._serve_signals(signals)
                         self.notifier.notify(STOPPING=1, STATUS="stopping")
@@ -240,6 +171,25 @@ class Agent:
             finally:
                 for listener in listeners:
                     await trio.aclose_forcefully(listener)
+
+    async def _serve(
+        self,
+        nursery: trio.Nursery,
+        rt: Runtime,
+        control: socket.socket | None,
+        listeners: list[trio.SocketListener],
+    ) -> None:
+        self.metrics = Metrics(rt)
+        if listeners:
+            await nursery.start(serve_metrics, self.metrics, listeners)
+            urls = ", ".join(f"http://{a}/metrics" for a in listener_addresses(listeners))
+            logger.info("metrics on {}", urls)
+        if control is not None:
+            await nursery.start(serve_control, control, self.answer)
+            logger.info("control socket {}", self.config.control_path)
+        nursery.start_soon(self._announce_ready, rt)
+        nursery.start_soon(self._status_loop, rt)
+        nursery.start_soon(self.notifier.watchdog)
 
     async def _serve_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -254,28 +204,61 @@ class Agent:
             return
 
     def _observe(self, kind: str, domid: int, value: float) -> None:
-        if kind in ("reconnect", "gone"):
-            self._status.mark()
+        if kind.startswith("dropped:"):
+            reason = kind.partition(":")[2]
+            if self._refusing.get(domid) != reason:
+                self._refusing[domid] = reason
+                logger.bind(domid=domid).warning(
+                    "domain {} is {}: its events are dropped (mtwatch_events_dropped_total)", domid, reason
+                )
+        elif kind in ("restart", "gone"):
+            self._refusing.pop(domid, None)
 
     async def _announce_ready(self, rt: Runtime) -> None:
         await rt.ready.wait()
-        logger.info("ready: {}", status_text(rt))
-        self.notifier.notify(READY=1, STATUS=status_text(rt))
-
-    async def _follow_changes(self, rt: Runtime) -> None:
-        while True:
-            await rt.changed.wait()
-            self._status.mark()  # no checkpoint before the next wait(): no change is missed
+        logger.info("ready: {}", health(rt)[1])
+        self.notifier.notify(READY=1, STATUS=health(rt)[1])
 
     async def _status_loop(self, rt: Runtime) -> None:
         last = None
         while True:
-            await self._status.wait()
-            text = status_text(rt)
+            text = health(rt)[1]
             if text != last:
                 self.notifier.notify(STATUS=text)
                 last = text
             await trio.sleep(STATUS_INTERVAL)
+
+    # -- the control socket ----------------------------------------------------------------------------------
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One control request (see :mod:`actors.agent.control`)."""
+        rt = self.rt
+        assert rt is not None
+        if request["op"] == "status":
+            doc = describe(rt, started_at=self.started_at, xenstore=self.config.xenstore_text)
+            return {**doc, "latency": self.metrics.latency_summary() if self.metrics is not None else None}
+        if request["op"] == "reset":
+            return self._reset(rt, request)
+        return {"ok": False, "error": f"unknown op {request['op']!r} (status, reset)"}
+
+    def _reset(self, rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
+        domains = rt.domains
+        if request.get("failed") is True:
+            domids = [d for d, snap in domains.items() if snap.state is State.FAILED]
+        else:
+            domid = request.get("domid")
+            if not isinstance(domid, int) or isinstance(domid, bool):
+                return {"ok": False, "error": 'reset needs "domid": N or "failed": true'}
+            if domid not in domains:
+                return {"ok": False, "error": f"no domain {domid} (not announced, or gone)"}
+            if domains[domid].state not in (State.FAILED, State.BACKOFF):
+                return {"ok": False, "error": f"domain {domid} is {domains[domid].state}, not failed"}
+            domids = [domid]
+        for domid in domids:
+            rt.reset(domid)
+            self._refusing.pop(domid, None)
+            logger.info("control: reset of domain {} (was {})", domid, domains[domid].state)
+        return {"ok": True, "reset": domids}
 
     # -- reload ----------------------------------------------------------------------------------------------
 
@@ -284,16 +267,15 @@ class Agent:
 
         Once READY=1 was sent, the reload is framed by RELOADING=1 (with MONOTONIC_USEC=) and READY=1; before
         that (still connecting), READY=1 stays for the first full reconcile."""
-        rt = self.rules.rt if self.rules is not None else None
+        rt = self.rt
         announce = rt is not None and rt.ready.is_set()
         if announce:
             self.notifier.notify(RELOADING=1, MONOTONIC_USEC=monotonic_usec(), STATUS="reloading")
         try:
-            ok = self._reload()
+            return self._reload()
         finally:
             if announce and rt is not None:
-                self.notifier.notify(READY=1, STATUS=status_text(rt))
-        return ok
+                self.notifier.notify(READY=1, STATUS=health(rt)[1])
 
     def _reload(self) -> bool:
         old = self.config
@@ -301,29 +283,31 @@ class Agent:
             logger.warning("reload: the agent runs without a configuration file; nothing to reload")
             return False
         try:
-            new = load_config(old.source, self.overrides)
+            new = load_config(old.source, self.overrides, fresh=True)
         except ConfigError as exc:
             logger.error("reload failed, keeping the running configuration: {}", exc)
             return False
         if (new.log_format, new.log_level) != (old.log_format, old.log_level):
             configure_logging(new.log_format, new.log_level)
             logger.info("reload: logging now {} at {}", new.log_format, new.log_level)
-        needs_restart = new.restart_required(old)
-        if needs_restart:
+        if needs_restart := new.restart_required(old):
             logger.warning(
                 "reload: {} changed; that takes a restart of the agent (keeping the running values)",
                 ", ".join(needs_restart),
             )
-        assert self.rules is not None
+        assert self.rules is not None and self.rt is not None
         added, removed = self.rules.apply(new.watches)
         for rule in removed:
             logger.info("reload: removed rule {!r}", rule.label)
         for rule in added:
             logger.info("reload: added rule {!r}", rule.label)
+        if any("{domid}" in rule.path for rule in (*added, *removed)):
+            self._reset(self.rt, {"failed": True})  # every domain runs every per-domain rule
+        n = len(new.watches)
         logger.info(
             "reload done: {} rule{} ({} added, {} removed)",
-            len(new.watches),
-            "" if len(new.watches) == 1 else "s",
+            n,
+            "" if n == 1 else "s",
             len(added),
             len(removed),
         )
@@ -344,62 +328,7 @@ async def run_agent(config: Config, overrides: Overrides | None = None) -> int:
             if fatal is None:
                 raise
             logger.error("{}", fatal.message)
-            notifier.notify(STATUS=fatal.message, ERRNO=_errno_for(fatal.code))
+            code = {Exit.NOPERM: errno.EACCES, Exit.TEMPFAIL: errno.EADDRINUSE}.get(fatal.code, errno.EINVAL)
+            notifier.notify(STATUS=fatal.message, ERRNO=code)
             return fatal.code
-    return EXIT_OK
-
-
-def _errno_for(code: int) -> int:
-    return {EXIT_PERMISSION: errno.EACCES, EXIT_METRICS_ADDRESS: errno.EADDRINUSE}.get(code, errno.EINVAL)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="mtwatch agent",
-        description="The dom0 mtwatch agent: one supervised actor per guest domain, running the watch rules\n"
-        "of its TOML configuration (a command or a Python function per event).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML configuration (default: built-in defaults, no rules)"
-    )
-    parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics"
-    )
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument(
-        "--log-level", metavar="LEVEL", help="TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"
-    )
-    parser.add_argument("--xenstore", metavar="PATH", help="xenstored socket (default: $XENSTORED_PATH, ...)")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    """``mtwatch agent [--config FILE] ...``: the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    overrides = Overrides(
-        metrics=args.metrics, log_json=args.log_json, log_level=args.log_level, xenstore=args.xenstore
-    )
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigPermissionError as exc:
-        print(f"mtwatch agent: {exc}", file=sys.stderr)
-        return EXIT_PERMISSION
-    except ConfigError as exc:
-        print(f"mtwatch agent: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(config.log_format, config.log_level)
-    try:
-        return trio.run(run_agent, config, overrides)
-    except KeyboardInterrupt:  # SIGINT before the signal receiver was in place
-        return 130
-    except Exception:
-        logger.opt(exception=True).critical("internal error: the agent stops")
-        return EXIT_SOFTWARE
+    return Exit.OK

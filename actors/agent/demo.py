@@ -19,41 +19,33 @@ up at the end, on Ctrl-C and on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
-import itertools
 import json
-import math
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 import trio
 
-from .. import XenStore, XenStoreError, XenStoreUnavailable, announce_domain, connect, retire_domain
-from ..xs.client import Transaction
+from .. import XenStoreError, XenStoreUnavailable, connect
+from .control import ControlUnavailable, ask_async
 from .demo_handlers import RECORD_ENV
-from .status import Endpoint, MetricsUnreachable, Snapshot, format_seconds, rates, render_table, scrape_async
+from .demo_play import Cast, Show
+from .demo_play import play as play_
+from .demo_summary import percentile, read_records, render_summary, summarize
+from .exits import Exit
+from .status import COLUMNS, format_seconds, rates_between, rows
 
-__all__ = ["Cast", "DemoError", "main", "percentile", "run_demo"]
+__all__ = ["DemoError", "main", "run_demo"]
 
-PING_INTERVAL = 0.05
-PING_SLOTS = 200  # a slot is written again after 10 s: longer than a healthy event ever waits
-CHURN_INTERVAL = 0.5
-FLOOD_BURST = 10  # writes every FLOOD_TICK seconds: about 1000 writes a second
-FLOOD_TICK = 0.01
-FLOOD_PATHS = 200
 STOP_DEADLINE = 2.0
 AGENT_GRACE = STOP_DEADLINE + 8  # SIGTERM -> exit: the stop deadline, and the runtime's own teardown
 START_TIMEOUT = 20.0
@@ -64,24 +56,7 @@ class DemoError(Exception):
     """The demo could not run (a process would not start or died); the message says which and why."""
 
 
-@dataclass(frozen=True)
-class Cast:
-    """Who plays whom: domids of the steady healthy guests, the three misbehaving ones, and the pool the
-    toolstack's churn draws from (``churn_live`` of them alive at a time)."""
-
-    healthy: tuple[int, ...] = (1, 2, 3)
-    hung: int = 4
-    crashing: int = 5
-    flooding: int = 6
-    churn: tuple[int, ...] = tuple(range(20, 30))
-    churn_live: int = 4
-
-    @property
-    def steady(self) -> tuple[int, ...]:
-        return (*self.healthy, self.hung, self.crashing, self.flooding)
-
-
-def agent_config(socket_path: str, metrics: str) -> str:
+def agent_config(socket_path: str, control: str) -> str:
     """The demo's agent configuration: every domain gets every rule; what a guest writes decides which one
     misbehaves for it."""
     handlers = "actors.agent.demo_handlers"
@@ -89,10 +64,6 @@ def agent_config(socket_path: str, metrics: str) -> str:
 # mtwatch demo: the agent's configuration
 [xenstore]
 socket = "{socket_path}"
-
-[registry]
-root = "/local/domain/0/mtwatch"
-lifecycle = "mtwatch"
 
 [runtime]
 mailbox_size = 64
@@ -104,12 +75,8 @@ period = 60.0
 backoff_initial = 0.25
 backoff_max = 1.0
 
-[log]
-format = "text"
-level = "INFO"
-
-[metrics]
-listen = "{metrics}"
+[control]
+socket = "{control}"
 
 [[watch]]
 name = "ping"
@@ -135,21 +102,6 @@ path = "/local/domain/{{domid}}/data/flood"
 call = "{handlers}:slow"
 timeout = 5.0
 """
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The nearest-rank q-quantile (0 < q <= 1) of ``values``; None when there are none."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -225,286 +177,50 @@ async def _wait_xenstored(socket_path: str, log_path: str) -> None:
     raise DemoError(f"xenstored did not answer on {socket_path}; the end of its log:\n{_tail(log_path)}")
 
 
-async def _wait_agent(endpoint: Endpoint, log_path: str) -> None:
+async def _wait_agent(control: str, log_path: str) -> None:
     with trio.move_on_after(START_TIMEOUT):
         while True:
-            try:
-                with trio.fail_after(2):
-                    await scrape_async(endpoint)
+            with suppress(ControlUnavailable):
+                await ask_async(control, {"op": "status"})
                 return
-            except (MetricsUnreachable, trio.TooSlowError):
-                await trio.sleep(0.1)
-    raise DemoError(
-        f"the agent's metrics did not answer at {endpoint}; the end of its log:\n{_tail(log_path)}"
-    )
+            await trio.sleep(0.1)
+    raise DemoError(f"the agent did not answer on {control}; the end of its log:\n{_tail(log_path)}")
 
 
-# -- the toolstack and the guests -----------------------------------------------------------------------------
-
-
-@dataclass
-class Show:
-    """What the simulated toolstack and guests did, for the summary."""
-
-    cast: Cast
-    started_at: float = 0.0
-    announced: int = 0
-    retired: int = 0
-    pings: collections.Counter[int] = field(default_factory=collections.Counter)
-    flood_writes: int = 0
-    hang_at: float | None = None
-    crash_at: float | None = None
-    live: set[int] = field(default_factory=set)
-    guests: dict[int, trio.CancelScope] = field(default_factory=dict)
-    go: trio.Event = field(default_factory=trio.Event)
-
-
-async def _create(xs: XenStore, show: Show, domid: int) -> None:
-    """What libxl does at domain creation: the mtwatch node first, in the transaction that makes the domain's
-    home in XenStore."""
-
-    async def make(tx: Transaction) -> None:
-        await announce_domain(tx, domid, identity=str(uuid.uuid4()))
-        await tx.write(f"/local/domain/{domid}/name", f"guest-{domid}")
-
-    await xs.run_transaction(make)
-    show.announced += 1
-    show.live.add(domid)
-
-
-async def _destroy(xs: XenStore, show: Show, domid: int) -> None:
-    """What libxl does at destruction: the domain's nodes go, then the mtwatch node as the last operation."""
-    scope = show.guests.pop(domid, None)
-    if scope is not None:
-        scope.cancel()
-    show.live.discard(domid)
-
-    async def remove(tx: Transaction) -> None:
-        if await tx.exists(f"/local/domain/{domid}"):
-            await tx.rm(f"/local/domain/{domid}")
-
-    await xs.run_transaction(remove)
-    await retire_domain(xs, domid)
-    show.retired += 1
-
-
-async def _guest(xs: XenStore, show: Show, domid: int, scope: trio.CancelScope) -> None:
-    """A well-behaved guest: a timestamp every PING_INTERVAL, each to a node of its own under ``data/ping``
-    (PING_SLOTS of them in turn), so that the handler reading an event's node finds that write's time, not
-    a later one's: the latency it records is the event's, however long the event waited."""
-    with scope:
-        for seq in itertools.count():
-            await xs.write(f"/local/domain/{domid}/data/ping/{seq % PING_SLOTS}", f"{time.monotonic():.6f}")
-            show.pings[domid] += 1
-            await trio.sleep(PING_INTERVAL)
-
-
-def _start_guest(nursery: trio.Nursery, xs: XenStore, show: Show, domid: int) -> None:
-    scope = trio.CancelScope()
-    show.guests[domid] = scope
-    nursery.start_soon(_guest, xs, show, domid, scope)
-
-
-async def _flood(xs: XenStore, show: Show, domid: int) -> None:
-    """Thousands of writes: FLOOD_BURST at a time over FLOOD_PATHS nodes, as fast as xenstored takes them."""
-    n = 0
-
-    async def one(path: str, value: str) -> None:
-        await xs.write(path, value)
-        show.flood_writes += 1
-
-    while True:
-        async with trio.open_nursery() as burst:
-            for _ in range(FLOOD_BURST):
-                burst.start_soon(one, f"/local/domain/{domid}/data/flood/{n % FLOOD_PATHS}", str(n))
-                n += 1
-        await trio.sleep(FLOOD_TICK)
-
-
-async def _churn(xs: XenStore, show: Show, nursery: trio.Nursery, rng: random.Random) -> None:
-    """Domains come and go: every CHURN_INTERVAL one churn domain is destroyed and another created."""
-    cast = show.cast
-    while True:
-        await trio.sleep(CHURN_INTERVAL)
-        live = sorted(d for d in cast.churn if d in show.live)
-        free = [d for d in cast.churn if d not in show.live]
-        if live and (len(live) >= cast.churn_live or rng.random() < 0.5):
-            await _destroy(xs, show, rng.choice(live))
-        if free and len(live) <= cast.churn_live:
-            domid = rng.choice(free)
-            await _create(xs, show, domid)
-            _start_guest(nursery, xs, show, domid)
-
-
-async def _play(
-    socket_path: str, show: Show, rng: random.Random, *, task_status: trio.TaskStatus[None]
-) -> None:
-    """The toolstack and the guests, until cancelled: started once the first domains are announced and their
-    guests write; the misbehaving guests and the churn begin when ``show.go`` is set."""
-    cast = show.cast
-    async with (
-        connect(socket_path) as toolstack,
-        connect(socket_path) as guests,
-        connect(socket_path) as flooder,
-        trio.open_nursery() as nursery,
-    ):
-        for domid in (*cast.steady, *cast.churn[: cast.churn_live]):
-            await _create(toolstack, show, domid)
-        for domid in sorted(show.live):
-            _start_guest(nursery, guests, show, domid)
-        task_status.started()
-        await show.go.wait()
-        show.hang_at = time.monotonic()
-        await guests.write(f"/local/domain/{cast.hung}/data/hang", "stuck")
-        show.crash_at = time.monotonic()
-        await guests.write(f"/local/domain/{cast.crashing}/data/crash", "poison")
-        nursery.start_soon(_flood, flooder, show, cast.flooding)
-        nursery.start_soon(_churn, toolstack, show, nursery, rng)
-
-
-async def _wait_running(endpoint: Endpoint, domids: Iterable[int]) -> None:
+async def _wait_running(control: str, domids: Iterable[int]) -> None:
     """Until the agent shows every one of ``domids`` running (at most a few seconds: the demo goes on anyway)."""
-    wanted = set(domids)
     with trio.move_on_after(5):
         while True:
-            with suppress(MetricsUnreachable, trio.TooSlowError), trio.fail_after(2):
-                snapshot = await scrape_async(endpoint)
-                if all(snapshot.domains.get(d) and snapshot.domains[d].state == "running" for d in wanted):
+            with suppress(ControlUnavailable):
+                doc = await ask_async(control, {"op": "status"})
+                running = {d["domid"] for d in doc["domains"] if d["state"] == "running"}
+                if running >= set(domids):
                     return
             await trio.sleep(0.05)
-
-
-# -- what the handlers measured -------------------------------------------------------------------------------
-
-
-def read_records(path: str) -> dict[int, list[tuple[float, float]]]:
-    """The ping handlers' ``domid end_to_end agent`` lines, by domid."""
-    out: dict[int, list[tuple[float, float]]] = {}
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 3:
-                    try:
-                        out.setdefault(int(parts[0]), []).append((float(parts[1]), float(parts[2])))
-                    except ValueError:
-                        continue  # a line cut short by the agent's shutdown
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def _latency(samples: list[tuple[float, float]]) -> dict[str, Any]:
-    e2e = [s[0] for s in samples]
-    agent = [s[1] for s in samples]
-
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v * 1000, 3)
-
-    return {
-        "samples": len(samples),
-        "p50_ms": ms(percentile(e2e, 0.5)),
-        "p99_ms": ms(percentile(e2e, 0.99)),
-        "max_ms": ms(max(e2e, default=None)),
-        "agent_p50_ms": ms(percentile(agent, 0.5)),
-        "agent_p99_ms": ms(percentile(agent, 0.99)),
-    }
-
-
-def summarize(
-    show: Show, final: Snapshot, records: dict[int, list[tuple[float, float]]], seconds: float
-) -> dict[str, Any]:
-    cast = show.cast
-    now = time.monotonic()
-    healthy_ids = [*cast.healthy, *cast.churn]
-    healthy = [s for domid in healthy_ids for s in records.get(domid, [])]
-
-    def dom(domid: int) -> dict[str, Any]:
-        d = final.domains.get(domid)
-        if d is None:
-            return {"domid": domid, "state": "gone"}
-        return d.as_dict()
-
-    hung, crashing, flooding = dom(cast.hung), dom(cast.crashing), dom(cast.flooding)
-    hung["pings_written"] = show.pings[cast.hung]
-    hung["handler_waiting_s"] = None if show.hang_at is None else round(now - show.hang_at, 3)
-    crashing["crashing_for_s"] = None if show.crash_at is None else round(now - show.crash_at, 3)
-    flooding["writes"] = show.flood_writes
-    flooding["own_pings"] = _latency(records.get(cast.flooding, []))
-    p50, p99 = final.latency_quantile(0.5), final.latency_quantile(0.99)
-    return {
-        "seconds": seconds,
-        "churn": {"announced": show.announced, "retired": show.retired, "live_at_end": len(show.live)},
-        "healthy": {
-            "domids": sorted({d for d in healthy_ids if d in records}),
-            "pings_written": sum(show.pings[d] for d in healthy_ids),
-            **_latency(healthy),
-        },
-        "hung": hung,
-        "crashing": crashing,
-        "flood": flooding,
-        "agent": {
-            "totals": final.totals(),
-            "states_exact": final.exact_states,
-            "latency_histogram_p50_ms": None if p50 is None else round(p50 * 1000, 3),
-            "latency_histogram_p99_ms": None if p99 is None else round(p99 * 1000, 3),
-        },
-        "domains": [d.as_dict() for d in sorted(final.domains.values(), key=lambda d: d.domid)],
-    }
-
-
-def _fmt_ms(v: float | None) -> str:
-    return format_seconds(None if v is None else v / 1000)
-
-
-def render_summary(summary: dict[str, Any]) -> list[str]:
-    h, hung, crash, flood = summary["healthy"], summary["hung"], summary["crashing"], summary["flood"]
-    churn, agent = summary["churn"], summary["agent"]
-    wait = hung.get("handler_waiting_s")
-    own = flood["own_pings"]
-    lines = [
-        f"mtwatch demo: {summary['seconds']:g} s; the toolstack announced {churn['announced']} domains and retired"
-        f" {churn['retired']} (churn)",
-        "",
-        f"healthy domains {', '.join(map(str, h['domids']))}: {h['samples']} pings handled;"
-        f" guest write -> handler p50 {_fmt_ms(h['p50_ms'])}, p99 {_fmt_ms(h['p99_ms'])}"
-        f" (max {_fmt_ms(h['max_ms'])}; in the agent p50 {_fmt_ms(h['agent_p50_ms'])},"
-        f" p99 {_fmt_ms(h['agent_p99_ms'])})",
-        f"hung domain {hung['domid']}: its handler has waited {wait if wait is not None else '-'} s and still"
-        f" waits; state {hung.get('state')}, mailbox depth {hung.get('mailbox_depth')},"
-        f" {hung.get('coalesced')} events coalesced, {hung.get('events')} handled",
-        f"crashing domain {crash['domid']}: state {crash.get('state')} after {crash.get('failures')} failures"
-        f" and {crash.get('restarts')} restarts",
-        f"flooding domain {flood['domid']}: {flood['writes']} writes; {flood.get('events')} events handled by"
-        f" its slow handler, {flood.get('coalesced')} coalesced, mailbox depth {flood.get('mailbox_depth')};"
-        f" its own pings p50 {_fmt_ms(own['p50_ms'])}, p99 {_fmt_ms(own['p99_ms'])}",
-        f"all domains together (the agent's latency histogram, reader -> handler): p50"
-        f" {_fmt_ms(agent['latency_histogram_p50_ms'])}, p99 {_fmt_ms(agent['latency_histogram_p99_ms'])}",
-        "",
-    ]
-    if h["p99_ms"] is not None and wait:
-        lines.append(
-            f"isolation: healthy p99 {_fmt_ms(h['p99_ms'])} while one handler hangs ({wait:.1f} s), one crashes"
-            f" and one floods: each costs only its own domain."
-        )
-    return lines
 
 
 # -- the live view --------------------------------------------------------------------------------------------
 
 
+def _labels(cast: Cast) -> dict[int, str]:
+    return {
+        cast.hung: "HUNG (the demo)",
+        cast.crashing: "CRASHING (the demo)",
+        cast.flooding: "FLOODING (the demo)",
+    }
+
+
 async def _live_view(
-    endpoint: Endpoint, show: Show, seconds: float, out: TextIO, interval: float, record_path: str
+    control: str, show: Show, seconds: float, out: TextIO, interval: float, record_path: str
 ) -> None:
     tty = out.isatty()
-    previous: Snapshot | None = None
+    previous: dict[str, Any] | None = None
     end = show.started_at + seconds
     while True:
         try:
-            with trio.fail_after(2):
-                snapshot = await scrape_async(endpoint)
-        except (MetricsUnreachable, trio.TooSlowError) as exc:
-            out.write(f"(metrics: {exc})\n")
+            doc = await ask_async(control, {"op": "status"})
+        except ControlUnavailable as exc:
+            out.write(f"(agent: {exc})\n")
         else:
             elapsed = time.monotonic() - show.started_at
             healthy = [
@@ -516,13 +232,14 @@ async def _live_view(
             p99 = percentile(healthy, 0.99)
             header = (
                 f"mtwatch demo - {elapsed:4.1f}/{seconds:g} s - churn {show.announced} announced,"
-                f" {show.retired} retired - flood {show.flood_writes} writes - healthy p99"
-                f" {_fmt_ms(None if p99 is None else p99 * 1000)}"
+                f" {show.retired} retired - flood {show.flood_writes} writes - healthy p99 {format_seconds(p99)}"
             )
-            lines = [header, *render_table(snapshot, rates(previous, snapshot))]
+            rates = rates_between(previous, doc, interval) if previous is not None else None
+            table = [line for _, line in rows(doc, rates, _labels(show.cast))]
+            lines = [header, COLUMNS, *table]
             out.write((_CLEAR if tty else "") + "\n".join(lines) + "\n" + ("" if tty else "\n"))
             out.flush()
-            previous = snapshot
+            previous = doc
         remaining = end - time.monotonic()
         if remaining <= 0:
             return
@@ -540,10 +257,8 @@ async def run_demo(
     socket_path = os.path.join(folder, "xenstored.socket")
     record_path = os.path.join(folder, "latency.txt")
     config_path = os.path.join(folder, "agent.toml")
-    endpoint = Endpoint("127.0.0.1", _free_port())
-    await trio.Path(config_path).write_text(
-        agent_config(socket_path, f"{endpoint.host}:{endpoint.port}"), encoding="utf-8"
-    )
+    control = os.path.join(folder, "control")
+    await trio.Path(config_path).write_text(agent_config(socket_path, control), encoding="utf-8")
     env = dict(os.environ, **{RECORD_ENV: record_path})
     env.pop("XENSTORED_PATH", None)
     python = sys.executable
@@ -576,8 +291,8 @@ async def run_demo(
                         grace=AGENT_GRACE,
                     )
                 )
-                await _wait_agent(endpoint, agent_log)
-                summary = await _show(endpoint, socket_path, show, rng, seconds, out, interval, record_path)
+                await _wait_agent(control, agent_log)
+                summary = await _show(control, socket_path, show, rng, seconds, out, interval, record_path)
                 agent.cancel_scope.cancel()
         finally:
             agent_ended.set()  # the agent's nursery is done: its process is gone
@@ -586,7 +301,7 @@ async def run_demo(
 
 
 async def _show(
-    endpoint: Endpoint,
+    control: str,
     socket_path: str,
     show: Show,
     rng: random.Random,
@@ -597,17 +312,16 @@ async def _show(
 ) -> dict[str, Any]:
     """The toolstack and the guests against the running agent for ``seconds``; the summary."""
     async with trio.open_nursery() as play:
-        await play.start(_play, socket_path, show, rng)
-        await _wait_running(endpoint, show.live)
+        await play.start(play_, socket_path, show, rng)
+        await _wait_running(control, show.live)
         show.started_at = time.monotonic()
         show.go.set()
         if out is not None:
-            await _live_view(endpoint, show, seconds, out, interval, record_path)
+            await _live_view(control, show, seconds, out, interval, record_path)
         else:
             await trio.sleep(seconds)
         play.cancel_scope.cancel()
-    with trio.fail_after(5):
-        final = await scrape_async(endpoint)
+    final = await ask_async(control, {"op": "status"})
     return summarize(show, final, read_records(record_path), seconds)
 
 
@@ -634,25 +348,11 @@ async def _until_signal(fn: Callable[[], Any]) -> Any:
     return result[0]
 
 
-def main(argv: list[str]) -> int:
-    """``mtwatch demo [--seconds N] [--json]``."""
-    parser = argparse.ArgumentParser(
-        prog="mtwatch demo",
-        description="The isolation demo: the embedded xenstored, the agent, a simulated toolstack and guests"
-        " (one hangs its handler, one crashes it, one floods). No Xen, no root.",
-    )
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to run (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON (no live view)")
-    parser.add_argument(
-        "--interval", type=float, default=None, help="live view refresh (default 1 s, 5 s when not a tty)"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="seed of the churn's randomness")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temporary folder (logs, config) and say where"
-    )
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """``mtwatch demo [--seconds N] [--json] [--interval S] [--seed N] [--keep]``."""
     if args.seconds <= 0:
-        parser.error("--seconds must be positive")
+        print("mtwatch demo: --seconds must be positive", file=sys.stderr)
+        return Exit.USAGE
     out = None if args.json else sys.stdout
     interval = args.interval or (1.0 if sys.stdout.isatty() else 5.0)
     folder = tempfile.mkdtemp(prefix="mtwdemo", dir="/tmp")
@@ -662,21 +362,21 @@ def main(argv: list[str]) -> int:
         )
     except KeyboardInterrupt:
         print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
-            return 130
+            return Exit.INTERRUPTED
         known = [e for e in leaves if isinstance(e, DemoError | XenStoreError)]
         if not known:
             raise
         for error in known:
             print(f"mtwatch demo: {error}", file=sys.stderr)
-        return 1
+        return Exit.DEGRADED
     except (DemoError, XenStoreError) as exc:
         print(f"mtwatch demo: {exc}", file=sys.stderr)
-        return 1
+        return Exit.DEGRADED
     finally:
         if args.keep:
             print(f"mtwatch demo: logs and config kept in {folder}", file=sys.stderr)
@@ -686,4 +386,4 @@ def main(argv: list[str]) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print("\n".join(render_summary(summary)))
-    return 0
+    return Exit.OK

@@ -4,36 +4,54 @@ On a private :class:`~prometheus_client.CollectorRegistry`:
 
 - built at scrape time from ``rt.domains`` (so a retired domain's series go away with it):
   ``mtwatch_domains{state}``, ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
-  ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the default actor),
-  ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid}``,
-  ``mtwatch_handler_failures_total{domid}``, ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``,
-  ``mtwatch_xenstore_reconnects_total`` and ``mtwatch_ready`` (1 after the first full reconcile);
+  ``mtwatch_domain_info{domid,name}``, ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the
+  default actor), ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid,reason}``
+  (reasons ``failed``, ``backoff``, ``stopping``), ``mtwatch_handler_failures_total{domid}``,
+  ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``, ``mtwatch_handler_busy_seconds{domid}``,
+  ``mtwatch_xenstore_reconnects_total``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
+  (1 while connected to xenstored), ``mtwatch_build_info{version}`` and the ``process_*`` metrics;
 - fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
   receiving the event to its handler starting.
 
 prometheus_client's own ``start_http_server`` is not used: it serves from a thread, which would read the
 runtime's state from outside the trio loop. :func:`serve_metrics` answers ``GET /metrics`` (and ``HEAD``) with
-``generate_latest(registry)``, 404 elsewhere, one request per connection, each bounded by a deadline.
+``generate_latest(registry)``, ``GET /healthz`` with 200 (healthy or degraded) or 503 (not connected or not
+ready) and the one-line reason, 404 elsewhere; one request per connection, each bounded by a deadline.
 """
 
 from __future__ import annotations
 
-import errno
+import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
-from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .. import __version__
 from ..runtime.context import State
+from .exits import NOT_READY
+from .status import health
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "open_metrics_listeners", "serve_metrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Metrics",
+    "histogram_quantile",
+    "listener_addresses",
+    "open_metrics_listeners",
+    "serve_metrics",
+]
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -59,6 +77,27 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 32
 
 
+_PER_DOMAIN: dict[str, tuple[type[Any], str, list[str]]] = {
+    "domain_state": (GaugeMetricFamily, "1 for each domain actor's current state.", ["state"]),
+    "domain_info": (
+        GaugeMetricFamily,
+        "1 for each domain, with its name (/local/domain/<domid>/name).",
+        ["name"],
+    ),
+    "events": (CounterMetricFamily, "Watch events whose handler completed, by domain.", []),
+    "events_coalesced": (CounterMetricFamily, "Events merged in a full mailbox, by domain.", []),
+    "events_dropped": (
+        CounterMetricFamily,
+        "Events refused (the domain was failed, in backoff or stopping), by domain and reason.",
+        ["reason"],
+    ),
+    "handler_failures": (CounterMetricFamily, "Handler failures (exceptions and timeouts), by domain.", []),
+    "restarts": (CounterMetricFamily, "Domain actor restarts, by domain.", []),
+    "mailbox_depth": (GaugeMetricFamily, "Events waiting in a domain's mailbox.", []),
+    "handler_busy_seconds": (GaugeMetricFamily, "How long the running handler call has run (0: idle).", []),
+}
+
+
 class _RuntimeCollector:
     """Reads ``rt.domains`` at every scrape (in the trio thread: the HTTP handler runs in the loop)."""
 
@@ -78,43 +117,27 @@ class _RuntimeCollector:
             by_state.add_metric([state.value], counts.get(state, 0))
         yield by_state
 
-        state_of = GaugeMetricFamily(
-            "mtwatch_domain_state", "1 for each domain actor's current state.", labels=["domid", "state"]
-        )
-        events = CounterMetricFamily(
-            "mtwatch_events", "Watch events whose handler completed, by domain.", labels=["domid"]
-        )
-        coalesced = CounterMetricFamily(
-            "mtwatch_events_coalesced", "Events merged in a full mailbox, by domain.", labels=["domid"]
-        )
-        dropped = CounterMetricFamily(
-            "mtwatch_events_dropped",
-            "Events dropped (the domain was restarting, stopping or failed), by domain.",
-            labels=["domid"],
-        )
-        failures = CounterMetricFamily(
-            "mtwatch_handler_failures",
-            "Handler failures (exceptions and timeouts), by domain.",
-            labels=["domid"],
-        )
-        restarts = CounterMetricFamily(
-            "mtwatch_restarts", "Domain actor restarts, by domain.", labels=["domid"]
-        )
-        depth = GaugeMetricFamily(
-            "mtwatch_mailbox_depth", "Events waiting in a domain's mailbox.", labels=["domid"]
-        )
-        events.add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like dom0's xenwatch)
-        failures.add_metric(["0"], rt.default_failures)
-        for domid, snapshot in domains:
+        families = {
+            name: kind(f"mtwatch_{name}", text, labels=["domid", *extra])
+            for name, (kind, text, extra) in _PER_DOMAIN.items()
+        }
+        families["events"].add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like xenwatch)
+        families["handler_failures"].add_metric(["0"], rt.default_failures)
+        now = trio.current_time()
+        for domid, snap in domains:
             label = [str(domid)]
-            state_of.add_metric([str(domid), snapshot.state.value], 1)
-            events.add_metric(label, snapshot.handled)
-            coalesced.add_metric(label, snapshot.coalesced)
-            dropped.add_metric(label, snapshot.dropped)
-            failures.add_metric(label, snapshot.failures)
-            restarts.add_metric(label, snapshot.restarts)
-            depth.add_metric(label, snapshot.mailbox_depth)
-        yield from (state_of, events, coalesced, dropped, failures, restarts, depth)
+            families["domain_state"].add_metric([str(domid), snap.state.value], 1)
+            families["domain_info"].add_metric([str(domid), snap.name or ""], 1)
+            families["events"].add_metric(label, snap.handled)
+            families["events_coalesced"].add_metric(label, snap.coalesced)
+            for reason, count in sorted(snap.dropped_by_reason.items()):
+                families["events_dropped"].add_metric([str(domid), reason], count)
+            families["handler_failures"].add_metric(label, snap.failures)
+            families["restarts"].add_metric(label, snap.restarts)
+            families["mailbox_depth"].add_metric(label, snap.mailbox_depth)
+            busy = 0.0 if snap.busy_since is None else max(0.0, now - snap.busy_since)
+            families["handler_busy_seconds"].add_metric(label, busy)
+        yield from families.values()
 
         reconnects = CounterMetricFamily(
             "mtwatch_xenstore_reconnects", "Connections to xenstored made again after the first was lost."
@@ -124,6 +147,12 @@ class _RuntimeCollector:
         ready = GaugeMetricFamily("mtwatch_ready", "1 once the first full reconcile of the registry is done.")
         ready.add_metric([], 1 if rt.ready.is_set() else 0)
         yield ready
+        up = GaugeMetricFamily("mtwatch_up", "1 while the agent is connected to xenstored.")
+        up.add_metric([], 1 if rt.connected.value else 0)
+        yield up
+        build = GaugeMetricFamily("mtwatch_build_info", "The agent's version.", labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
 
 
 class Metrics:
@@ -132,7 +161,9 @@ class Metrics:
 
     def __init__(self, rt: Runtime) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self.rt = rt
         self.registry.register(_RuntimeCollector(rt))
+        ProcessCollector(registry=self.registry)
         self.latency = Histogram(
             "mtwatch_event_latency_seconds",
             "Time from the reader receiving a watch event to its handler starting.",
@@ -145,9 +176,45 @@ class Metrics:
         if kind == "latency":
             self.latency.observe(max(0.0, value))
 
+    def latency_summary(self) -> dict[str, Any]:
+        """The latency histogram's count, p50 and p99 (seconds; None without observations)."""
+        buckets: list[tuple[float, float]] = []
+        count = 0.0
+        for family in self.latency.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.append((float(sample.labels["le"]), float(sample.value)))
+                elif sample.name.endswith("_count"):
+                    count = float(sample.value)
+        return {
+            "count": int(count),
+            "p50": histogram_quantile(0.5, buckets),
+            "p99": histogram_quantile(0.99, buckets),
+        }
+
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """Prometheus's ``histogram_quantile``: linear interpolation in the bucket holding the q-quantile, from
+    ``(le, cumulative count)`` pairs. None without observations; the largest finite bound when the quantile
+    falls into the +Inf bucket."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, cumulative in ordered:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if cumulative == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (cumulative - lower_count)
+        lower_bound, lower_count = bound, cumulative
+    return lower_bound
 
 
 async def open_metrics_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
@@ -237,6 +304,10 @@ async def serve_metrics(
             path = target.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 response = _response("405 Method Not Allowed", b"method not allowed\n")
+            elif path == "/healthz":
+                code, reason = health(metrics.rt)
+                status = "503 Service Unavailable" if code >= NOT_READY else "200 OK"
+                response = _response(status, reason.encode() + b"\n", head=method == "HEAD")
             elif path != "/metrics":
                 response = _response("404 Not Found", b"not found: try /metrics\n", head=method == "HEAD")
             else:
@@ -251,13 +322,3 @@ async def serve_metrics(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
-
-
-def bind_error_kind(exc: OSError) -> str:
-    """``"permission"``, ``"in-use"`` or ``"unavailable"``: what a bind failure means for the exit code."""
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission"
-    if exc.errno == errno.EADDRINUSE:
-        return "in-use"
-    logger.debug("metrics bind failed: {!r}", exc)
-    return "unavailable"

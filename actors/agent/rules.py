@@ -6,6 +6,8 @@ A ``run`` rule starts ``argv`` (``{domid}`` and ``{path}`` filled in; no shell) 
 - ``XS_DOMID``: the domain (0 for a global watch's event that no live domain owns),
 - ``XS_PATH``: the path that fired, ``XS_TOKEN``: the watch's token,
 - ``XS_IDENTITY``: the domain's mtwatch node value (its UUID, say),
+- ``XS_INITIAL``: ``1`` for the event xenstored fires when the watch is registered (the agent starting, the
+  domain starting or restarting, a reconnect), unset for a change; a rule with ``initial = false`` skips it,
 - ``XS_VALUE``: the node's value, read when the event is dispatched; unset when the node is gone (or for a
   special ``@`` path). A value cut at its first NUL byte, as an environment string must be.
 
@@ -90,6 +92,10 @@ class RunHandler:
         env[b"XS_PATH"] = os.fsencode(event.path)
         env[b"XS_TOKEN"] = os.fsencode(event.token)
         env[b"XS_IDENTITY"] = _env_bytes(ctx.identity)
+        if event.initial:
+            env[b"XS_INITIAL"] = b"1"
+        else:
+            env.pop(b"XS_INITIAL", None)
         if value is None:
             env.pop(b"XS_VALUE", None)
         else:
@@ -195,13 +201,25 @@ class RunHandler:
             done.set()
 
 
-def handler_for(rule: WatchRule) -> Callable[[DomainContext, WatchEvent], Awaitable[None]]:
-    """The runtime handler of a validated rule."""
+Handler = Callable[["DomainContext", "WatchEvent"], Awaitable[None]]
+
+
+def handler_for(rule: WatchRule) -> Handler:
+    """The runtime handler of a validated rule; with ``initial = false`` it skips the registration event."""
+    handler: Handler
     if rule.run is not None:
-        return RunHandler(rule.run, rule.label)
-    assert rule.handler is not None
-    handler: Callable[[DomainContext, WatchEvent], Awaitable[None]] = rule.handler
-    return handler
+        handler = RunHandler(rule.run, rule.label)
+    else:
+        assert rule.handler is not None
+        handler = rule.handler
+    if rule.initial:
+        return handler
+
+    async def skip_initial(ctx: DomainContext, event: WatchEvent) -> None:
+        if not event.initial:
+            await handler(ctx, event)
+
+    return skip_initial
 
 
 class RuleSet:

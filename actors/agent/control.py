@@ -1,0 +1,225 @@
+"""The agent's control socket: one JSON object a line each way, over a unix socket only root may use.
+
+Requests: ``{"op": "status"}``, ``{"op": "reset", "domid": 5}``, ``{"op": "reset", "failed": true}``.
+Every request gets one response line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A connection
+may carry many requests (``mtwatch top`` keeps one open); an idle one is closed after ``IDLE_TIMEOUT``.
+
+The socket is made with mode 0600 (and its folder, when the agent makes it, 0700). A socket file that a live
+agent answers on is refused (:class:`ControlInUse`); a stale one is replaced; the agent removes only the file it
+made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import trio
+
+__all__ = [
+    "ControlInUse",
+    "ControlUnavailable",
+    "Request",
+    "ask",
+    "ask_async",
+    "bind_control",
+    "serve_control",
+]
+
+MAX_LINE = 1 << 20  # a status of thousands of domains fits; longer is a broken peer
+IDLE_TIMEOUT = 300.0
+ASK_DEADLINE = 5.0
+MAX_CLIENTS = 16
+Request = dict[str, Any]
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+class ControlUnavailable(Exception):
+    """No agent answers on the control socket (absent, refused, not allowed, or it did not answer in time)."""
+
+
+class ControlInUse(OSError):
+    """Another process (a running agent) answers on the control socket."""
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def bind_control(path: str) -> tuple[socket.socket, tuple[int, int]]:
+    """Bind and listen on ``path`` (mode 0600); the socket and the (device, inode) of the file it made."""
+    folder = os.path.dirname(path) or "."
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)  # the last component only: a missing parent is an error
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+        if _answers(path):
+            raise ControlInUse(errno.EADDRINUSE, "another agent answers on it", path)
+        os.unlink(path)  # left behind by an agent that did not stop cleanly
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(MAX_CLIENTS)
+    made = os.stat(path)
+    return sock, (made.st_dev, made.st_ino)
+
+
+def unlink_if_ours(path: str, made: tuple[int, int]) -> None:
+    """Remove the socket file if it is still the one :func:`bind_control` made."""
+    with contextlib.suppress(OSError):
+        now = os.stat(path)
+        if (now.st_dev, now.st_ino) == made:
+            os.unlink(path)
+
+
+def _reply(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def _lines(buffer: bytearray) -> Iterator[bytes]:
+    while (end := buffer.find(b"\n")) >= 0:
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        yield line
+
+
+async def _serve_one(stream: trio.SocketStream, handle: Handler) -> None:
+    buffer = bytearray()
+    async with stream:
+        while True:
+            with trio.move_on_after(IDLE_TIMEOUT):
+                chunk = await stream.receive_some(65536)
+            if not chunk:  # closed by the peer, or idle for too long
+                return
+            buffer += chunk
+            for line in _lines(buffer):
+                await stream.send_all(_reply(await _answer(line, handle)))
+            if len(buffer) > MAX_LINE:
+                await stream.send_all(_reply({"ok": False, "error": "request line too long"}))
+                return
+
+
+async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        return {"ok": False, "error": f"not JSON: {exc}"}
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        return {"ok": False, "error": 'a request is a JSON object with "op"'}
+    return await handle(request)
+
+
+async def serve_control(
+    sock: socket.socket, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer requests on the listening ``sock`` with ``handle(request)`` until cancelled."""
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    async def one(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await _serve_one(stream, handle)
+
+    async with listener, trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, one, [listener])
+        task_status.started()
+
+
+def _unavailable(path: str, exc: BaseException) -> ControlUnavailable:
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return ControlUnavailable(f"no agent at {path} (is `mtwatch agent` running?)")
+    if isinstance(exc, PermissionError):
+        return ControlUnavailable(f"{path}: permission denied (the control socket is root's)")
+    if isinstance(exc, TimeoutError | trio.TooSlowError):
+        return ControlUnavailable(f"{path}: the agent did not answer in time")
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return ControlUnavailable(f"{path}: {reason}")
+
+
+def _decode(path: str, line: bytes) -> dict[str, Any]:
+    try:
+        response = json.loads(line)
+    except ValueError:
+        raise ControlUnavailable(f"{path}: not an mtwatch agent (the answer is not JSON)") from None
+    if not isinstance(response, dict):
+        raise ControlUnavailable(f"{path}: not an mtwatch agent")
+    return response
+
+
+class Connection:
+    """A blocking client connection (for ``status`` and ``top``); :meth:`ask` sends one request."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+
+    def ask(self, request: Request) -> dict[str, Any]:
+        """The response to ``request``; ControlUnavailable (and the connection closed) on failure."""
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._sock.settimeout(self.timeout)
+                self._sock.connect(self.path)
+            self._sock.sendall(_reply(request))
+            while b"\n" not in self._buffer:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError(errno.ECONNRESET, "the agent closed the connection")
+                self._buffer += chunk
+        except OSError as exc:
+            self.close()
+            raise _unavailable(self.path, exc) from None
+        return _decode(self.path, next(_lines(self._buffer)))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buffer.clear()
+
+
+def ask(path: str, request: Request, timeout: float = 5.0) -> dict[str, Any]:
+    """One request on a new connection (blocking, bounded by ``timeout``)."""
+    conn = Connection(path, timeout)
+    try:
+        return conn.ask(request)
+    finally:
+        conn.close()
+
+
+async def ask_async(path: str, request: Request) -> dict[str, Any]:
+    """:func:`ask` for trio code (bounded by ``ASK_DEADLINE``)."""
+    buffer = bytearray()
+    try:
+        with trio.fail_after(ASK_DEADLINE):
+            async with await trio.open_unix_socket(path) as stream:
+                await stream.send_all(_reply(request))
+                while b"\n" not in buffer:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        raise ConnectionResetError(errno.ECONNRESET, "the agent closed the connection")
+                    buffer += chunk
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        raise _unavailable(path, exc) from None
+    return _decode(path, next(_lines(buffer)))
