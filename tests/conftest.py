@@ -144,3 +144,18 @@ async def raw_pair() -> AsyncIterator[tuple[XenStored, RawClient, RawClient]]:
         await RawClient.connect(path) as b,
     ):
         yield server, a, b
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[str]]:
+    """The messages of the actors loggers at WARNING and above, while the test runs."""
+    from loguru import logger
+
+    seen: list[str] = []
+    logger.enable("actors")
+    sink = logger.add(lambda message: seen.append(str(message)), level="WARNING", format="{message}")
+    try:
+        yield seen
+    finally:
+        logger.remove(sink)
+        logger.disable("actors")

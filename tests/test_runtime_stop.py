@@ -3,27 +3,12 @@ task, stack) every few seconds, and ``rt.domains`` shows since when the domain i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import trio
 import trio.testing
-from loguru import logger
 
 import actors
 from actors import DomainContext, State
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    seen: list[str] = []
-    logger.enable("actors")
-    sink = logger.add(lambda message: seen.append(str(message)), level="WARNING", format="{message}")
-    try:
-        yield seen
-    finally:
-        logger.remove(sink)
-        logger.disable("actors")
 
 
 async def test_a_task_that_outlives_the_stop_deadline_is_named_until_it_ends(

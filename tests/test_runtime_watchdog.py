@@ -6,28 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 import trio
 
 import actors
 from actors import DomainContext, State, WatchEvent
 from actors.runtime.watchdog import LoopBlocked
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    from loguru import logger
-
-    seen: list[str] = []
-    logger.enable("actors")
-    sink = logger.add(lambda message: seen.append(str(message)), level="WARNING", format="{message}")
-    try:
-        yield seen
-    finally:
-        logger.remove(sink)
-        logger.disable("actors")
 
 
 async def until(check: Callable[[], bool]) -> None:
