@@ -53,7 +53,6 @@ __all__ = ["DomainsSource"]
 
 INTRODUCE = "@introduceDomain"
 RELEASE = "@releaseDomain"
-PROBE_TIMEOUT = 2.0  # seconds the daemon's capabilities may take (oxenstored 4.17 may leave the probe unread)
 FAN_OUT = 4096  # requests in flight at once in a round (dom0's socket has no outstanding-request quota)
 
 
@@ -222,10 +221,7 @@ class DomainsSource:
         plain ones (4.17, oxenstored, xenbus)."""
         depth: int | None = None
         with suppress(Unsupported, InvalidArgument, PermissionDenied, OperationFailed):
-            features = Feature(0)
-            with trio.move_on_after(PROBE_TIMEOUT):  # a daemon that will not say has no depth to offer
-                features = (await xs.capabilities()).features
-            if features & Feature.WATCHDEPTH:
+            if (await xs.capabilities()).features & Feature.WATCHDEPTH:
                 pending.depth = 1
                 await xs.add_watch(tokens[0][0], tokens[0][1], pending.mark, depth=1)
                 depth = 1
