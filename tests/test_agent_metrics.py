@@ -3,6 +3,8 @@ the trio endpoint and parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
 from actors.agent.metrics import Metrics, open_metrics_listeners, serve_metrics
+from conftest import Embedded
+from harness.proxy import open_proxy
 
 
 async def http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -157,3 +161,43 @@ async def test_a_silent_client_is_cut_off_at_the_read_deadline(
         assert data.startswith(b"HTTP/1.1 408 ")
         assert trio.current_time() - start == pytest.approx(5.0, abs=0.5)
         nursery.cancel_scope.cancel()
+
+
+async def test_stalls_and_loop_blocks_are_counted(
+    xenstored: Embedded, xs: actors.XenStore, workdir: str
+) -> None:
+    """A daemon that holds every byte (a proxy that stalls) counts in mtwatch_xenstore_stalls_total; a handler that
+    blocks the event loop counts in mtwatch_loop_blocked_seconds_total for its domain alone."""
+    await actors.announce_domain(xs, 5, identity="a")
+    await actors.announce_domain(xs, 6, identity="b")
+
+    def blocking(ctx: DomainContext, event: WatchEvent) -> None:
+        pass  # a plain def runs in a worker thread: blocking there is fine
+
+    async def blocks_the_loop(ctx: DomainContext, event: WatchEvent) -> None:
+        if not event.initial:
+            time.sleep(0.8)  # noqa: ASYNC251  (the point of the test)
+
+    async with (
+        open_proxy(xenstored.socket_path, os.path.join(workdir, "proxy")) as proxy,
+        actors.open_runtime(connect=lambda: actors.connect(proxy.path), stall_after=0.2) as rt,
+    ):
+        metrics = Metrics(rt)
+        rt.watch("/local/domain/{domid}/data", blocking)
+        rt.watch("/local/domain/{domid}/block", blocks_the_loop)
+        with trio.fail_after(20):
+            await rt.wait_domain(5, State.RUNNING)
+            await rt.wait_domain(6, State.RUNNING)
+            proxy.stall()
+            with trio.move_on_after(0.6):
+                await rt.xs.read("/local/domain/5/data/x")  # pending while nothing gets through
+            proxy.resume()
+            while parse(metrics.render())["mtwatch_xenstore_stalls_total"][()] < 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # polling the scrape, as Prometheus would
+            await xs.write("/local/domain/6/block", "now")
+            while not by_domid(parse(metrics.render()), "mtwatch_loop_blocked_seconds_total"):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+    samples = parse(metrics.render())
+    assert samples["mtwatch_xenstore_stalls_total"][()] >= 1
+    blocked = by_domid(samples, "mtwatch_loop_blocked_seconds_total")
+    assert set(blocked) == {"6"} and blocked["6"] >= 0.5

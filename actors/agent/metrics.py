@@ -8,7 +8,8 @@ On a private :class:`~prometheus_client.CollectorRegistry`:
   default actor), ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid,reason}``
   (reasons ``failed``, ``backoff``, ``stopping``), ``mtwatch_handler_failures_total{domid}``,
   ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``, ``mtwatch_handler_busy_seconds{domid}``,
-  ``mtwatch_xenstore_reconnects_total``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
+  ``mtwatch_xenstore_reconnects_total``, ``mtwatch_xenstore_stalls_total``,
+  ``mtwatch_loop_blocked_seconds_total{domid}``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
   (1 while connected to xenstored), ``mtwatch_build_info{version}`` and the ``process_*`` metrics;
 - fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
   receiving the event to its handler starting.
@@ -34,6 +35,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client import Counter as MetricCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
@@ -170,11 +172,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.stalls = MetricCounter(
+            "mtwatch_xenstore_stalls",
+            "Times xenstored went silent with requests pending (stall_after), no guest's fault.",
+            registry=self.registry,
+        )
+        self.blocked = MetricCounter(
+            "mtwatch_loop_blocked_seconds",
+            "Seconds the event loop was blocked, charged to the domain whose code blocked it.",
+            ["domid"],
+            registry=self.registry,
+        )
         rt.observe(self._observe)
 
     def _observe(self, kind: str, domid: int, value: float) -> None:
         if kind == "latency":
             self.latency.observe(max(0.0, value))
+        elif kind == "stall":
+            self.stalls.inc()
+        elif kind == "blocked":
+            self.blocked.labels(str(domid)).inc(max(0.0, value))
 
     def latency_summary(self) -> dict[str, Any]:
         """The latency histogram's count, p50 and p99 (seconds; None without observations)."""
