@@ -105,6 +105,7 @@ async def test_scrape_shows_domains_and_their_counts(
     states = {dict(labels)["domid"]: dict(labels)["state"] for labels in samples["mtwatch_domain_state"]}
     assert states["3"] == "running"
     assert samples["mtwatch_up"][()] == 1
+    assert samples["mtwatch_lifecycle"] == {(("lifecycle", "mtwatch"),): 1}  # auto, and the root exists
     assert samples["mtwatch_build_info"][(("version", actors.__version__),)] == 1
     assert samples["process_cpu_seconds_total"][()] > 0  # prometheus_client's ProcessCollector
     assert set(by_domid(samples, "mtwatch_handler_busy_seconds")) == {"3", "4"}

@@ -3,7 +3,7 @@
 On a private :class:`~prometheus_client.CollectorRegistry`:
 
 - built at scrape time from ``rt.domains`` (so a retired domain's series go away with it):
-  ``mtwatch_domains{state}``, ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
+  ``mtwatch_domains{state}``, ``mtwatch_lifecycle{lifecycle}`` (1 for the one in use), ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
   ``mtwatch_domain_info{domid,name}``, ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the
   default actor), ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid,reason}``
   (reasons ``failed``, ``backoff``, ``stopping``), ``mtwatch_handler_failures_total{domid}``,
@@ -118,6 +118,14 @@ class _RuntimeCollector:
         for state in State:
             by_state.add_metric([state.value], counts.get(state, 0))
         yield by_state
+
+        lifecycle = GaugeMetricFamily(
+            "mtwatch_lifecycle",
+            "Where the domains come from now (1 for the lifecycle in use).",
+            labels=["lifecycle"],
+        )
+        lifecycle.add_metric([rt.lifecycle_name], 1)
+        yield lifecycle
 
         families = {
             name: kind(f"mtwatch_{name}", text, labels=["domid", *extra])
