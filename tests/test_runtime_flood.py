@@ -3,6 +3,7 @@ others are never throttled and keep handling; messages still arrive. Embedded xe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,10 +40,8 @@ class Record:
         base = f"/local/domain/{ctx.domid}/data"
         paths = [f"{base}/{c}" for c in await ctx.xs.ls(base)] if event.path == base else [event.path]
         for path in paths:
-            try:
+            with contextlib.suppress(NotFound):
                 seen[path] = await ctx.xs.read(path)
-            except NotFound:
-                pass
         await trio.sleep(0.001)
 
 
@@ -70,7 +69,7 @@ async def settle(runtime: actors.Runtime) -> None:
     """Until no domain is throttled and every mailbox is empty (bounded)."""
     with trio.fail_after(60):
         while any(s.throttled_since is not None or s.mailbox_depth for s in runtime.domains.values()):
-            await trio.sleep(0.1)
+            await trio.sleep(0.1)  # noqa: ASYNC110 (rt.domains is a snapshot: polled, as an operator would)
     await trio.sleep(1)
 
 
@@ -148,7 +147,7 @@ async def test_repeated_floods_back_off_and_a_calm_period_resets_the_cool_down(
 async def test_messages_reach_a_throttled_domain(
     xs: actors.XenStore, rt: tuple[actors.Runtime, Record], autojump_clock: trio.testing.MockClock
 ) -> None:
-    runtime, record = rt
+    runtime, _ = rt
     answered: list[Any] = []
 
     @runtime.on_message
