@@ -68,8 +68,8 @@ async def store(xs: actors.XenStore, domid: int) -> dict[str, bytes]:
 async def settle(runtime: actors.Runtime) -> None:
     """Until no domain is throttled and every mailbox is empty (bounded)."""
     with trio.fail_after(60):
-        while any(s.throttled_since is not None or s.mailbox_depth for s in runtime.domains.values()):
-            await trio.sleep(0.1)  # noqa: ASYNC110 (rt.domains is a snapshot: polled, as an operator would)
+        while any(s.throttled_since is not None or s.mailbox_depth for s in runtime.domains.values()):  # noqa: ASYNC110 (rt.domains is a snapshot, polled as an operator would)
+            await trio.sleep(0.1)
     await trio.sleep(1)
 
 
