@@ -163,44 +163,8 @@ class DomainActor:
             return
         self.mailbox.post(Envelope(watch, event, watch_path))
         reason = flood.check(event.received_at, len(self.mailbox))
-        if reason is not None:
-            self._throttle(reason, event.received_at)
-
-    def _throttle(self, reason: str, now: float) -> None:
-        """Unwatch for a cool-down, then watch again (the daemon's initial events are the resync)."""
-        if self.nursery is None:
-            return
-        cooldown = self.flood.begin(now)
-        self.log.warning(
-            "domain {} throttled ({}): its watches are off for {:.3g} s, then re-read",
-            self.domid,
-            "over the event rate" if reason == "rate" else "mailbox over its high-water mark",
-            cooldown,
-        )
-        self.rt._emit("throttled", self.domid, 1)
-        self.nursery.start_soon(self._cool_down, cooldown, name=f"flood cool-down of domain {self.domid}")
-
-    async def _cool_down(self, cooldown: float) -> None:
-        try:
-            await self.detach()
-            await trio.sleep(cooldown)
-        finally:
-            self._unthrottle()
-        await self.attach()
-
-    def _unthrottle(self) -> None:
-        if self.flood.throttled_since is None:
-            return
-        since = self.flood.throttled_since
-        now = trio.current_time()
-        self.flood.end(now)
-        self.log.info(
-            "domain {} no longer throttled after {:.3g} s (cool-down {:.3g} s): watched again",
-            self.domid,
-            now - since,
-            self.flood.cooldown,
-        )
-        self.rt._emit("throttled", self.domid, 0)
+        if reason is not None and self.nursery is not None:
+            flood.throttle(self, self.nursery, reason, event.received_at)
 
     def post_message(self, message: Message) -> bool:
         """Queue a message if the actor runs and has room (False otherwise); never blocks."""
@@ -352,7 +316,7 @@ class DomainActor:
             return None
         finally:
             self.stopping_since = None
-            self._unthrottle()
+            self.flood.unthrottle(self)
             await self.detach()
             self._purge()
 

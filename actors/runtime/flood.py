@@ -8,9 +8,31 @@ are held back; messages (``rt.send``/``rt.ask``) are never throttled.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
 from .options import RuntimeOptions
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from .host import ActorHost
+
 __all__ = ["FloodGate"]
+
+
+class Flooded(Protocol):
+    """What flood control needs of a domain actor."""
+
+    domid: int
+    log: Logger
+    rt: ActorHost
+
+    async def attach(self) -> None: ...
+
+    async def detach(self) -> None: ...
+
 
 _WINDOW = 1.0  # seconds over which the event rate is counted
 
@@ -47,6 +69,42 @@ class FloodGate:
         self.cooldown = options.flood_cooldown
         self.ended_at: float | None = None
         self.throttles = 0
+
+    def throttle(self, actor: Flooded, nursery: trio.Nursery, reason: str, now: float) -> None:
+        """Unwatch ``actor`` for a cool-down (a task in its incarnation's nursery), then watch it again: the
+        daemon's initial events are the resync."""
+        cooldown = self.begin(now)
+        actor.log.warning(
+            "domain {} throttled ({}): its watches are off for {:.3g} s, then re-read",
+            actor.domid,
+            "over the event rate" if reason == "rate" else "mailbox over its high-water mark",
+            cooldown,
+        )
+        actor.rt._emit("throttled", actor.domid, 1)
+        nursery.start_soon(self._cool_down, actor, cooldown, name=f"flood cool-down of domain {actor.domid}")
+
+    async def _cool_down(self, actor: Flooded, cooldown: float) -> None:
+        try:
+            await actor.detach()
+            await trio.sleep(cooldown)
+        finally:
+            self.unthrottle(actor)  # also when the incarnation ends meanwhile
+        await actor.attach()
+
+    def unthrottle(self, actor: Flooded) -> None:
+        """End the throttle, if there is one (the caller watches again, or the incarnation is over)."""
+        since = self.throttled_since
+        if since is None:
+            return
+        now = trio.current_time()
+        self.end(now)
+        actor.log.info(
+            "domain {} no longer throttled after {:.3g} s (cool-down {:.3g} s)",
+            actor.domid,
+            now - since,
+            self.cooldown,
+        )
+        actor.rt._emit("throttled", actor.domid, 0)
 
     def check(self, now: float, depth: int) -> str | None:
         """One event arrived at ``now`` with ``depth`` items waiting: the reason to throttle (``"rate"``,
