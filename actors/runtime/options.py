@@ -80,7 +80,7 @@ class RuntimeOptions:
             if value is None and name in optional:
                 continue
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"RuntimeOptions.{name} must be a positive number of seconds, not {value}")
+                raise ValueError(f"RuntimeOptions.{name} must be a positive finite number, not {value}")
         if self.flood_cooldown_max < self.flood_cooldown:
             raise ValueError("RuntimeOptions.flood_cooldown_max must be at least flood_cooldown")
         if isinstance(self.lifecycle, str) and self.lifecycle not in ("auto", "mtwatch", "domains"):
