@@ -210,7 +210,7 @@ async def test_flood_costs_bounded_memory_and_the_last_value_wins(
 ) -> None:
     # The mailbox alone (flood control off: tests/test_runtime_flood.py has it).
     async with actors.open_runtime(
-        xs, restart=FAST_RESTARTS, stop_deadline=5, flood_rate=None, flood_high_water=10**9
+        xs, restart=FAST_RESTARTS, stop_deadline=5, flood_rate=None, flood_high_water=None
     ) as rt:
         await mailbox_flood(xs, rt)
 

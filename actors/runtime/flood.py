@@ -8,6 +8,7 @@ are held back; messages (``rt.send``/``rt.ask``) are never throttled.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -46,6 +47,7 @@ class FloodGate:
 
     __slots__ = (
         "_calm",
+        "_high_water",
         "_limit",
         "_over_since",
         "_window_count",
@@ -61,6 +63,8 @@ class FloodGate:
         self.options = options
         rate = options.flood_rate
         self._limit = None if rate is None else rate * _WINDOW
+        high_water = options.flood_high_water
+        self._high_water = math.inf if high_water is None else high_water
         self._calm = 2 * options.flood_cooldown_max  # unthrottled this long: the cool-down starts over
         self._window_start = 0.0
         self._window_count = 0
@@ -114,7 +118,7 @@ class FloodGate:
         self._window_count += 1
         if self._limit is not None and self._window_count > self._limit:
             return "rate"
-        if depth < self.options.flood_high_water:
+        if depth < self._high_water:
             self._over_since = None
         elif self._over_since is None:
             self._over_since = now

@@ -37,7 +37,7 @@ class RuntimeOptions:
       handlers (a bound on threads, abandoned ones included).
     - ``flood_high_water``, ``flood_high_water_for``, ``flood_rate``: flood control throttles a domain whose
       mailbox stayed at or over ``flood_high_water`` items for ``flood_high_water_for`` seconds, or that got
-      more than ``flood_rate`` events in one second (None: no rate limit). A throttled domain is unwatched for
+      more than ``flood_rate`` events in one second (None: no such limit; both None: no flood control). A throttled domain is unwatched for
       ``flood_cooldown`` seconds, then watched again (the resync event: the handler re-reads); throttled again
       before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``.
       Messages are never throttled.
@@ -57,15 +57,15 @@ class RuntimeOptions:
     stall_limit: float | None = 60.0
     block_threshold: float | None = 0.5
     worker_threads: int = 16
-    flood_high_water: int = 64
+    flood_high_water: int | None = 64
     flood_high_water_for: float = 2.0
-    flood_rate: float | None = 2000.0
+    flood_rate: float | None = 1000.0
     flood_cooldown: float = 0.1
     flood_cooldown_max: float = 0.8
 
     def __post_init__(self) -> None:
         for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")
         optional = ("request_timeout", "stall_limit", "block_threshold", "flood_rate")  # None: off
         seconds = (
