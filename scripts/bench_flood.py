@@ -73,10 +73,21 @@ class Probe:
                 stamp = float(await ctx.xs.read(event.path))
                 self.write_to_handler.setdefault(self.phase, []).append(start - stamp)
             return
-        paths = [f"{base}/{c}" for c in await ctx.xs.ls(base)] if event.path == base else [event.path]
-        for path in paths:
+        if event.path != base:
             with contextlib.suppress(NotFound):
-                self.seen[path] = await ctx.xs.read(path)
+                self.seen[event.path] = await ctx.xs.read(event.path)
+            return
+        # The resync (the watch's own path): re-read every child, 32 reads in flight.
+        paths = [f"{base}/{c}" for c in await ctx.xs.ls(base)]
+
+        async def reader(lane: int) -> None:
+            for path in paths[lane::32]:
+                with contextlib.suppress(NotFound):
+                    self.seen[path] = await ctx.xs.read(path)
+
+        async with trio.open_nursery() as nursery:
+            for lane in range(32):
+                nursery.start_soon(reader, lane)
 
 
 async def calm_writers(path: str, sizes: Sizes, stop: trio.Event) -> None:
