@@ -209,7 +209,10 @@ async def runtime(path: str, domains: int, count: int) -> tuple[float, int, floa
 
     async with (
         actors.connect(path) as xs,
-        actors.open_runtime(xs, lifecycle="mtwatch", mailbox_size=target) as rt,
+        # The raw event path, every event kept: flood control (rightly) would throttle this stream.
+        actors.open_runtime(
+            xs, lifecycle="mtwatch", mailbox_size=target, flood_rate=None, flood_high_water=None
+        ) as rt,
     ):
         rt.watch("/local/domain/{domid}/data", handler)
         await initial.wait()

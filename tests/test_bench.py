@@ -86,8 +86,13 @@ def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
     embedded = section(section(report, "xenstored"), "embedded")
     assert isinstance(embedded["ops"], int) and embedded["ops"] > 0
     flood = section(report, "flood")
-    assert flood["events"] == 100_000
-    # Bounded memory whatever the number of events: the mailbox never holds more than its capacity plus the
-    # distinct paths of the flood (100 here).
-    depth, capacity = flood["peak_mailbox_depth"], flood["mailbox_capacity"]
-    assert isinstance(depth, int) and isinstance(capacity, int) and depth <= capacity + 100
+    for daemon in ("embedded", "cxenstored"):
+        figures = section(flood, daemon)
+        if "unavailable" in figures:
+            continue
+        for name in ("one_path", "many_paths"):
+            run = section(figures, name)
+            # Lossless: the flooded domain's handler ends up with the last value of every path.
+            assert run["final_value_seen_after_s"] is not None, (daemon, name)
+            assert isinstance(run["throttles"], int) and run["throttles"] >= 0
+            assert isinstance(run["others_p99_reader_to_handler_ms"], float), (daemon, name)

@@ -206,8 +206,16 @@ async def test_handler_timeout_is_a_failure(
 
 
 async def test_flood_costs_bounded_memory_and_the_last_value_wins(
-    xs: actors.XenStore, rt: actors.Runtime, autojump_clock: trio.testing.MockClock
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
 ) -> None:
+    # The mailbox alone (flood control off: tests/test_runtime_flood.py has it).
+    async with actors.open_runtime(
+        xs, restart=FAST_RESTARTS, stop_deadline=5, flood_rate=None, flood_high_water=None
+    ) as rt:
+        await mailbox_flood(xs, rt)
+
+
+async def mailbox_flood(xs: actors.XenStore, rt: actors.Runtime) -> None:
     rec = Recorder()
     rec.delay[4] = 0.5
     rt.watch("/local/domain/{domid}/data", rec)

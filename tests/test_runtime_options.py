@@ -29,6 +29,10 @@ def test_overrides_replace_fields_and_none_means_the_default_policy() -> None:
         ({"mailbox_size": 0}, ValueError, "mailbox_size"),
         ({"stop_deadline": float("inf")}, ValueError, "stop_deadline"),
         ({"lifecycle": "xl"}, ValueError, "lifecycle"),
+        ({"flood_high_water": 0}, ValueError, "flood_high_water"),
+        ({"flood_rate": 0}, ValueError, "flood_rate"),
+        ({"flood_cooldown": -1}, ValueError, "flood_cooldown"),
+        ({"flood_cooldown": 2, "flood_cooldown_max": 1}, ValueError, "flood_cooldown_max"),
     ],
 )
 def test_bad_options_are_refused_with_their_name(

@@ -102,9 +102,10 @@ class DomainSnapshot:
     ``name`` is ``/local/domain/<domid>/name`` read when the actor started (None if absent); ``busy_since``
     and ``busy_path`` say since when and for what path a handler has been running (``"message"`` for a
     message), ``stopping_since`` since when the domain is stopping; ``throttled_since`` is when flood control
-    throttled it (this runtime has no flood control: always None). ``last_error``/``last_exception`` are the
+    throttled it (None while it is not: see ``RuntimeOptions.flood_*``). ``last_error``/``last_exception`` are the
     last failure; ``dropped_by_reason`` counts the events refused by the actor's state (``failed``,
-    ``backoff``, ``stopping``) and the events and messages purged when an incarnation ended (``stopping``).
+    ``backoff``, ``stopping``), the events and messages purged when an incarnation ended (``stopping``)
+    and the events that arrived while it was throttled (``throttled``).
     """
 
     domid: int

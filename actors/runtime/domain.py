@@ -30,6 +30,7 @@ from .calls import (
     run_task,
 )
 from .context import DomainContext, DomainSnapshot, State
+from .flood import FloodGate
 from .host import ActorHost
 from .mailbox import Envelope, Mailbox
 from .messages import Message
@@ -39,7 +40,7 @@ from .watches import Registrations, Watch
 __all__ = ["DomainActor"]
 
 _ACCEPTING = (State.STARTING, State.RUNNING)
-_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping")}
+_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping", "throttled")}
 _REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
 
 
@@ -74,6 +75,7 @@ class DomainActor:
         self.task: trio.lowlevel.Task | None = None  # the actor's own task, while it runs
         self._dropped_by: dict[str, int] | None = None
         self.watches = Registrations(domid, self.log)
+        self.flood = FloodGate(runtime.options)
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
         # _wake exists while the actor waits in backoff or failed.
         self._wake: trio.Event | None = None
@@ -96,6 +98,7 @@ class DomainActor:
             name=self.name,
             busy_since=self.busy_since,
             busy_path=self.busy_path,
+            throttled_since=self.flood.throttled_since,
             stopping_since=self.stopping_since,
             last_exception=self.last_exception,
             dropped_by_reason=dict(self._dropped_by or {}),
@@ -154,7 +157,14 @@ class DomainActor:
         if generation != self.generation or self.state not in _ACCEPTING:
             self._drop(_REFUSAL.get(self.state, "stopping"))
             return
+        flood = self.flood
+        if flood.throttled_since is not None:
+            self._drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
+            return
         self.mailbox.post(Envelope(watch, event, watch_path))
+        reason = flood.check(event.received_at, len(self.mailbox))
+        if reason is not None and self.nursery is not None:
+            flood.throttle(self, self.nursery, reason, event.received_at)
 
     def post_message(self, message: Message) -> bool:
         """Queue a message if the actor runs and has room (False otherwise); never blocks."""
@@ -180,8 +190,9 @@ class DomainActor:
     # -- watches ----------------------------------------------------------------------------------------
 
     async def attach(self) -> None:
-        """Register every per-domain watch that is not registered on the current connection yet."""
-        if self.state in _ACCEPTING:
+        """Register every per-domain watch that is not registered on the current connection yet (not while
+        throttled: the throttle's end does it)."""
+        if self.state in _ACCEPTING and self.flood.throttled_since is None:
             generation = self.generation
             await self.watches.attach(
                 self.rt.connection,
@@ -305,6 +316,7 @@ class DomainActor:
             return None
         finally:
             self.stopping_since = None
+            self.flood.unthrottle(self)
             await self.detach()
             self._purge()
 

@@ -35,6 +35,12 @@ class RuntimeOptions:
     - ``block_threshold``: the watchdog thread reports a loop that did not run for this long and charges the
       block to the domain whose code ran (None: no watchdog); ``worker_threads``: the pool of plain ``def``
       handlers (a bound on threads, abandoned ones included).
+    - ``flood_high_water``, ``flood_high_water_for``, ``flood_rate``: flood control throttles a domain whose
+      mailbox stayed at or over ``flood_high_water`` items for ``flood_high_water_for`` seconds, or that got
+      more than ``flood_rate`` events in one second (None: no such limit; both None: no flood control). A throttled domain is unwatched for
+      ``flood_cooldown`` seconds, then watched again (the resync event: the handler re-reads); throttled again
+      before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``.
+      Messages are never throttled.
     """
 
     root: str = MTWATCH_ROOT
@@ -51,18 +57,32 @@ class RuntimeOptions:
     stall_limit: float | None = 60.0
     block_threshold: float | None = 0.5
     worker_threads: int = 16
+    flood_high_water: int | None = 64
+    flood_high_water_for: float = 2.0
+    flood_rate: float | None = 1000.0
+    flood_cooldown: float = 0.1
+    flood_cooldown_max: float = 0.8
 
     def __post_init__(self) -> None:
-        for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads"):
-            if getattr(self, name) < 1:
+        for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")
-        optional = ("request_timeout", "stall_limit", "block_threshold")  # None: no limit, no watchdog
-        for name in ("stop_deadline", "stop_warn_every", "stall_after", *optional):
+        optional = ("request_timeout", "stall_limit", "block_threshold", "flood_rate")  # None: off
+        seconds = (
+            "stop_deadline",
+            "stop_warn_every",
+            "stall_after",
+            "flood_high_water_for",
+            "flood_cooldown",
+        )
+        for name in (*seconds, "flood_cooldown_max", *optional):
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"RuntimeOptions.{name} must be a positive number of seconds, not {value}")
+                raise ValueError(f"RuntimeOptions.{name} must be a positive finite number, not {value}")
+        if self.flood_cooldown_max < self.flood_cooldown:
+            raise ValueError("RuntimeOptions.flood_cooldown_max must be at least flood_cooldown")
         if isinstance(self.lifecycle, str) and self.lifecycle not in ("auto", "mtwatch", "domains"):
             raise ValueError(
                 f"RuntimeOptions.lifecycle must be 'auto', 'mtwatch' or 'domains', not {self.lifecycle!r}"

@@ -152,8 +152,9 @@ class Runtime(Messaging):
         """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
         (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
         ``stall`` (domid 0: the daemon stalled), ``blocked`` (seconds the loop was blocked, charged
-        to the domain whose code ran), ``gone``, ``dropped:<reason>`` (an event or message refused or purged: reasons ``failed``, ``backoff``,
-        ``stopping``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
+        to the domain whose code ran), ``gone``, ``throttled`` (1 when flood control throttles the domain, 0
+        when it is watched again), ``dropped:<reason>`` (an event or message refused or purged: reasons
+        ``failed``, ``backoff``, ``stopping``, ``throttled``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
         counted as a default actor failure)."""
         self._observers.append(fn)
 
