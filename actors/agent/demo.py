@@ -333,12 +333,14 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 async def _until_signal(fn: Callable[[], Any]) -> Any:
-    """Run ``fn()``; SIGTERM or SIGHUP cancels it (and so cleans up) like Ctrl-C does."""
+    """Run ``fn()``; SIGINT, SIGTERM or SIGHUP cancels it (and so cleans up). SIGINT is received here too
+    rather than left to trio's KeyboardInterrupt, which lands in whichever task runs and may be taken for
+    that task's failure."""
     result: list[Any] = []
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for _ in signals:
                     raise KeyboardInterrupt
 
