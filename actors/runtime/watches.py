@@ -118,8 +118,14 @@ class Registrations:
                     continue
                 self._registered[watch.id] = (xs, path, token)
 
+    def forget(self) -> None:
+        """Drop the records of every watch without unregistering (their connection is closing)."""
+        self._registered.clear()
+
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister every watch (or one); bounded in time, safe under cancellation."""
+        if not self._registered and not self._lock.locked():
+            return  # nothing registered, nor being registered (the second detach of a stop)
         with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
             async with self._lock:
                 for watch_id in list(self._registered):
