@@ -5,6 +5,7 @@ of bare trio tasks. Every measured side runs in a fresh process of its own (this
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -79,21 +80,22 @@ async def floor(count: int) -> dict[str, float]:
 
 
 async def runtime(path: str, count: int, lifecycle: str) -> dict[str, float]:
-    """The runtime on an already populated store; every domain's actor with one watch."""
+    """The runtime on an already populated store, as the agent runs it (its own connection, connect=); every
+    domain's actor with one watch."""
 
     async def noop(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
         pass
 
-    async with actors.connect(path) as xs:
-        rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
-        async with actors.open_runtime(xs, lifecycle=lifecycle) as rt:  # type: ignore[arg-type]
-            rt.watch("/local/domain/{domid}/data", noop)
-            for domid in range(1, count + 1):
-                await rt.wait_domain(domid, actors.State.RUNNING)
-            up, cpu = time.perf_counter() - start, time.process_time() - cpu0
-            rss1, heap1 = rss(), heap()
-            leave = time.perf_counter()
-        return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
+    rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
+    connect = functools.partial(actors.connect, path)
+    async with actors.open_runtime(connect=connect, lifecycle=lifecycle) as rt:  # type: ignore[arg-type]
+        rt.watch("/local/domain/{domid}/data", noop)
+        for domid in range(1, count + 1):
+            await rt.wait_domain(domid, actors.State.RUNNING)
+        up, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        rss1, heap1 = rss(), heap()
+        leave = time.perf_counter()
+    return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
 
 
 def measures(

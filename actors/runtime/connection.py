@@ -26,6 +26,7 @@ class ConnectionHost(Protocol):
     """What keeping the connection needs of the runtime."""
 
     reconnects: int
+    owns_connection: bool  # the connection now served is the runtime's own (made by connect=), closed with it
 
     @property
     def reconnect_policy(self) -> ReconnectPolicy: ...
@@ -78,8 +79,10 @@ async def keep_connected(
         if xs is not None:
             conn_cm: AbstractAsyncContextManager[XenStore] = nullcontext(xs)
             xs = None
+            host.owns_connection = False
         elif connect is not None:
             conn_cm = connect()
+            host.owns_connection = True
         else:
             raise ConnectionLost("connection to xenstored lost, and the runtime has no connect= to reconnect")
         try:

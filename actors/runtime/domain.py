@@ -32,7 +32,7 @@ from .calls import (
 from .context import DomainContext, DomainSnapshot, State
 from .flood import FloodGate
 from .host import ActorHost
-from .mailbox import Envelope, Mailbox
+from .mailbox import Envelope, Item, Mailbox
 from .messages import Message
 from .supervisor import RestartTracker
 from .watches import Registrations, Watch
@@ -53,7 +53,8 @@ class DomainActor:
         self.identity = identity
         self.desired: bytes | None = identity  # what the registry wants: an identity, or None (gone)
         self.state = State.STARTING  # waited on through the runtime's `changed` event, not per actor
-        self.mailbox = Mailbox(runtime.options.mailbox_size, runtime.options.overflow_limit)
+        options = runtime.options
+        self.mailbox = Mailbox(options.mailbox_size, options.overflow_limit, options.message_limit)
         self.tracker = RestartTracker(runtime.options.restart)
         self.generation = 0
         self.handled = 0
@@ -202,8 +203,13 @@ class DomainActor:
             )
 
     async def detach(self, only: Watch | None = None) -> None:
-        """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation."""
-        await self.watches.detach(only)
+        """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation. At the
+        runtime's shutdown on a connection of its own, only forgotten: closing the connection next drops them
+        at the daemon, and 32,000 UNWATCH round trips would only delay leaving."""
+        if only is None and self.rt.closing and self.rt.owns_connection:
+            self.watches.forget()
+        else:
+            await self.watches.detach(only)
 
     # -- the actor's own task ----------------------------------------------------------------------------
 
@@ -345,34 +351,54 @@ class DomainActor:
     async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
         """Handle events and messages one at a time, in order, until ``desired`` changes or a reload is
         asked for. Raises HandlerFailed."""
+        mailbox = self.mailbox
         while self.desired == identity and not self._reload_requested:
-            item = await self.mailbox.receive()
-            if item is None:
-                continue  # interrupted: look at desired again
+            batch = await mailbox.receive_batch(64)  # [] when interrupted: look at desired again
+            done = 0
+            try:
+                for item in batch:
+                    if self.desired != identity or self._reload_requested:
+                        return
+                    done += 1
+                    if type(item) is Message:
+                        await self._handle_message(ctx, item)
+                    else:
+                        assert isinstance(item, Envelope)
+                        await self._handle_event(ctx, item)
+            finally:
+                if done < len(batch):  # stopped, failed or cancelled within the batch
+                    self._put_back(batch, done)
+
+    def _put_back(self, batch: list[Item], index: int) -> None:
+        """What a stop or a failure left of a batch goes the way of everything waiting then (purged: messages
+        abandoned, events counted as dropped)."""
+        for item in batch[index:]:
             if type(item) is Message:
-                await self._handle_message(ctx, item)
-                continue
-            assert isinstance(item, Envelope)
-            if not item.watch.active:
-                self.dropped += 1
-                continue
-            self.busy_path = item.event.path
+                item.abandon(self.domid)
+                self.messages -= 1
+        self._drop("stopping", len(batch) - index)
+
+    async def _handle_event(self, ctx: DomainContext, item: Envelope) -> None:
+        if not item.watch.active:
+            self.dropped += 1
+            return
+        self.busy_path = item.event.path
+        now = trio.current_time()
+        self.rt._observe_latency(self.domid, now - item.event.received_at)
+        while True:
+            self.busy_since = now
+            completed = await call_handler(ctx, item.watch, item.event, now)
+            self.busy_since = None
+            if completed:
+                self.handled += 1
+                self.rt._count_event(self.domid)
+                return
+            self.interrupted += 1  # by the daemon: not the domain's fault
+            xs = self.rt.connection
+            if xs is None or xs.is_lost:
+                return  # the reconnect's resync event stands for this one
+            await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
             now = trio.current_time()
-            self.rt._observe_latency(self.domid, now - item.event.received_at)
-            while True:
-                self.busy_since = now
-                completed = await call_handler(ctx, item.watch, item.event, now)
-                self.busy_since = None
-                if completed:
-                    self.handled += 1
-                    self.rt._count_event(self.domid)
-                    break
-                self.interrupted += 1  # by the daemon: not the domain's fault
-                xs = self.rt.connection
-                if xs is None or xs.is_lost:
-                    break  # the reconnect's resync event stands for this one
-                await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
-                now = trio.current_time()
 
     async def _handle_message(self, ctx: DomainContext, message: Message) -> None:
         self.messages -= 1

@@ -24,6 +24,7 @@ class ActorHost(Protocol):
     options: RuntimeOptions
     connection: XenStore | None
     message_handler: MessageHandler | None
+    owns_connection: bool
 
     @property
     def xs(self) -> XenStore: ...

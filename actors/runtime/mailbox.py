@@ -1,15 +1,15 @@
-"""A domain's mailbox: a bounded trio memory channel that coalesces watch events instead of blocking when full;
-messages (:class:`~.messages.Message`) travel in it too, in order, and are never coalesced."""
+"""A domain's mailbox: a bounded :class:`~actors.xs.coalesce.CoalescingQueue` of watch events keyed by (watch,
+path); messages (:class:`~.messages.Message`) travel in it too, in order, and are never coalesced."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from ..xs.coalesce import CoalescingQueue, Interrupted
 from ..xs.subscription import WatchEvent
 from .messages import Message
 
@@ -31,112 +31,84 @@ class Envelope:
 
 
 Item = Envelope | Message
+_Key = tuple[int, str]
+
+
+def _summarize(key: _Key, item: Item) -> tuple[_Key, Item]:
+    """A flood's coarser hint: one event per watch, for the watch's own path ("re-read everything")."""
+    assert isinstance(item, Envelope)  # messages are posted with key None, which is never summarized
+    event = WatchEvent(item.watch_path, item.event.token, item.event.received_at)
+    return (key[0], item.watch_path), Envelope(item.watch, event, item.watch_path)
 
 
 class Mailbox:
     """Bounded and never blocking the sender.
 
-    :meth:`post` uses ``send_nowait`` only. When the channel is full, events wait in an overflow table keyed by
-    (watch, path): a newer event for a key already waiting replaces it in place, so the order of distinct paths
-    is kept and the latest event of every path survives. Past ``overflow_limit`` keys the overflow collapses
-    into one event per watch for the watch's own path (a "re-read everything" hint), so memory is bounded by
-    ``capacity + overflow_limit`` whatever the number of events. Messages keep their place and are never
-    coalesced or collapsed (their number is bounded by whoever posts them).
+    A newer event for a (watch, path) already waiting replaces it in place, so the order of distinct paths is
+    kept and the latest event of every path survives (counted in :attr:`coalesced`). Past ``capacity +
+    overflow_limit`` waiting items the events collapse into one event per watch for the watch's own path (a
+    "re-read everything" hint), so memory is bounded whatever the number of events. Messages keep their
+    place and are never coalesced or collapsed; up to ``message_limit`` of them always find room (their number
+    is bounded by whoever posts them), and one that ever found none is abandoned (its asker is told), never
+    dropped silently.
     """
 
-    def __init__(self, capacity: int = 64, overflow_limit: int = 1024) -> None:
+    __slots__ = ("_queue", "capacity", "overflow_limit")
+
+    def __init__(self, capacity: int = 64, overflow_limit: int = 1024, message_limit: int = 1024) -> None:
         if capacity < 1 or overflow_limit < 1:
             raise ValueError("mailbox capacity and overflow limit must be at least 1")
         self.capacity = capacity
         self.overflow_limit = overflow_limit
-        # None in the channel is an interruption (see interrupt), not an event.
-        self._send, self._receive = trio.open_memory_channel[Item | None](capacity)
-        self._overflow: dict[tuple[Hashable, str], Item] = {}  # insertion-ordered; smaller than OrderedDict
-        self._overflow_messages = 0
-        self.coalesced = 0
-        self.posted = 0
+        self._queue: CoalescingQueue[_Key, Item] = CoalescingQueue(
+            capacity + overflow_limit + max(message_limit, 0), _summarize
+        )
 
     def __len__(self) -> int:
-        return self._send.statistics().current_buffer_used + len(self._overflow)
+        return len(self._queue)
 
     @property
-    def overflow(self) -> int:
-        return len(self._overflow)
+    def coalesced(self) -> int:
+        return self._queue.coalesced
 
     def post(self, envelope: Item) -> None:
         """Queue an envelope or a message; never blocks, never raises."""
-        self.posted += 1
-        if not self._overflow:
-            try:
-                self._send.send_nowait(envelope)
-                return
-            except trio.WouldBlock:
-                pass
-        self._spill(envelope)
-
-    def _spill(self, envelope: Item) -> None:
-        key = envelope.key
-        if isinstance(envelope, Message):
-            self._overflow_messages += 1  # never collapsed, so not counted against overflow_limit
-        elif (
-            key not in self._overflow and len(self._overflow) - self._overflow_messages >= self.overflow_limit
-        ):
-            self._collapse()
-        if key in self._overflow:
-            self.coalesced += 1
-        self._overflow[key] = envelope  # an existing key keeps its place: the order of distinct paths holds
-
-    def _collapse(self) -> None:
-        hints: dict[tuple[Hashable, str], Item] = {}
-        for envelope in self._overflow.values():
-            if isinstance(envelope, Message):
-                hints[envelope.key] = envelope
-                continue
-            event = WatchEvent(envelope.watch_path, envelope.event.token, envelope.event.received_at)
-            hint = Envelope(envelope.watch, event, envelope.watch_path)
-            hints[hint.key] = hint
-        self.coalesced += len(self._overflow) - len(hints)
-        self._overflow = hints
+        if type(envelope) is Envelope:
+            self._queue.post((id(envelope.watch), envelope.event.path), envelope)
+        elif not self._queue.post(None, envelope):
+            assert isinstance(envelope, Message)
+            envelope.abandon(0)
 
     def interrupt(self) -> None:
-        """Make a waiting :meth:`receive` return None. When the channel is full nobody is waiting, and the
-        receiver gets to look at its state again after the envelope at hand: nothing to do."""
-        with suppress(trio.WouldBlock):
-            self._send.send_nowait(None)
+        """Make a waiting (or the next idle) :meth:`receive` return None, :meth:`receive_batch` an empty list:
+        the receiver looks at its state again. A receiver with items waiting gets them, and is expected to look
+        at its state between items anyway."""
+        self._queue.interrupt()
 
     async def receive(self) -> Item | None:
         """The next envelope or message, or None after :meth:`interrupt`."""
-        envelope = await self._receive.receive()
-        self._refill()
-        return envelope
+        try:
+            return await self._queue.receive()
+        except Interrupted:
+            return None
 
-    def _refill(self) -> None:
-        overflow = self._overflow
-        while overflow:
-            key = next(iter(overflow))
-            item = overflow[key]
-            try:
-                self._send.send_nowait(item)
-            except trio.WouldBlock:
-                return
-            del overflow[key]
-            if isinstance(item, Message):
-                self._overflow_messages -= 1
+    async def receive_batch(self, max_items: int) -> list[Item]:
+        """Up to ``max_items`` waiting envelopes and messages in order (waiting for one), or [] after
+        :meth:`interrupt`; one trip through the scheduler per batch."""
+        try:
+            return await self._queue.receive_batch(max_items)
+        except Interrupted:
+            return []
 
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
         many."""
-        waiting = list(self._overflow.values())
-        self._overflow.clear()
-        self._overflow_messages = 0
+        count = 0
         while True:
             try:
-                item = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            if item is not None:
-                waiting.append(item)
-        for item in waiting:
+                item = self._queue.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return count
+            count += 1
             if isinstance(item, Message):
                 item.abandon(domid)
-        return len(waiting)

@@ -45,6 +45,7 @@ class Runtime(Messaging):
         self.options = options
         self.connection: XenStore | None = None
         self.reconnects = 0
+        self.owns_connection = False  # set by keep_connected for every connection it serves
         self.disconnected_since: float | None = None
         self.ready = trio.Event()
         self.connected = AsyncBool(False)

@@ -85,11 +85,27 @@ class Watch:
 class Registrations:
     """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
 
+    __slots__ = ("_lock_", "_registered", "domid", "log")
+
     def __init__(self, domid: int, log: Logger) -> None:
         self.domid = domid
         self.log = log
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
-        self._lock = trio.Lock()
+        self._lock_: trio.Lock | None = None  # made on first need: thousands of actors rarely contend
+
+    @property
+    def _lock(self) -> trio.Lock:
+        if self._lock_ is None:
+            self._lock_ = trio.Lock()
+        return self._lock_
+
+    def _all_on(self, xs: XenStore, watches: list[Watch]) -> bool:
+        registered = self._registered
+        for watch in watches:
+            held = registered.get(watch.id)
+            if held is None or held[0] is not xs:
+                return False
+        return True
 
     async def attach(
         self,
@@ -101,8 +117,10 @@ class Registrations:
         """Register on ``xs`` every watch of ``watches`` not registered on it yet, with its token for
         ``generation`` and the sink ``sink_for(watch, path)``. A lost connection ends it quietly (the
         reconnect attaches again); an error reply is logged and that watch skipped."""
+        if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
+            return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
         async with self._lock:
-            if xs is None or xs.is_lost:
+            if xs.is_lost:
                 return
             for watch in watches:
                 held = self._registered.get(watch.id)
@@ -118,8 +136,19 @@ class Registrations:
                     continue
                 self._registered[watch.id] = (xs, path, token)
 
+    @property
+    def busy(self) -> bool:
+        """Is an attach or detach under way (holding the lock)?"""
+        return self._lock_ is not None and self._lock_.locked()
+
+    def forget(self) -> None:
+        """Drop the records of every watch without unregistering (their connection is closing)."""
+        self._registered.clear()
+
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister every watch (or one); bounded in time, safe under cancellation."""
+        if not self._registered and not self.busy:
+            return  # nothing registered, nor being registered (the second detach of a stop)
         with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
             async with self._lock:
                 for watch_id in list(self._registered):
