@@ -238,3 +238,32 @@ async def test_sighup_with_changed_rules_resets_the_failed_domains(
             await agent.wait_log("reload done")
             await eventually(states, lambda s: s == {5: "running"})
             assert agent.find("control: reset of domain 5 (was failed)")
+
+
+async def test_events_refused_for_a_failed_domain_are_counted_and_logged_once(
+    xenstored: Embedded, xs: actors.XenStore, workdir: str
+) -> None:
+    """A global watch routed to a failed domain: its events are refused, counted by reason in the status
+    document (and so in mtwatch_events_dropped_total), and logged once for the state, not once per event."""
+    command = script(workdir, "check", "echo broken >&2; exit 3\n")
+    path = config(workdir, xenstored.socket_path, command)
+    with open(path, "a") as toml:
+        toml.write(
+            '\n[[watch]]\nname = "vif"\npath = "/local/domain/0/backend/vif"\nroute = "component:6"\nrun = ["true"]\n'
+        )
+    control = os.path.join(workdir, "control")
+    async with run_agent(workdir, "--config", path, "--control", control) as agent:
+        with trio.fail_after(60):
+            await agent.wait_log("ready: ")
+            await actors.announce_domain(xs, 6, identity="uuid-6")
+
+            async def state_of_6() -> dict[str, object]:
+                doc = await ask_async(control, {"op": "status"})
+                return next((d for d in doc["domains"] if d["domid"] == 6), {})
+
+            await eventually(state_of_6, lambda d: d.get("state") == "failed")
+            for n in range(5):
+                await xs.write(f"/local/domain/0/backend/vif/6/0/state{n}", "4")
+            await eventually(state_of_6, lambda d: d.get("dropped_by_reason", {}).get("failed", 0) >= 5)
+            await agent.wait_log("domain 6 is failed: its events are dropped")
+            assert len(agent.find("domain 6 is failed: its events are dropped")) == 1
