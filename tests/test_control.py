@@ -247,10 +247,8 @@ async def test_events_refused_for_a_failed_domain_are_counted_and_logged_once(
     document (and so in mtwatch_events_dropped_total), and logged once for the state, not once per event."""
     command = script(workdir, "check", "echo broken >&2; exit 3\n")
     path = config(workdir, xenstored.socket_path, command)
-    with open(path, "a") as toml:
-        toml.write(
-            '\n[[watch]]\nname = "vif"\npath = "/local/domain/0/backend/vif"\nroute = "component:6"\nrun = ["true"]\n'
-        )
+    rule = '\n[[watch]]\nname = "vif"\npath = "/local/domain/0/backend/vif"\nroute = "component:6"\nrun = ["true"]\n'
+    await trio.Path(path).write_text(await trio.Path(path).read_text() + rule)
     control = os.path.join(workdir, "control")
     async with run_agent(workdir, "--config", path, "--control", control) as agent:
         with trio.fail_after(60):
