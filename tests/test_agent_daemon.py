@@ -457,3 +457,43 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+async def test_a_domain_that_will_not_stop_ends_the_agent_with_its_own_status(
+    xenstored: Embedded, xs: actors.XenStore, workdir: str
+) -> None:
+    """A handler that swallows its cancellation cannot hold the agent up: past the stop deadline plus 2 s it
+    exits with status 124, and the log names the domain (issue 13's stop that always ends)."""
+    handlers = Path(workdir) / "handlers"
+    handlers.mkdir()
+    (handlers / "stubborn_mod.py").write_text(
+        "import trio\n\n"
+        "async def stubborn(ctx, event):\n"
+        "    if event.initial:\n"
+        "        return\n"
+        "    print('stubborn: started', flush=True)\n"
+        "    while True:\n"
+        "        try:\n"
+        "            await trio.sleep(1)\n"
+        "        except trio.Cancelled:\n"
+        "            pass  # what a handler must never do\n"
+    )
+    config = Path(workdir) / "agent.toml"
+    config.write_text(
+        base_config(xenstored.socket_path, stop_deadline=1)
+        + f'\n[handlers]\npath = ["{handlers}"]\n'
+        + '\n[[watch]]\nname = "stubborn"\npath = "/local/domain/{domid}/data/ping"\ncall = "stubborn_mod:stubborn"\n'
+    )
+    await actors.announce_domain(xs, 4, identity="uuid-4")
+    async with run_agent(workdir, "--config", str(config)) as agent:
+        with trio.fail_after(30):
+            await agent.wait_log("ready: ")
+            await xs.write("/local/domain/4/data/ping", "1")
+            await agent.wait_log("stubborn: started")
+            start = trio.current_time()
+            agent.signal(signal.SIGTERM)
+            assert await agent.wait_exit() == 124
+            elapsed = trio.current_time() - start
+        assert elapsed < 1 + 2 + 2, f"the agent took {elapsed:.2f} s to give up (deadline 1 s + 2 s)"
+        overrun = agent.find("stop overran the deadline")
+        assert overrun and "domain 4" in overrun[0]["message"], agent.tail()

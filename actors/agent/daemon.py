@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import Any
@@ -166,6 +168,8 @@ class Agent:
                         task_status.started(rt)
                         await self._serve_signals(signals)
                         self.notifier.notify(STOPPING=1, STATUS="stopping")
+                        overrun = _arm_stop_overrun(rt, config.stop_deadline + STOP_GRACE)
+                    overrun.cancel()
                     logger.info("mtwatch agent stopped")
                     nursery.cancel_scope.cancel()
             finally:
@@ -316,6 +320,35 @@ class Agent:
             old, source=new.source, log_format=new.log_format, log_level=new.log_level, watches=new.watches
         )
         return True
+
+
+STOP_GRACE = 2.0  # seconds past the stop deadline before the agent gives up on a domain that will not stop
+
+
+def _arm_stop_overrun(rt: Runtime, seconds: float) -> threading.Timer:
+    """A thread that ends the process with Exit.STOP_OVERRUN if the runtime has not stopped ``seconds`` from
+    now: a task that ignores cancellation (or blocks the event loop) cannot hold the agent up for ever. A
+    thread, because the loop may be the thing that is stuck. The log line names the domains still there."""
+
+    def give_up() -> None:
+        stuck = {domid: snap for domid, snap in dict(rt.domains).items()}
+        names = ", ".join(
+            f"domain {domid} ({snap.state.value}, busy with {snap.busy_path or 'its tasks'})"
+            for domid, snap in sorted(stuck.items())
+        )
+        logger.critical(
+            "stop overran the deadline by {:g} s: {}; exiting with status {}",
+            STOP_GRACE,
+            names or "the runtime itself",
+            int(Exit.STOP_OVERRUN),
+        )
+        logger.complete()
+        os._exit(Exit.STOP_OVERRUN)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def run_agent(config: Config, overrides: Overrides | None = None) -> int:

@@ -16,6 +16,7 @@ class Exit(enum.IntEnum):
     TEMPFAIL = 75  # the metrics address or the control socket is in use or not available
     NOPERM = 77  # permission denied: xenstored socket or xenbus, metrics port, control socket, config file
     CONFIG = 78  # invalid configuration (the message names the key)
+    STOP_OVERRUN = 124  # agent: a domain did not stop within the stop deadline plus 2 s (the log names it)
     INTERRUPTED = 130  # Ctrl-C before the command could stop in order
 
     @property
@@ -34,6 +35,7 @@ _MEANING = {
     Exit.TEMPFAIL: "the metrics address or the control socket is in use or not available",
     Exit.NOPERM: "permission denied (xenstored socket, xenbus, metrics port, control socket, config file)",
     Exit.CONFIG: "invalid configuration (the message names the key)",
+    Exit.STOP_OVERRUN: "agent: a domain did not stop within the stop deadline plus 2 s (the log names it)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C) before it could stop in order",
 }
 
