@@ -221,3 +221,15 @@ async def test_purge_drops_everything_waiting() -> None:
     assert len(queue) == 0
     with pytest.raises(trio.WouldBlock):
         queue.receive_nowait()
+
+
+async def test_purge_keyed_drops_events_and_keeps_plain_items_in_order() -> None:
+    queue: CoalescingQueue[str, str] = CoalescingQueue(16)
+    for key, item in [("a", "a1"), (None, "m1"), ("b", "b1"), ("a", "a2"), (None, "m2")]:
+        queue.post(key, item)
+    assert queue.purge_keyed() == 2
+    assert len(queue) == 2
+    assert [queue.receive_nowait(), queue.receive_nowait()] == ["m1", "m2"]
+    queue.post("a", "a3")  # the queue works on afterwards
+    assert queue.receive_nowait() == "a3"
+    assert queue.purge_keyed() == 0

@@ -166,6 +166,9 @@ class DomainActor:
         reason = flood.check(event.received_at, len(self.mailbox))
         if reason is not None and self.nursery is not None:
             flood.throttle(self, self.nursery, reason, event.received_at)
+            # The re-watch at the cool-down's end is the resync that stands for every waiting event: handling
+            # them first would only delay it (messages stay).
+            self._drop("throttled", self.mailbox.purge_events())
 
     def post_message(self, message: Message) -> bool:
         """Queue a message if the actor runs and has room (False otherwise); never blocks."""

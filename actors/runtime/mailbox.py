@@ -100,6 +100,10 @@ class Mailbox:
         except Interrupted:
             return []
 
+    def purge_events(self) -> int:
+        """Drop every waiting event, keeping the messages in their order; returns how many were dropped."""
+        return self._queue.purge_keyed()
+
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
         many."""

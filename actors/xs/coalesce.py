@@ -170,6 +170,16 @@ class CoalescingQueue(Generic[K, T]):
         self._plain = 0
         return dropped
 
+    def purge_keyed(self) -> int:
+        """Drop every keyed item waiting, keeping those posted with key None in their order; returns how many
+        were dropped (for a consumer about to get one hint that stands for all of them)."""
+        dropped = len(self._items)
+        if dropped:
+            self._order = [e for e in self._order[self._head :] if isinstance(e, _Plain)]
+            self._head = 0
+            self._items.clear()
+        return dropped
+
     # -- the receiver's side ----------------------------------------------------------------------------------
 
     def receive_nowait(self) -> T:
