@@ -254,3 +254,18 @@ async def test_oversized_watch_is_refused_before_anything_is_registered() -> Non
         with pytest.raises(actors.PayloadTooLarge, match="payload limit"):
             await xs.add_watch("/" + "a" * 3000, "t" * 2000, lambda e: None)
         assert xs._sinks == {}
+
+
+async def test_pipelined_requests_left_unanswered_are_abandoned(autojump_clock: trio.abc.Clock) -> None:
+    async def script(peer: Peer) -> None:
+        await trio.sleep_forever()
+
+    async with scripted(script) as path, actors.connect(path, request_timeout=1) as xs:
+        calls = [(Op.READ, b"/a\0", "/a"), (Op.READ, b"/b\0", "/b"), (Op.READ, b"/c\0", "/c")]
+        with pytest.raises(RequestTimeout):
+            await xs._pipelined(calls)
+        assert not xs._protocol._pending  # all abandoned: their late replies are discarded
+        with trio.move_on_after(1) as scope:
+            await xs._pipelined(calls)
+        assert scope.cancelled_caught
+        assert not xs._protocol._pending

@@ -238,13 +238,22 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
     async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
         """Requests queued at once (one write on a socket), then their answers in order: a payload or the
         error reply. Other errors (lost, timeout) are raised."""
-        requests = [(self._queue(op, payload, 0, path), path) for op, payload, path in calls]
+        requests: list[tuple[Request, str | None]] = []
         answers: list[bytes | ErrorReply] = []
-        for request, path in requests:
-            try:
-                answers.append(await self._wait(request, path))
-            except ErrorReply as exc:
-                answers.append(exc)
+        try:
+            for op, payload, path in calls:
+                requests.append((self._queue(op, payload, 0, path), path))
+            for request, path in requests:
+                try:
+                    answers.append(await self._wait(request, path))
+                except ErrorReply as exc:
+                    answers.append(exc)
+        finally:
+            # Left early (timeout, cancellation, a payload too large): the requests not waited for are abandoned
+            # too, as _wait() abandons its own, or they would stay in the pending table until a reply that may
+            # never come (the abandoned ones are bounded).
+            for request, _ in requests[len(answers) :]:
+                self._protocol.abandon(request)
         return answers
 
     async def _wait(self, request: Request, path: str | None) -> bytes:

@@ -104,6 +104,8 @@ class WatchOperations:
         sub = Subscription(path, token, capacity)
         await self.add_watch(path, token, sub.deliver, depth=depth)
         self._subscriptions[token] = sub
+        if self._lost is not None:  # lost after the reply, before this task resumed: _mark_lost() missed sub
+            sub.close(self._lost)
         try:
             yield sub
         finally:

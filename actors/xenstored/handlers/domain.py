@@ -45,11 +45,16 @@ def _connected_domain(core: Core, domid: int) -> int:
     return domid
 
 
-def _onearg_domain(core: Core, frame: Frame) -> int:
+def _onearg_domid(frame: Frame) -> int:
+    """The single argument, read as a domid; EINVAL if the payload is not exactly one string."""
     raw = onearg(frame.payload)
     if raw is None:
         raise Fail(EINVAL)
-    domid = domid_arg(raw)
+    return domid_arg(raw)
+
+
+def _onearg_domain(core: Core, frame: Frame) -> int:
+    domid = _onearg_domid(frame)
     if domid == 0:
         raise Fail(EINVAL)
     return _connected_domain(core, domid)
@@ -97,17 +102,11 @@ def do_set_target(core: Core, conn: Connection, frame: Frame, tx: Transaction | 
 def do_get_domain_path(
     core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View
 ) -> bytes:
-    raw = onearg(frame.payload)
-    if raw is None:
-        raise Fail(EINVAL)
-    return b"/local/domain/%d\0" % domid_arg(raw)
+    return b"/local/domain/%d\0" % _onearg_domid(frame)
 
 
 def do_is_domain_introduced(
     core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View
 ) -> bytes:
-    raw = onearg(frame.payload)
-    if raw is None:
-        raise Fail(EINVAL)
-    domid = domid_arg(raw)
+    domid = _onearg_domid(frame)
     return b"T\0" if domid == DOMID_SELF or core.domains.introduced(domid) is not None else b"F\0"

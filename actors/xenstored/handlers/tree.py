@@ -13,7 +13,7 @@ from ..core import Core
 from ..domains import DOMID_FIRST_RESERVED, FEATURE_DOMID_ANY
 from ..failure import EACCES, EINVAL, ENOENT, ENOSPC, EPERM, Fail
 from ..permissions import IGNORE, OWNER, READ, WRITE, format_perms, parse_perms, perm_for
-from ..store import parent_path
+from ..store import Node, parent_path
 from ..transactions import Transaction, View
 from .common import OK, domid_arg, onearg, strings
 
@@ -81,6 +81,16 @@ def do_get_perms(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
 # -- writing ---------------------------------------------------------------------------------------------
 
 
+def _writable_or_missing(core: Core, view: View, conn: Connection, path: bytes | None) -> Node | None:
+    """The node if ``conn`` may write it, None if it does not exist (any other failure is raised)."""
+    try:
+        return core.get_node(view, conn, path, WRITE)
+    except Fail as exc:
+        if exc.name != ENOENT:
+            raise
+        return None
+
+
 def do_write(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
     payload = frame.payload
     nul = payload.find(b"\0")
@@ -88,15 +98,11 @@ def do_write(core: Core, conn: Connection, frame: Frame, tx: Transaction | None,
         raise Fail(EINVAL)
     path = core.canonical(conn, payload[:nul])
     value = payload[nul + 1 :]
-    try:
-        node = core.get_node(view, conn, path, WRITE)
-    except Fail as exc:
-        if exc.name != ENOENT:
-            raise
-        assert path is not None
+    node = _writable_or_missing(core, view, conn, path)
+    assert path is not None
+    if node is None:
         node = core.create_node(view, conn, path, value)
     else:
-        assert path is not None
         generation = node.generation
         node = node.with_value(value)
         core.check_size(view, conn, node)
@@ -107,11 +113,7 @@ def do_write(core: Core, conn: Connection, frame: Frame, tx: Transaction | None,
 
 def do_mkdir(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
     path = core.canonical(conn, onearg(frame.payload))
-    try:
-        core.get_node(view, conn, path, WRITE)
-    except Fail as exc:
-        if exc.name != ENOENT:
-            raise
+    if _writable_or_missing(core, view, conn, path) is None:
         assert path is not None
         node = core.create_node(view, conn, path, b"")
         view.fire(path, False, node, None, None)
@@ -120,16 +122,12 @@ def do_mkdir(core: Core, conn: Connection, frame: Frame, tx: Transaction | None,
 
 def do_rm(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
     path = core.canonical(conn, onearg(frame.payload))
-    try:
-        core.get_node(view, conn, path, WRITE)
-    except Fail as exc:
-        if exc.name != ENOENT:
-            raise
-        assert path is not None
+    missing = _writable_or_missing(core, view, conn, path) is None
+    assert path is not None
+    if missing:
         if view.read(parent_path(path)) is not None:  # already gone: fine, if the parent exists
             return OK
-        raise
-    assert path is not None
+        raise Fail(ENOENT)
     if path == b"/":
         raise Fail(EINVAL)
     parent = view.read(parent_path(path))
