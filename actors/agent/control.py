@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
+from loguru import logger
 
 __all__ = [
     "ControlInUse",
@@ -126,7 +127,11 @@ async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
         return {"ok": False, "error": f"not JSON: {exc}"}
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         return {"ok": False, "error": 'a request is a JSON object with "op"'}
-    return await handle(request)
+    try:
+        return await handle(request)
+    except Exception as exc:  # a handler's bug is this request's error, not the end of the agent
+        logger.exception("control: {} request failed", request["op"])
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 async def serve_control(
