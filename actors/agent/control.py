@@ -114,10 +114,19 @@ async def _serve_one(stream: trio.SocketStream, handle: Handler) -> None:
                 return
             buffer += chunk
             for line in _lines(buffer):
-                await stream.send_all(_reply(await _answer(line, handle)))
+                if not await _send(stream, _reply(await _answer(line, handle))):
+                    return
             if len(buffer) > MAX_LINE:
-                await stream.send_all(_reply({"ok": False, "error": "request line too long"}))
+                await _send(stream, _reply({"ok": False, "error": "request line too long"}))
                 return
+
+
+async def _send(stream: trio.SocketStream, data: bytes) -> bool:
+    """Send ``data``; False (the connection is to be dropped) if the peer has not read it in IDLE_TIMEOUT."""
+    with trio.move_on_after(IDLE_TIMEOUT):
+        await stream.send_all(data)
+        return True
+    return False
 
 
 async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
