@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
+from loguru import logger
 
 __all__ = [
     "ControlInUse",
@@ -113,10 +114,19 @@ async def _serve_one(stream: trio.SocketStream, handle: Handler) -> None:
                 return
             buffer += chunk
             for line in _lines(buffer):
-                await stream.send_all(_reply(await _answer(line, handle)))
+                if not await _send(stream, _reply(await _answer(line, handle))):
+                    return
             if len(buffer) > MAX_LINE:
-                await stream.send_all(_reply({"ok": False, "error": "request line too long"}))
+                await _send(stream, _reply({"ok": False, "error": "request line too long"}))
                 return
+
+
+async def _send(stream: trio.SocketStream, data: bytes) -> bool:
+    """Send ``data``; False (the connection is to be dropped) if the peer has not read it in IDLE_TIMEOUT."""
+    with trio.move_on_after(IDLE_TIMEOUT):
+        await stream.send_all(data)
+        return True
+    return False
 
 
 async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
@@ -126,7 +136,11 @@ async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
         return {"ok": False, "error": f"not JSON: {exc}"}
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         return {"ok": False, "error": 'a request is a JSON object with "op"'}
-    return await handle(request)
+    try:
+        return await handle(request)
+    except Exception as exc:  # a handler's bug is this request's error, not the end of the agent
+        logger.exception("control: {} request failed", request["op"])
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 async def serve_control(

@@ -331,7 +331,7 @@ def _arm_stop_overrun(rt: Runtime, seconds: float) -> threading.Timer:
     thread, because the loop may be the thing that is stuck. The log line names the domains still there."""
 
     def give_up() -> None:
-        stuck = {domid: snap for domid, snap in dict(rt.domains).items()}
+        stuck = dict(rt.domains)
         names = ", ".join(
             f"domain {domid} ({snap.state.value}, busy with {snap.busy_path or 'its tasks'})"
             for domid, snap in sorted(stuck.items())

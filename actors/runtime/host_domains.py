@@ -178,6 +178,11 @@ class DomainsSource:
         domids = await self._names(xs)
         if domids is None:
             return None
+        return await self._listed(xs, domids)
+
+    async def _listed(self, xs: XenStore, domids: list[int]) -> dict[int, bytes]:
+        """The introduced ones of ``domids`` with their identities; one the daemon would not tell about keeps
+        the identity the sink was last told, if any."""
         found, unknown = await self._examine(xs, domids)
         for domid in unknown & set(self._live):
             found[domid] = self._live[domid]
@@ -192,9 +197,7 @@ class DomainsSource:
             # The listing's reply came after the watches' initial events, and after any event of a change made
             # before the daemon listed: the listing covers them all.
             pending.take()
-            found, unknown = await self._examine(xs, domids)
-            for domid in unknown & set(self._live):
-                found[domid] = self._live[domid]
+            found = await self._listed(xs, domids)
             self._live = dict(found)
             sink.full(found)
             while True:
@@ -237,13 +240,17 @@ class DomainsSource:
 
     async def _released_named(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
         """Depth-1 ``@releaseDomain/<domid>`` (shutdown or destroy): gone once no longer introduced."""
+        await self._report_gone(xs, sink, sorted(domids & set(self._live)))
+
+    async def _report_gone(self, xs: XenStore, sink: LifecycleSink, domids: list[int]) -> None:
+        """Of ``domids``, report those no longer introduced as gone (one pipelined round)."""
         gone: list[int] = []
 
         async def check(domid: int) -> None:
             if await self._introduced(xs, domid) is False:
                 gone.append(domid)
 
-        await gather_bounded(sorted(domids & set(self._live)), check, FAN_OUT)
+        await gather_bounded(domids, check, FAN_OUT)
         for domid in sorted(gone):
             self._report(sink, domid, None)
 
@@ -258,15 +265,7 @@ class DomainsSource:
         """One pipelined round of IS_DOMAIN_INTRODUCED over the live domains; the ones no longer introduced
         are gone."""
         self.rounds += 1
-        gone: list[int] = []
-
-        async def check(domid: int) -> None:
-            if await self._introduced(xs, domid) is False:
-                gone.append(domid)
-
-        await gather_bounded(list(self._live), check, FAN_OUT)
-        for domid in sorted(gone):
-            self._report(sink, domid, None)
+        await self._report_gone(xs, sink, list(self._live))
 
     async def _introduced_new(self, xs: XenStore, sink: LifecycleSink) -> None:
         """One listing of the base; only names that are no live domain are examined."""
