@@ -159,17 +159,21 @@ class Agent:
                         len(config.watches),
                         "" if len(config.watches) == 1 else "s",
                     )
-                    async with open_runtime(connect=self.connect, options=config.options) as rt:
-                        self.rt = rt
-                        rt.observe(self._observe)
-                        self.rules = RuleSet(rt)
-                        self.rules.apply(config.watches)
-                        await self._serve(nursery, rt, control, listeners)
-                        task_status.started(rt)
-                        await self._serve_signals(signals)
-                        self.notifier.notify(STOPPING=1, STATUS="stopping")
-                        overrun = _arm_stop_overrun(rt, config.stop_deadline + STOP_GRACE)
-                    overrun.cancel()
+                    overrun: threading.Timer | None = None
+                    try:
+                        async with open_runtime(connect=self.connect, options=config.options) as rt:
+                            self.rt = rt
+                            rt.observe(self._observe)
+                            self.rules = RuleSet(rt)
+                            self.rules.apply(config.watches)
+                            await self._serve(nursery, rt, control, listeners)
+                            task_status.started(rt)
+                            await self._serve_signals(signals)
+                            self.notifier.notify(STOPPING=1, STATUS="stopping")
+                            overrun = _arm_stop_overrun(rt, config.stop_deadline + STOP_GRACE)
+                    finally:
+                        if overrun is not None:  # stopped (or failed) in time: its own exit status stands
+                            overrun.cancel()
                     logger.info("mtwatch agent stopped")
                     nursery.cancel_scope.cancel()
             finally:
