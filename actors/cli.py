@@ -170,7 +170,7 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .agent.demo import main
+    from .demo.show import main
 
     return main(args)
 

@@ -1,7 +1,7 @@
 """``mtwatch demo``: the isolation of xenwatch multithreading, shown on the embedded xenstored (no Xen, no root).
 
 In a temporary folder it runs two real processes, ``mtwatch xenstored`` and ``mtwatch agent`` (with the rule
-set of :mod:`actors.agent.demo_handlers`), then plays the toolstack and the guests against them:
+set of :mod:`actors.demo.handlers`), then plays the toolstack and the guests against them:
 
 - the toolstack announces domains the way the seed's libxl patch does (the mtwatch node first, in the
   transaction that creates ``/local/domain/<domid>``; removing it is the last operation of a destroy), and
@@ -36,13 +36,13 @@ from typing import Any, BinaryIO, TextIO
 import trio
 
 from .. import XenStoreError, XenStoreUnavailable, connect
-from .control import ControlUnavailable, ask_async
-from .demo_handlers import RECORD_ENV
-from .demo_play import Cast, Show
-from .demo_play import play as play_
-from .demo_summary import percentile, read_records, render_summary, summarize
-from .exits import Exit
-from .status import COLUMNS, format_seconds, rates_between, rows
+from ..agent.control import ControlUnavailable, ask_async
+from ..agent.exits import Exit
+from ..agent.status import COLUMNS, format_seconds, rates_between, rows
+from .handlers import RECORD_ENV
+from .play import Cast, Show
+from .play import play as play_
+from .summary import percentile, read_records, render_summary, summarize
 
 __all__ = ["DemoError", "main", "run_demo"]
 
@@ -59,7 +59,7 @@ class DemoError(Exception):
 def agent_config(socket_path: str, control: str) -> str:
     """The demo's agent configuration: every domain gets every rule; what a guest writes decides which one
     misbehaves for it."""
-    handlers = "actors.agent.demo_handlers"
+    handlers = "actors.demo.handlers"
     return f"""\
 # mtwatch demo: the agent's configuration
 [xenstore]
