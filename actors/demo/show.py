@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, TextIO
 import trio
 
 from .. import XenStoreError, XenStoreUnavailable, connect
-from ..agent.control import ControlUnavailable, ask_async
+from ..agent.control import ControlUnavailable, ask
 from ..agent.exits import Exit
 from ..agent.status import COLUMNS, format_seconds, rates_between, rows
 from .handlers import RECORD_ENV
@@ -177,11 +177,15 @@ async def _wait_xenstored(socket_path: str, log_path: str) -> None:
     raise DemoError(f"xenstored did not answer on {socket_path}; the end of its log:\n{_tail(log_path)}")
 
 
+async def _status(control: str) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(ask, control, {"op": "status"}, abandon_on_cancel=True)
+
+
 async def _wait_agent(control: str, log_path: str) -> None:
     with trio.move_on_after(START_TIMEOUT):
         while True:
             with suppress(ControlUnavailable):
-                await ask_async(control, {"op": "status"})
+                await _status(control)
                 return
             await trio.sleep(0.1)
     raise DemoError(f"the agent did not answer on {control}; the end of its log:\n{_tail(log_path)}")
@@ -192,7 +196,7 @@ async def _wait_running(control: str, domids: Iterable[int]) -> None:
     with trio.move_on_after(5):
         while True:
             with suppress(ControlUnavailable):
-                doc = await ask_async(control, {"op": "status"})
+                doc = await _status(control)
                 running = {d["domid"] for d in doc["domains"] if d["state"] == "running"}
                 if running >= set(domids):
                     return
@@ -218,7 +222,7 @@ async def _live_view(
     end = show.started_at + seconds
     while True:
         try:
-            doc = await ask_async(control, {"op": "status"})
+            doc = await _status(control)
         except ControlUnavailable as exc:
             out.write(f"(agent: {exc})\n")
         else:
@@ -321,7 +325,7 @@ async def _show(
         else:
             await trio.sleep(seconds)
         play.cancel_scope.cancel()
-    final = await ask_async(control, {"op": "status"})
+    final = await _status(control)
     return summarize(show, final, read_records(record_path), seconds)
 
 
