@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent.config import (
-    DEFAULT_TIMEOUT,
-    Config,
-    ConfigError,
-    Overrides,
-    component_route,
-    load_config,
-    parse_config,
-    parse_listen,
-)
+from actors.agent.config import Config, ConfigError, Overrides, load_config, parse_config
+from actors.agent.schema import DEFAULT_TIMEOUT, component_route, parse_listen
 from actors.runtime.lifecycle import MTWATCH_ROOT
 from actors.runtime.supervisor import RestartPolicy
 

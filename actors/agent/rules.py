@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..xs.errors import NotFound
-from .config import WatchRule
+from .schema import WatchRule
 
 if TYPE_CHECKING:
     from ..runtime.context import DomainContext
