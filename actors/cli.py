@@ -15,6 +15,7 @@ import trio
 
 from . import __version__
 from .agent.exits import Exit, epilog
+from .demo import demo_arguments
 from .xs.errors import XenStoreError
 
 DEFAULT_CONTROL = "/run/mtwatch/control"
@@ -71,14 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
     which.add_argument("--all-failed", action="store_true", help="every failed domain")
-    demo = _common(
-        sub.add_parser("demo", help="the isolation demo on the embedded xenstored (no Xen, no root)")
-    )
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to run (default %(default)s)")
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON (no live view)")
-    demo.add_argument("--interval", type=float, help="live view refresh (default 1 s, 5 s when not a tty)")
-    demo.add_argument("--seed", type=int, help="seed of the churn's randomness")
-    demo.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, config)")
+    demo_help = "the isolation demo on the embedded xenstored (no Xen, no root)"
+    demo_arguments(_common(sub.add_parser("demo", help=demo_help)))
     sub.add_parser("xenstored", help="run the embedded xenstored (mtwatch xenstored --help)", add_help=False)
     domain = _common(sub.add_parser("domain", help="the toolstack side: announce, retire, list, bridge"))
     actions = domain.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -1,12 +1,9 @@
 """The agent's control socket: one JSON object a line each way, over a unix socket only root may use.
 
-Requests: ``{"op": "status"}``, ``{"op": "reset", "domid": 5}``, ``{"op": "reset", "failed": true}``.
-Every request gets one response line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A connection
-may carry many requests (``mtwatch top`` keeps one open); an idle one is closed after ``IDLE_TIMEOUT``.
-
-The socket is made with mode 0600 (and its folder, when the agent makes it, 0700). A socket file that a live
-agent answers on is refused (:class:`ControlInUse`); a stale one is replaced; the agent removes only the file it
-made.
+Requests: ``{"op": "status"}``, ``{"op": "reset", "domid": 5}``, ``{"op": "reset", "failed": true}``; each
+gets one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A connection may carry many (idle:
+closed after ``IDLE_TIMEOUT``). The socket is mode 0600 (its folder, when made, 0700); one a live agent answers
+on is refused (:class:`ControlInUse`), a stale one replaced; the agent removes only the file it made.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """What ``mtwatch status``, ``domains`` and ``top`` show: the agent's state as one JSON document (built in the
-agent, sent over the control socket), its health, and the domain table.
-
-Health, also the exit status of ``mtwatch status``: 0 healthy; 1 degraded (failed or throttled domains, or
-xenstored stalled: requests wait and no answer came for a while); 2 not connected to xenstored, or not ready (the
-registry not read yet); 3 (the command's own) no agent answers.
-"""
+agent, sent over the control socket), its health (also ``mtwatch status``'s exit status: 0 healthy, 1 degraded,
+2 not connected or not ready, 3 no agent), and the domain table."""
 
 from __future__ import annotations
 
