@@ -132,13 +132,14 @@ def _status(args: argparse.Namespace) -> int:
     doc = _ask(args, {"op": "status"})
     if doc is None:
         return Exit.NO_DAEMON
+    table = [line for _, line in status.rows(doc)]
     if args.json:
         print(json.dumps(doc, indent=2))
     elif args.command == "domains":
-        print(status.COLUMNS.rstrip(), *status.render(doc), sep="\n")
+        print(status.COLUMNS.rstrip(), *table, sep="\n")
         return Exit.OK
     else:
-        print(*status.header(doc), "", status.COLUMNS, *status.render(doc), status.totals(doc), sep="\n")
+        print(*status.header(doc), "", status.COLUMNS, *table, status.totals(doc), sep="\n")
     return int(doc["health"]["code"])
 
 

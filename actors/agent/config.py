@@ -46,9 +46,7 @@ class Config:
 
     root = property(lambda self: self.options.root)
     lifecycle = property(lambda self: self.options.lifecycle)
-    mailbox_size = property(lambda self: self.options.mailbox_size)
     stop_deadline = property(lambda self: self.options.stop_deadline)
-    restart = property(lambda self: self.options.restart)
 
     @property
     def xenstore_text(self) -> str:

@@ -30,7 +30,7 @@ from .config import Config, ConfigError, Overrides, load_config
 from .control import ControlInUse, bind_control, serve_control, unlink_if_ours
 from .exits import Exit
 from .logs import configure_logging
-from .metrics import Metrics, listener_addresses, open_metrics_listeners, serve_metrics
+from .metrics import Metrics, listener_addresses, serve_metrics
 from .notify import Notifier, monotonic_usec
 from .rules import RuleSet
 from .status import describe, health
@@ -106,7 +106,7 @@ class Agent:
         if listen is None:
             return []
         try:
-            return await open_metrics_listeners(listen.host, listen.port)
+            return await trio.open_tcp_listeners(listen.port, host=listen.host)
         except socket.gaierror as exc:
             raise Fatal(f"metrics address {listen}: {exc.strerror}", Exit.TEMPFAIL) from None
         except OSError as exc:

@@ -39,7 +39,6 @@ __all__ = [
     "Metrics",
     "histogram_quantile",
     "listener_addresses",
-    "open_metrics_listeners",
     "serve_metrics",
 ]
 
@@ -194,11 +193,6 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / (cumulative - lower_count)
         lower_bound, lower_count = bound, cumulative
     return lower_bound
-
-
-async def open_metrics_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
-    """Bind the endpoint's address now (so that a port in use is known before anything else starts)."""
-    return await trio.open_tcp_listeners(port, host=host)
 
 
 def listener_addresses(listeners: list[trio.SocketListener]) -> list[str]:

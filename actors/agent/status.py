@@ -18,7 +18,7 @@ from .exits import NOT_READY, Exit
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["describe", "format_seconds", "health", "render", "rows"]
+__all__ = ["describe", "format_seconds", "health", "rows"]
 
 HEALTHY, DEGRADED = Exit.OK, Exit.DEGRADED
 _TROUBLE = {"failed": 0, "throttled": 1, "backoff": 2, "busy": 3, "stopping": 4, "starting": 5, "running": 6}
@@ -206,11 +206,6 @@ def rows(
         )
         out.append((d["domid"], line.rstrip()))
     return out
-
-
-def render(doc: Mapping[str, Any], rates: Mapping[int, float | None] | None = None) -> list[str]:
-    """The domain rows, trouble first."""
-    return [line for _, line in rows(doc, rates)]
 
 
 def totals(doc: Mapping[str, Any]) -> str:
