@@ -1,7 +1,7 @@
 """The agent's configuration: a TOML file (``tomllib``), validated whole at start and on every reload.
 
 Every error names the key and the problem (``watch[1].timeout: must be a positive number, not -3``); unknown
-keys are errors. Without a file the defaults work on a real dom0 (README "Configuration"); the commented
+keys are errors. Without a file the defaults work on a real dom0 (README "The agent"); the commented
 example ``actors/agent/agent.toml`` describes every key.
 """
 
