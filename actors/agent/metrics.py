@@ -1,4 +1,4 @@
-"""Prometheus metrics of a runtime (README "The agent" lists them), and a minimal HTTP/1.1 endpoint served by trio.
+"""Prometheus metrics of a runtime (the README's "The agent" lists them) and a minimal HTTP/1.1 endpoint.
 
 Per-domain families are built at scrape time from ``rt.domains`` (a retired domain's series go away with it);
 the latency histogram, stalls and blocked seconds are fed by ``rt.observe``. prometheus_client's own
