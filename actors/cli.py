@@ -14,11 +14,10 @@ from typing import Any
 import trio
 
 from . import __version__
+from .agent import DEFAULT_CONTROL
 from .agent.exits import Exit, epilog
 from .demo import demo_arguments
 from .xs.errors import XenStoreError
-
-DEFAULT_CONTROL = "/run/mtwatch/control"
 
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

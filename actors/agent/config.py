@@ -18,12 +18,12 @@ from typing import Any, Literal
 from ..runtime.options import RuntimeOptions
 from ..xs.errors import InvalidPath
 from ..xs.wire import check_path
+from . import DEFAULT_CONTROL
 from .schema import ConfigError, ConfigPermissionError, Listen, Table, WatchRule, parse_listen, watch_rule
 
 __all__ = ["DEFAULT_CONTROL", "Config", "ConfigError", "ConfigPermissionError", "Overrides", "load_config",
            "parse_config"]  # fmt: skip
 
-DEFAULT_CONTROL = "/run/mtwatch/control"
 LIFECYCLES = ("auto", "mtwatch", "domains")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
