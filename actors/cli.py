@@ -171,7 +171,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
-    """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line."""
+    """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line, the last (written once
+    ``fn`` is cancelled, so that nothing it logs on its way out comes after)."""
+    received: list[int] = []
     async with trio.open_nursery() as nursery:
 
         async def body() -> None:
@@ -181,9 +183,11 @@ async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
         nursery.start_soon(body)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                print(f"mtwatch {name}: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
+                received.append(signum)
                 nursery.cancel_scope.cancel()
                 break
+    for signum in received:
+        print(f"mtwatch {name}: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
 
 
 def _domain(args: argparse.Namespace) -> int:
