@@ -36,6 +36,11 @@ class Flooded(Protocol):
 
 
 _WINDOW = 1.0  # seconds over which the event rate is counted
+# After a throttle, until the domain has been calm for a while (probation), the rate is counted over this
+# shorter window and a mailbox at its high-water mark throttles at once: a guest still flooding when its
+# watches come back is throttled again after a tenth of the events, not after a second's worth of them
+# handled at the others' expense.
+_PROBATION_WINDOW = 0.1
 
 
 class FloodGate:
@@ -50,6 +55,8 @@ class FloodGate:
         "_high_water",
         "_limit",
         "_over_since",
+        "_probation_until",
+        "_window",
         "_window_count",
         "_window_start",
         "cooldown",
@@ -63,6 +70,8 @@ class FloodGate:
         self.options = options
         rate = options.flood_rate
         self._limit = None if rate is None else rate * _WINDOW
+        self._window = _WINDOW
+        self._probation_until = -math.inf
         high_water = options.flood_high_water
         self._high_water = math.inf if high_water is None else high_water
         self._calm = 2 * options.flood_cooldown_max  # unthrottled this long: the cool-down starts over
@@ -113,8 +122,10 @@ class FloodGate:
     def check(self, now: float, depth: int) -> str | None:
         """One event arrived at ``now`` with ``depth`` items waiting: the reason to throttle (``"rate"``,
         ``"mailbox"``), or None."""
-        if now - self._window_start >= _WINDOW:
+        if now - self._window_start >= self._window:
             self._window_start, self._window_count = now, 0
+            if self._window != _WINDOW and now >= self._probation_until:
+                self._probation(None)  # calm again: a full window, the full patience
         self._window_count += 1
         if self._limit is not None and self._window_count > self._limit:
             return "rate"
@@ -122,9 +133,18 @@ class FloodGate:
             self._over_since = None
         elif self._over_since is None:
             self._over_since = now
+            if self._window != _WINDOW:
+                return "mailbox"  # on probation: a mailbox filling up again is the same flood
         elif now - self._over_since >= self.options.flood_high_water_for:
             return "mailbox"
         return None
+
+    def _probation(self, until: float | None) -> None:
+        """Count over the short window until ``until`` (None: over the full window again)."""
+        self._window = _WINDOW if until is None else _PROBATION_WINDOW
+        self._probation_until = -math.inf if until is None else until
+        rate = self.options.flood_rate
+        self._limit = None if rate is None else max(rate * self._window, 1.0)
 
     def begin(self, now: float) -> float:
         """The throttle starts at ``now``: returns its cool-down (doubled from the last one if the domain
@@ -143,3 +163,4 @@ class FloodGate:
         self.ended_at = now
         self._window_start, self._window_count = now, 0
         self._over_since = None
+        self._probation(now + self._calm)

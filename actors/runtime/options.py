@@ -61,7 +61,7 @@ class RuntimeOptions:
     flood_high_water_for: float = 2.0
     flood_rate: float | None = 1000.0
     flood_cooldown: float = 0.1
-    flood_cooldown_max: float = 0.8
+    flood_cooldown_max: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):
