@@ -48,6 +48,13 @@ class FloodGate:
 
     :meth:`check` runs on the connection reader's path for every event: a counter and two comparisons, no
     clock read (the event's own ``received_at`` is the time) and no task.
+
+    Why a flood's last value comes soon after its end: a flood that ends while the domain is throttled is
+    re-read at the re-watch, at most ``flood_cooldown_max`` later; one that ends while it is watched leaves
+    what its mailbox holds, which on probation (after a throttle, until calm) is below the high-water mark,
+    because a guest still flooding when its watches come back is throttled again within a tenth of a second's
+    worth of events. That also keeps a long flood's cost to the others at one resync per cool-down rather
+    than a second's worth of its events each time.
     """
 
     __slots__ = (

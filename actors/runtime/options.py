@@ -39,8 +39,10 @@ class RuntimeOptions:
       mailbox stayed at or over ``flood_high_water`` items for ``flood_high_water_for`` seconds, or that got
       more than ``flood_rate`` events in one second (None: no such limit; both None: no flood control). A throttled domain is unwatched for
       ``flood_cooldown`` seconds, then watched again (the resync event: the handler re-reads); throttled again
-      before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``.
-      Messages are never throttled.
+      before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``
+      (which bounds how long after a flood's end its last value waits, besides the resync itself). Until
+      that calm period has passed, the rate is counted over a tenth of a second and a mailbox at its
+      high-water mark throttles at once. Messages are never throttled.
     """
 
     root: str = MTWATCH_ROOT
