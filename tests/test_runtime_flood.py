@@ -257,3 +257,47 @@ async def test_a_guest_flooding_on_is_throttled_again_soon_after_each_re_watch(
     # The resync and at most a tenth of a second's worth of the flood (not a whole second's worth).
     assert all(1 <= n <= OPTIONS.flood_rate * 0.1 + 1 for n in reached), reached
     assert record.values[FLOODED] == await store(xs, FLOODED)
+
+
+async def test_a_guest_flooding_on_is_probed_not_re_read_at_every_cool_down_end(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The clock moves only when the loop has been idle for a moment of real time, so that the daemon's
+    # answers to the guest come within its time (a guest paced by its own sleeps, not by dom0's clock).
+    autojump_clock.autojump_threshold = 0.002
+    record = Record()
+    options = OPTIONS.replace(flood_cooldown=0.1, flood_cooldown_max=0.2)
+    resyncs: list[float] = []
+    base = f"/local/domain/{FLOODED}/data"
+
+    async def handler(ctx: DomainContext, event: WatchEvent) -> None:
+        if ctx.domid == FLOODED and event.path == base:
+            resyncs.append(trio.current_time())
+        await record.handler(ctx, event)
+
+    async def guest(lane: int, until: float) -> None:
+        i = lane
+        while trio.current_time() < until:
+            await xs.write(f"{base}/k{i % 300}", str(i))
+            i += 5
+            await trio.sleep(0.001)
+
+    async with actors.open_runtime(xs, options=options) as runtime:
+        runtime.observe(record.observe)
+        runtime.watch("/local/domain/{domid}/data", handler)
+        await xs.write(base, "")
+        await actors.announce_domain(xs, FLOODED, identity="uuid")
+        with trio.fail_after(30):
+            await runtime.wait_domain(FLOODED, State.RUNNING)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for lane in range(5):  # about 5,000 writes a second, 25 times the rate limit
+                nursery.start_soon(guest, lane, start + 3.0)
+        await settle(runtime)
+        assert record.values[FLOODED] == await store(xs, FLOODED)
+    during = [when for when in resyncs if start < when < start + 3.0]
+    # Cool-downs of 0.1-0.2 s would re-read it some 14 times; probed, it is re-read every 2 s (then throttled
+    # again at once), and once more after the flood.
+    assert len(during) <= 2, during
+    assert resyncs[-1] >= start + 3.0
+    assert [v for d, v, _ in record.throttled if d == FLOODED][-1] == 0
