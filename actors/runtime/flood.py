@@ -47,7 +47,7 @@ _WINDOW = 1.0  # seconds over which the event rate is counted
 _PROBATION_WINDOW = 0.1
 # A throttled domain is re-read at least this often (or every two longest cool-downs), even while its guest
 # floods on: between those resyncs, a cool-down's end only probes (see FloodGate._still_flooding).
-_RESYNC_EVERY = 2.0
+_RESYNC_EVERY = 5.0
 _UNWATCH_DEADLINE = 2.0
 
 

@@ -41,7 +41,7 @@ class RuntimeOptions:
       ``flood_cooldown`` seconds, then watched again (the resync event: the handler re-reads); throttled again
       before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``.
       A cool-down's end first probes the domain's paths for a tenth of a second: a guest still over the
-      rate gets another cool-down instead of a resync (re-read at least every 2 s all the same), so a flood's
+      rate gets another cool-down instead of a resync (re-read at least every 5 s all the same), so a flood's
       last value waits at most ``flood_cooldown_max`` plus the probe plus the resync after its end. Until
       the calm period has passed, the rate is counted over a tenth of a second and a mailbox at its
       high-water mark throttles at once. Messages are never throttled.
