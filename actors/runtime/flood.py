@@ -123,7 +123,7 @@ class FloodGate:
             # the others more than the flood itself, so it waits for the flood's end (or for resync_by).
             while trio.current_time() < resync_by and await self._still_flooding(actor):
                 self.cooldown = min(self.cooldown * 2, options.flood_cooldown_max)
-                actor.log.info(
+                actor.log.debug(  # the throttle's start and end are logged: not every probe of a long flood
                     "domain {} still floods: watches off for {:.3g} s more", actor.domid, self.cooldown
                 )
                 await trio.sleep(self.cooldown)
