@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -57,30 +57,6 @@ class Recorder:
             await self.changed.wait()
 
 
-@pytest.fixture(
-    params=[
-        "embedded-4.17",
-        pytest.param("cxenstored", marks=pytest.mark.cxenstored),
-        pytest.param("oxenstored", marks=pytest.mark.oxenstored),
-    ]
-)
-async def stock_host(request: pytest.FixtureRequest, workdir: str) -> AsyncIterator[Server]:
-    """The daemons without watch depth (where each domain's vm is watched): the embedded one as 4.17, Debian's
-    C xenstored and oxenstored."""
-    if request.param == "embedded-4.17":
-        path = os.path.join(workdir, "socket")
-        async with open_xenstored(path, compat="4.17") as embedded:
-            yield Embedded(embedded, path)
-        return
-    request.getfixturevalue(f"{request.param}_ready")
-    from harness.cxenstored import C_XENSTORED, open_cxenstored
-    from harness.oxenstored import O_XENSTORED
-
-    daemon = C_XENSTORED if request.param == "cxenstored" else O_XENSTORED
-    async with open_cxenstored(workdir, daemon=daemon) as real:
-        yield real
-
-
 def ops_since(proxy: FaultProxy, start: int) -> Counter[str]:
     return Counter(Op(frame.op).name for frame in proxy.requests[start:])
 
@@ -103,7 +79,18 @@ async def polled(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.005)
 
 
-async def test_guest_writes_never_reach_the_registry(stock_host: Server) -> None:
+async def test_guest_writes_never_reach_the_registry(server: Server) -> None:
+    await guest_writes(server)
+
+
+async def test_guest_writes_never_reach_the_registry_as_4_17(workdir: str) -> None:
+    """The embedded daemon as 4.17 (no watch depth): each domain's vm is watched."""
+    path = os.path.join(workdir, "socket")
+    async with open_xenstored(path, compat="4.17") as embedded:
+        await guest_writes(Embedded(embedded, path))
+
+
+async def guest_writes(stock_host: Server) -> None:
     async with actors.connect(stock_host.socket_path) as xs:
         await create_domain(xs, 5, "aaaa")
         await xs.write("/local/domain/5/data", "")
