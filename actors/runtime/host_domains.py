@@ -195,7 +195,7 @@ class DomainsSource:
             self._live.update(found)
             sink.full(found)
             self._schedule_retry()
-            await self._watch_vms(xs, pending, list(found))
+            self.release.to_watch.extend(sorted(found))  # while no event waits: the domains run meanwhile
             await self._serve(xs, sink, pending)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -212,9 +212,13 @@ class DomainsSource:
         self._retry_in = self._retry_at = None
 
     async def _serve(self, xs: XenStore, sink: LifecycleSink, pending: Pending) -> None:
-        """Events first; while none waits, the release round a few domains at a time; retries when due."""
+        """Events first; while none waits, the first listing's ``vm`` watches, then the release round, a few
+        at a time; retries when due."""
         while True:
             if not pending.wake.is_set():
+                if self.release.to_watch:
+                    await self._watch_vms(xs, pending, self.release.next_to_watch())
+                    continue
                 if self.release.unchecked:
                     await self._report_gone(xs, sink, self.release.next_batch())
                     continue
@@ -300,7 +304,10 @@ class DomainsSource:
         for domid in gone:
             if domid in self._live:
                 self._report(sink, domid, None)
-        unwatched = [domid for domid in gone if domid in self._vm_watched]
+        await self._unwatch_vms(xs, gone)
+
+    async def _unwatch_vms(self, xs: XenStore, domids: list[int]) -> None:
+        unwatched = [domid for domid in domids if domid in self._vm_watched and domid not in self._live]
         self._vm_watched.difference_update(unwatched)
         await gather_bounded(unwatched, lambda domid: _unwatch(xs, self._vm(domid), f"{VM_TOKEN}/{domid}"))
 
@@ -315,15 +322,28 @@ class DomainsSource:
 
     async def _learn(self, xs: XenStore, sink: LifecycleSink, pending: Pending, domids: list[int]) -> None:
         """Examine ``domids``: report each introduced one whose identity is not the one the sink was told;
-        remember the ones the daemon would not tell about, to ask again."""
-        found, unknown = await self._examine(xs, domids)
+        remember the ones the daemon would not tell about, to ask again. Without watch depth, their ``vm``
+        watches are sent with the examination, so a domain is watched once reported (its directory may go
+        right after); the ones found not introduced are unwatched."""
+        examined: list[tuple[dict[int, bytes | None], set[int]]] = []
+
+        async def examine_or_watch(examine: bool) -> None:
+            if examine:
+                examined.append(await self._examine(xs, domids))
+            else:
+                await self._watch_vms(xs, pending, domids)
+
+        await gather_bounded([True, False], examine_or_watch)
+        found, unknown = examined[0]
         self._unknown.difference_update(domids)
         self._unknown.update(unknown)
         for domid, vm in sorted(found.items()):
             if self._live.get(domid) != (vm or b""):
                 self._report(sink, domid, vm or b"")
         self._schedule_retry()
-        await self._watch_vms(xs, pending, list(found))
+        await self._unwatch_vms(
+            xs, [domid for domid in domids if domid not in found and domid not in unknown]
+        )
 
     async def _retry(self, xs: XenStore, sink: LifecycleSink, pending: Pending) -> None:
         self._retry_at = None

@@ -1,10 +1,11 @@
 """What the ``domains`` lifecycle (:mod:`.host_domains`) was told and still has to look at: the events of its
 watches since it last looked (:class:`Pending`), and, without watch depth, the release round
-(:class:`ReleaseRound`): the dying domains to check first, and the live ones still to check."""
+(:class:`ReleaseRound`): the dying domains to check first, the live ones still to check, and the ones whose
+``vm`` is still to be watched."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import suppress
 from typing import NamedTuple
 
@@ -84,6 +85,7 @@ class ReleaseRound:
         self._live = live  # the source's live domains (shared, not copied)
         self.dying: set[int] = set()
         self._unchecked: OrderedDict[int, None] = OrderedDict()
+        self.to_watch: deque[int] = deque()  # live domains of the first listing whose vm is yet to be watched
         self.rounds = 0  # rounds started over every live domain
 
     @property
@@ -94,6 +96,7 @@ class ReleaseRound:
         """A new connection: its first listing replaces any round."""
         self.dying.clear()
         self._unchecked.clear()
+        self.to_watch.clear()
 
     def start(self) -> list[int]:
         """A release: every live domain is to be checked; returns the dying ones, to check first."""
@@ -107,6 +110,15 @@ class ReleaseRound:
         batch: list[int] = []
         while self._unchecked and len(batch) < BATCH:
             domid, _ = self._unchecked.popitem(last=False)
+            if domid in self._live:
+                batch.append(domid)
+        return batch
+
+    def next_to_watch(self) -> list[int]:
+        """The next live domains whose ``vm`` to watch (a few at a time, as the round)."""
+        batch: list[int] = []
+        while self.to_watch and len(batch) < BATCH:
+            domid = self.to_watch.popleft()
             if domid in self._live:
                 batch.append(domid)
         return batch
