@@ -1,6 +1,8 @@
 """A stock host's domains (the ``domains`` lifecycle, and ``auto`` with no mtwatch node anywhere), as libxl
-makes and destroys them, on the embedded and the C daemon: no guest write reaches the registry, a release costs
-one pipelined round over the live domains, an introduction a listing and the new domain's requests only."""
+makes and destroys them, on the embedded and the real daemons: no guest write reaches the registry (nor can a
+guest touch the nodes it watches); without watch depth, a domain destroyed as libxl does it (directory first) is
+found among the dying at once, one released first by the round over the live domains (at most one round per
+release), and an introduction costs a listing and the new domain's requests only."""
 
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ class DomainsSource:
             self.release.to_watch.extend(sorted(found))  # while no event waits: the domains run meanwhile
             await self._serve(xs, sink, pending)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
                 tokens += [(self._vm(domid), f"{VM_TOKEN}/{domid}") for domid in self._vm_watched]
                 self._vm_watched.clear()
                 if not xs.is_lost:
