@@ -20,9 +20,10 @@ __all__ = ["BATCH", "FAN_OUT", "INTRODUCE", "RELEASE", "Pending", "ReleaseRound"
 INTRODUCE = "@introduceDomain"
 RELEASE = "@releaseDomain"
 FAN_OUT = 4096  # requests in flight at once in a listing (dom0's socket has no outstanding-request quota)
-# Requests in flight at once in a release round: an event that comes meanwhile waits for at most this many
-# replies (C xenstored answers one request of a connection per pass over all its connections).
-BATCH = 32
+# Requests in flight at once in a release round: an event that comes meanwhile waits for these replies first.
+# Few, because C xenstored answers a connection's requests one pass over all its connections at a time, and a
+# pass over 3,000 domains takes milliseconds.
+BATCH = 8
 
 
 class Said(NamedTuple):
