@@ -79,6 +79,7 @@ def test_stock_host_reports_every_daemon(report: dict[str, object]) -> None:
             assert isinstance(figures, dict) and set(figures) == {
                 "create_to_running_ms",
                 "destroy_to_gone_ms",
+                "release_first_to_gone_ms",
             }
 
 

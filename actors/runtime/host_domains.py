@@ -18,17 +18,27 @@ no guest's write reaches the registry. The first report on each connection is a 
   read. ``@releaseDomain/<domid>`` fires on shutdown as well as on destruction: the domain is gone once it is
   no longer introduced.
 - Without (4.17, oxenstored, the xenbus device), the events name no domain: an introduction costs one listing
-  of ``/local/domain`` (DIRECTORY, or a few DIRECTORY_PART rounds) and requests for the new names only; a
-  release costs one pipelined round of IS_DOMAIN_INTRODUCED over the live domains.
+  of ``/local/domain`` (DIRECTORY, or a few DIRECTORY_PART rounds) and requests for the new names only. A
+  release is looked for among the *dying* domains first, then by one round of IS_DOMAIN_INTRODUCED over the
+  live domains, sent a few at a time while nothing else waits (see :mod:`.host_release`). A domain is dying
+  once its ``vm`` node is gone while it is still introduced: each live domain's ``vm`` is watched (a guest
+  cannot write, remove or re-permission it, nor the directory above it: no guest makes that watch fire), and
+  libxl removes the domain's directory before it destroys the domain. A toolstack that releases first is
+  found by the round; one that removes the directory after is found at once when it does.
 
-A domid that is released and introduced again before the registry handles the first event keeps its old
-identity (Xen hands domids out in increasing order and wraps only after 32,751 of them, so this needs a
-wrap-around within one event's handling).
+A domain the daemon would not tell about (its IS_DOMAIN_INTRODUCED or ``vm`` refused even after retries) keeps
+the state the registry last reported, and is asked about again after a backoff (0.25 s doubling to 5 s), as is
+a listing of ``/local/domain`` it refused.
+
+A domid that is released and introduced again before the registry notices the release keeps its old identity
+unless its ``vm`` changes meanwhile (Xen hands domids out in increasing order and wraps only after 32,751 of
+them, so this needs a wrap-around within one round).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from contextlib import suppress
 
 import trio
@@ -37,6 +47,7 @@ from loguru import logger
 from ..xs.client import XenStore
 from ..xs.daemon import Feature
 from ..xs.errors import (
+    ConnectionLost,
     InvalidArgument,
     InvalidDomid,
     NotFound,
@@ -45,47 +56,15 @@ from ..xs.errors import (
     Unsupported,
     XenStoreError,
 )
-from ..xs.subscription import WatchEvent
 from ..xs.wire import check_domid
-from .source import LifecycleSink, Skipped, gather_bounded, patiently, untrusted_because
+from .host_release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
+from .source import LifecycleSink, Skipped, Untrusted, gather_bounded, patiently, trusted_read
 
 __all__ = ["DomainsSource"]
 
-INTRODUCE = "@introduceDomain"
-RELEASE = "@releaseDomain"
-FAN_OUT = 4096  # requests in flight at once in a round (dom0's socket has no outstanding-request quota)
-
-
-class _Pending:
-    """What the special watches said since the registry last looked: a domid-less event (no watch depth) is a
-    flag, a depth-1 event names its domain."""
-
-    def __init__(self) -> None:
-        self.depth: int | None = None
-        self.wake = trio.Event()
-        self.introduced = self.released = False
-        self.named_in: set[int] = set()
-        self.named_out: set[int] = set()
-
-    def mark(self, event: WatchEvent) -> None:
-        into = event.path.startswith(INTRODUCE)
-        if event.domid is not None:
-            (self.named_in if into else self.named_out).add(event.domid)
-        elif self.depth is not None:
-            return  # with depth, only the registration event names no domain
-        elif into:
-            self.introduced = True
-        else:
-            self.released = True
-        self.wake.set()
-
-    def take(self) -> tuple[bool, bool, set[int], set[int]]:
-        """What was said, forgotten here."""
-        taken = (self.introduced, self.released, self.named_in, self.named_out)
-        self.introduced = self.released = False
-        self.named_in, self.named_out = set(), set()
-        self.wake = trio.Event()
-        return taken
+VM_TOKEN = "mtw/lifecycle/vm"
+RETRY_FIRST = 0.25  # seconds before asking again about a domain the daemon would not tell about
+RETRY_MAX = 5.0
 
 
 class DomainsSource:
@@ -98,36 +77,41 @@ class DomainsSource:
         self.base = base
         self._warned: dict[int, str] = {}
         self._live: dict[int, bytes] = {}  # what the sink was told on this connection
-        self.rounds = 0  # release rounds over every live domain (without watch depth)
         self.watch_depth: int | None = None  # 1 on a daemon with WATCHDEPTH, once following
+        self.release = ReleaseRound(self._live)
+        self._vm_watched: set[int] = set()
+        self._unknown: set[int] = set()  # domains the daemon would not tell about: asked again
+        self._relist = False  # a listing of the base was refused: asked again
+        self._retry_in: float | None = None
+        self._retry_at: float | None = None
+
+    @property
+    def rounds(self) -> int:
+        """Release rounds over every live domain (without watch depth) so far."""
+        return self.release.rounds
 
     # -- what a domain is ----------------------------------------------------------------------------------
 
-    async def identity(self, xs: XenStore, domid: int) -> bytes:
+    async def identity(self, xs: XenStore, domid: int) -> bytes | Skipped | None:
         """``/local/domain/<domid>/vm`` if the guest cannot have written it (dom0's node, writable by no other
-        domain, as libxl makes it), else empty (warned once): a guest must not choose its own identity."""
-        path = f"{self.base}/{domid}/vm"
+        domain, as libxl makes it); empty (warned once) if it may have: a guest must not choose its own
+        identity. None if there is no such node, SKIPPED if the daemon would not tell."""
+        path = self._vm(domid)
         try:
-            perms = await patiently(f"GET_PERMS {path}", lambda: xs.get_perms(path))
-            value = await patiently(f"READ {path}", lambda: xs.read(path))
+            value = await trusted_read(xs, path)
         except NotFound:
+            return None
+        if isinstance(value, Untrusted):
+            if self._warned.get(domid) != value.why:
+                self._warned[domid] = value.why
+                logger.warning("not trusting {} as domain {}'s identity: {}", path, domid, value.why)
             return b""
-        if isinstance(perms, Skipped) or isinstance(value, Skipped):
-            return b""
-        why = untrusted_because(perms)
-        if why is not None:
-            if self._warned.get(domid) != why:
-                self._warned[domid] = why
-                logger.warning(
-                    "not trusting {} as domain {}'s identity: {} (permissions {})",
-                    path,
-                    domid,
-                    why,
-                    " ".join(perms)[:128],
-                )
-            return b""
-        self._warned.pop(domid, None)
+        if not isinstance(value, Skipped):
+            self._warned.pop(domid, None)
         return value
+
+    def _vm(self, domid: int) -> str:
+        return f"{self.base}/{domid}/vm"
 
     async def _introduced(self, xs: XenStore, domid: int) -> bool | None:
         """IS_DOMAIN_INTRODUCED, or None when the daemon would not say (then the domain keeps its state)."""
@@ -156,9 +140,10 @@ class DomainsSource:
             await trio.sleep(min(delay, 5))
         raise AssertionError("unreachable")
 
-    async def _examine(self, xs: XenStore, domids: list[int]) -> tuple[dict[int, bytes], set[int]]:
-        """Of ``domids``: the introduced ones with their identities, and those the daemon would not tell."""
-        found: dict[int, bytes] = {}
+    async def _examine(self, xs: XenStore, domids: list[int]) -> tuple[dict[int, bytes | None], set[int]]:
+        """Of ``domids``: the introduced ones with their ``vm`` (None: there is none), and those the daemon
+        would not tell about. The rest are not introduced."""
+        found: dict[int, bytes | None] = {}
         unknown: set[int] = set()
 
         async def examine(domid: int) -> None:
@@ -166,7 +151,11 @@ class DomainsSource:
             if introduced is None:
                 unknown.add(domid)
             elif introduced:
-                found[domid] = await self.identity(xs, domid)
+                identity = await self.identity(xs, domid)
+                if isinstance(identity, Skipped):
+                    unknown.add(domid)
+                else:
+                    found[domid] = identity
 
         await gather_bounded(domids, examine, FAN_OUT)
         return found, unknown
@@ -182,15 +171,19 @@ class DomainsSource:
 
     async def _listed(self, xs: XenStore, domids: list[int]) -> dict[int, bytes]:
         """The introduced ones of ``domids`` with their identities; one the daemon would not tell about keeps
-        the identity the sink was last told, if any."""
+        the identity the sink was last told, if any, and is asked about again later."""
         found, unknown = await self._examine(xs, domids)
-        for domid in unknown & set(self._live):
-            found[domid] = self._live[domid]
-        return found
+        listed = {domid: vm or b"" for domid, vm in found.items()}
+        for domid in unknown:
+            if domid in self._live:
+                listed[domid] = self._live[domid]
+        self._unknown = unknown
+        return listed
 
     async def follow(self, xs: XenStore, sink: LifecycleSink) -> None:
-        pending = _Pending()
+        pending = Pending(self.base)
         tokens = [(INTRODUCE, "mtw/lifecycle/introduce"), (RELEASE, "mtw/lifecycle/release")]
+        self._restart()
         try:
             await self._watch(xs, tokens, pending)
             domids = await self._names_until_listed(xs)
@@ -198,28 +191,54 @@ class DomainsSource:
             # before the daemon listed: the listing covers them all.
             pending.take()
             found = await self._listed(xs, domids)
-            self._live = dict(found)
+            self._live.clear()
+            self._live.update(found)
             sink.full(found)
-            while True:
-                await pending.wake.wait()
-                introduced, released, named_in, named_out = pending.take()
-                if released:
-                    await self._released(xs, sink)
-                if named_out:
-                    await self._released_named(xs, sink, named_out)
-                if introduced:
-                    await self._introduced_new(xs, sink)
-                if named_in:
-                    await self._introduced_named(xs, sink, named_in)
+            self._schedule_retry()
+            self.release.to_watch.extend(sorted(found))  # while no event waits: the domains run meanwhile
+            await self._serve(xs, sink, pending)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                for path, token in tokens:
-                    if xs.is_lost:
-                        break
-                    with suppress(XenStoreError):
-                        await xs.remove_watch(path, token)
+                tokens += [(self._vm(domid), f"{VM_TOKEN}/{domid}") for domid in self._vm_watched]
+                self._vm_watched.clear()
+                if not xs.is_lost:
+                    await gather_bounded(tokens, lambda watch: _unwatch(xs, *watch), FAN_OUT)
 
-    async def _watch(self, xs: XenStore, tokens: list[tuple[str, str]], pending: _Pending) -> None:
+    def _restart(self) -> None:
+        """Forget what belonged to the last connection (its watches, its pending round and retries)."""
+        self._vm_watched.clear()
+        self.release.restart()
+        self._relist = False
+        self._retry_in = self._retry_at = None
+
+    async def _serve(self, xs: XenStore, sink: LifecycleSink, pending: Pending) -> None:
+        """Events first; while none waits, the first listing's ``vm`` watches, then the release round, a few
+        at a time; retries when due."""
+        while True:
+            if not pending.wake.is_set():
+                if self.release.to_watch:
+                    await self._watch_vms(xs, pending, self.release.next_to_watch())
+                    continue
+                if self.release.unchecked:
+                    await self._report_gone(xs, sink, self.release.next_batch())
+                    continue
+                with trio.move_on_after(self._retry_after()):
+                    await pending.wake.wait()
+            said = pending.take()
+            if said.touched:
+                await self._touched(xs, sink, said.touched)
+            if said.released:
+                await self._report_gone(xs, sink, self.release.start())
+            if said.named_out:
+                await self._report_gone(xs, sink, sorted(said.named_out & set(self._live)))
+            if said.introduced:
+                await self._introduced_new(xs, sink, pending)
+            if said.named_in:
+                await self._learn(xs, sink, pending, sorted(said.named_in))
+            if self._retry_at is not None and self._retry_at <= trio.current_time():
+                await self._retry(xs, sink, pending)
+
+    async def _watch(self, xs: XenStore, tokens: list[tuple[str, str]], pending: Pending) -> None:
         """Depth-1 special watches where the daemon has WATCHDEPTH (Xen 4.22: events name the domain), else
         plain ones (4.17, oxenstored, xenbus)."""
         depth: int | None = None
@@ -233,17 +252,47 @@ class DomainsSource:
             "domains lifecycle: {}",
             "depth-1 @introduceDomain/@releaseDomain watches (events name the domain)"
             if depth
-            else "@introduceDomain/@releaseDomain watches without depth (a release checks every live domain)",
+            else "@introduceDomain/@releaseDomain watches without depth, and each domain's vm node",
         )
         for path, token in tokens[1 if depth else 0 :]:
             await xs.add_watch(path, token, pending.mark, depth=depth)
 
-    async def _released_named(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
-        """Depth-1 ``@releaseDomain/<domid>`` (shutdown or destroy): gone once no longer introduced."""
-        await self._report_gone(xs, sink, sorted(domids & set(self._live)))
+    async def _watch_vms(self, xs: XenStore, pending: Pending, domids: list[int]) -> None:
+        """Without watch depth: watch each new domain's ``vm`` node, whose removal makes it dying. A WATCH the
+        daemon refuses leaves that domain to the release round."""
+        if self.watch_depth is not None:
+            return
+        new = [domid for domid in domids if domid not in self._vm_watched]
+        self._vm_watched.update(new)
+
+        async def watch(domid: int) -> None:
+            try:
+                await xs.add_watch(self._vm(domid), f"{VM_TOKEN}/{domid}", pending.mark_vm)
+            except (ConnectionLost, ValueError):
+                raise
+            except XenStoreError as exc:
+                self._vm_watched.discard(domid)
+                logger.debug("registry: cannot watch {} ({}): its release is left to the round", domid, exc)
+
+        await gather_bounded(new, watch, FAN_OUT)
+
+    async def _touched(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
+        """A live domain's ``vm`` changed (only dom0 can do that): gone if no longer introduced, dying if its
+        ``vm`` is gone, renamed if its ``vm`` says something else (a reused domid)."""
+        live = sorted(domids & set(self._live))
+        found, unknown = await self._examine(xs, live)
+        gone = [domid for domid in live if domid not in found and domid not in unknown]
+        await self._report_gone(xs, sink, gone)
+        for domid, vm in found.items():
+            if vm is None:
+                self.release.dying.add(domid)
+            elif vm != self._live[domid]:
+                self.release.dying.discard(domid)
+                self._report(sink, domid, vm)
+        self.release.dying.update(unknown)  # checked first at the next release; the round checks it anyway
 
     async def _report_gone(self, xs: XenStore, sink: LifecycleSink, domids: list[int]) -> None:
-        """Of ``domids``, report those no longer introduced as gone (one pipelined round)."""
+        """Of ``domids``, report those no longer introduced as gone (one pipelined round), then unwatch them."""
         gone: list[int] = []
 
         async def check(domid: int) -> None:
@@ -251,35 +300,78 @@ class DomainsSource:
                 gone.append(domid)
 
         await gather_bounded(domids, check, FAN_OUT)
-        for domid in sorted(gone):
-            self._report(sink, domid, None)
+        gone.sort()
+        for domid in gone:
+            if domid in self._live:
+                self._report(sink, domid, None)
+        await self._unwatch_vms(xs, gone)
 
-    async def _introduced_named(self, xs: XenStore, sink: LifecycleSink, domids: set[int]) -> None:
-        """Depth-1 ``@introduceDomain/<domid>``: only that domain is read (again, if its domid was reused)."""
-        found, _ = await self._examine(xs, sorted(domids))
-        for domid, identity in sorted(found.items()):
-            if self._live.get(domid) != identity:
-                self._report(sink, domid, identity)
+    async def _unwatch_vms(self, xs: XenStore, domids: list[int]) -> None:
+        unwatched = [domid for domid in domids if domid in self._vm_watched and domid not in self._live]
+        self._vm_watched.difference_update(unwatched)
+        await gather_bounded(unwatched, lambda domid: _unwatch(xs, self._vm(domid), f"{VM_TOKEN}/{domid}"))
 
-    async def _released(self, xs: XenStore, sink: LifecycleSink) -> None:
-        """One pipelined round of IS_DOMAIN_INTRODUCED over the live domains; the ones no longer introduced
-        are gone."""
-        self.rounds += 1
-        await self._report_gone(xs, sink, list(self._live))
-
-    async def _introduced_new(self, xs: XenStore, sink: LifecycleSink) -> None:
+    async def _introduced_new(self, xs: XenStore, sink: LifecycleSink, pending: Pending) -> None:
         """One listing of the base; only names that are no live domain are examined."""
         domids = await self._names(xs)
+        self._relist = domids is None
         if domids is None:
+            self._schedule_retry()
             return
-        found, _ = await self._examine(xs, [d for d in domids if d not in self._live])
-        for domid, identity in sorted(found.items()):
-            self._report(sink, domid, identity)
+        await self._learn(xs, sink, pending, [domid for domid in domids if domid not in self._live])
+
+    async def _learn(self, xs: XenStore, sink: LifecycleSink, pending: Pending, domids: list[int]) -> None:
+        """Examine ``domids``: report each introduced one whose identity is not the one the sink was told;
+        remember the ones the daemon would not tell about, to ask again. Without watch depth, their ``vm``
+        watches are sent with the examination, so a domain is watched once reported (its directory may go
+        right after); the ones found not introduced are unwatched."""
+        examined: list[tuple[dict[int, bytes | None], set[int]]] = []
+
+        async def examine_or_watch(examine: bool) -> None:
+            if examine:
+                examined.append(await self._examine(xs, domids))
+            else:
+                await self._watch_vms(xs, pending, domids)
+
+        await gather_bounded([True, False], examine_or_watch)
+        found, unknown = examined[0]
+        self._unknown.difference_update(domids)
+        self._unknown.update(unknown)
+        for domid, vm in sorted(found.items()):
+            if self._live.get(domid) != (vm or b""):
+                self._report(sink, domid, vm or b"")
+        self._schedule_retry()
+        await self._unwatch_vms(
+            xs, [domid for domid in domids if domid not in found and domid not in unknown]
+        )
+
+    async def _retry(self, xs: XenStore, sink: LifecycleSink, pending: Pending) -> None:
+        self._retry_at = None
+        if self._relist:
+            await self._introduced_new(xs, sink, pending)
+        await self._learn(xs, sink, pending, sorted(self._unknown))
+
+    def _schedule_retry(self) -> None:
+        """Ask again after a backoff while something is unknown (doubling while the daemon keeps refusing)."""
+        if not self._unknown and not self._relist:
+            self._retry_in = self._retry_at = None
+        elif self._retry_at is None:
+            self._retry_in = RETRY_FIRST if self._retry_in is None else min(self._retry_in * 2, RETRY_MAX)
+            self._retry_at = trio.current_time() + self._retry_in
+
+    def _retry_after(self) -> float:
+        return math.inf if self._retry_at is None else max(0.0, self._retry_at - trio.current_time())
 
     def _report(self, sink: LifecycleSink, domid: int, identity: bytes | None) -> None:
         if identity is None:
             self._live.pop(domid, None)
             self._warned.pop(domid, None)
+            self.release.dying.discard(domid)
         else:
             self._live[domid] = identity
         sink.one(domid, identity)
+
+
+async def _unwatch(xs: XenStore, path: str, token: str) -> None:
+    with suppress(XenStoreError):  # a watch the daemon no longer has, or a lost connection: nothing to undo
+        await xs.remove_watch(path, token)

@@ -11,14 +11,13 @@ The protocol between a source and the registry, and the tools sources share, are
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import suppress
 
 import trio
 from loguru import logger
 
 from ..xs.client import XenStore
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import XenStoreError
 from ..xs.subscription import WatchEvent
 from .host_domains import DomainsSource
 from .mtwatch_tree import MtwatchSource
@@ -31,6 +30,7 @@ from .source import (
     one_connection_lost,
     owner_of,
     patiently,
+    until_watched,
 )
 
 __all__ = [
@@ -90,7 +90,7 @@ class AutoSource:
                 changed[0].set()
 
         token = "mtw/auto"
-        await self._add_watch(xs, token, mark)
+        await until_watched(self.root, lambda: xs.add_watch(self.root, token, mark))
         try:
             mode = await self._choice(xs)
             while True:
@@ -108,18 +108,3 @@ class AutoSource:
             with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(XenStoreError):
                 if not xs.is_lost:
                     await xs.remove_watch(self.root, token)
-
-    async def _add_watch(self, xs: XenStore, token: str, mark: Callable[[WatchEvent], None]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await xs.add_watch(self.root, token, mark)
-                return
-            except (ConnectionLost, ValueError):
-                raise
-            except XenStoreError as exc:
-                logger.warning(
-                    "registry: cannot watch {}: {}; trying again in {:.2g} s", self.root, exc, delay
-                )
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)

@@ -10,22 +10,24 @@ and its permissions; a domain whose node becomes writable (SET_PERMS fires the w
 from __future__ import annotations
 
 import math
+from contextlib import AsyncExitStack
 
 import trio
 from loguru import logger
 
 from ..xs.client import XenStore
-from ..xs.errors import ConnectionLost, InvalidDomid, NotFound, XenStoreError
+from ..xs.errors import InvalidDomid, NotFound
 from ..xs.subscription import Subscription
 from ..xs.wire import check_domid
 from .source import (
     MTWATCH_ROOT,
-    SKIPPED,
     LifecycleSink,
     Skipped,
+    Untrusted,
     gather_bounded,
     patiently,
-    untrusted_because,
+    trusted_read,
+    until_watched,
 )
 
 __all__ = ["MtwatchSource"]
@@ -70,37 +72,25 @@ class MtwatchSource:
     async def _examine(self, xs: XenStore, name: str) -> bytes | Skipped | None:
         """The node's identity if it is the toolstack's word, None if it is gone or refused, SKIPPED if the
         daemon would not tell."""
-        path = f"{self.root}/{name}"
         try:
-            perms = await patiently(f"GET_PERMS {path}", lambda: xs.get_perms(path))
-            value = await patiently(f"READ {path}", lambda: xs.read(path))
+            value = await trusted_read(xs, f"{self.root}/{name}")
         except NotFound:
             self._warned.pop(name, None)
             return None
-        if isinstance(perms, Skipped) or isinstance(value, Skipped):
-            return SKIPPED
-        why = untrusted_because(perms)
-        if why is not None:
-            self._refuse(name, f"{why} (permissions {' '.join(perms)[:128]})")
+        if isinstance(value, Untrusted):
+            self._refuse(name, value.why)
             return None
-        self._warned.pop(name, None)
+        if not isinstance(value, Skipped):
+            self._warned.pop(name, None)
         return value
 
     async def follow(self, xs: XenStore, sink: LifecycleSink) -> None:
-        delay = 0.05
         while True:
-            try:
-                async with xs.watch(self.root, token="mtw/registry") as events:
-                    delay = 0.05
-                    await self._serve(xs, sink, events)
-            except (ConnectionLost, ValueError):
-                raise
-            except XenStoreError as exc:  # the WATCH itself was refused: nothing else raises here
-                logger.warning(
-                    "registry: cannot watch {}: {}; trying again in {:.2g} s", self.root, exc, delay
+            async with AsyncExitStack() as stack:
+                events = await until_watched(
+                    self.root, lambda: stack.enter_async_context(xs.watch(self.root, token="mtw/registry"))
                 )
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                await self._serve(xs, sink, events)
 
     async def _serve(self, xs: XenStore, sink: LifecycleSink, events: Subscription) -> None:
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 import trio
@@ -25,10 +26,13 @@ __all__ = [
     "LifecycleSink",
     "LifecycleSource",
     "Skipped",
+    "Untrusted",
     "gather_bounded",
     "one_connection_lost",
     "owner_of",
     "patiently",
+    "trusted_read",
+    "until_watched",
     "untrusted_because",
 ]
 
@@ -156,3 +160,44 @@ def untrusted_because(perms: list[str]) -> str | None:
         if letter in ("w", "b") and int(domid) != 0:
             return f"domain {int(domid)} may write it"
     return None
+
+
+@dataclass(frozen=True)
+class Untrusted:
+    """What :func:`trusted_read` returns for a node some guest may have written: why, with its permissions."""
+
+    why: str
+
+
+async def trusted_read(xs: XenStore, path: str) -> bytes | Skipped | Untrusted:
+    """The node's value if it is the toolstack's word (see :func:`untrusted_because`); Untrusted if a guest may
+    have written it; SKIPPED if the daemon would not tell (retried, logged: see :func:`patiently`).
+
+    NotFound (the node does not exist) is raised, as are ConnectionLost and ValueError."""
+    perms = await patiently(f"GET_PERMS {path}", lambda: xs.get_perms(path))
+    value = await patiently(f"READ {path}", lambda: xs.read(path))
+    if isinstance(perms, Skipped) or isinstance(value, Skipped):
+        return SKIPPED
+    why = untrusted_because(perms)
+    if why is not None:
+        return Untrusted(f"{why} (permissions {' '.join(perms)[:128]})")
+    return value
+
+
+WATCH_RETRY_FIRST: Final = 0.05
+WATCH_RETRY_MAX: Final = 5.0
+
+
+async def until_watched(path: str, register: Callable[[], Awaitable[T]]) -> T:
+    """``await register()`` (a WATCH of ``path``) until the daemon accepts it: a refusal (an error reply) is
+    logged and tried again after a doubling delay (up to 5 s). ConnectionLost and ValueError are raised."""
+    delay = WATCH_RETRY_FIRST
+    while True:
+        try:
+            return await register()
+        except (ConnectionLost, ValueError):
+            raise
+        except XenStoreError as exc:
+            logger.warning("registry: cannot watch {}: {}; trying again in {:.2g} s", path, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY_MAX)
