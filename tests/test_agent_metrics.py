@@ -202,3 +202,36 @@ async def test_stalls_and_loop_blocks_are_counted(
     assert samples["mtwatch_xenstore_stalls_total"][()] >= 1
     blocked = by_domid(samples, "mtwatch_loop_blocked_seconds_total")
     assert set(blocked) == {"6"} and blocked["6"] >= 0.5
+
+
+async def test_a_throttled_domain_shows_for_how_long(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Flood control's throttle is in the metrics: a count per domain and, while it lasts, its duration."""
+    options = actors.RuntimeOptions(flood_rate=50, flood_cooldown=3.0, flood_cooldown_max=3.0)
+
+    async def handler(ctx: DomainContext, event: WatchEvent) -> None:
+        await trio.sleep(0.001)
+
+    async with actors.open_runtime(xs, options=options) as rt:
+        metrics = Metrics(rt)
+        rt.watch("/local/domain/{domid}/data", handler)
+        for domid in (5, 6):
+            await xs.write(f"/local/domain/{domid}/data", "")
+            await actors.announce_domain(xs, domid, identity=f"uuid-{domid}")
+        with trio.fail_after(60):
+            for domid in (5, 6):
+                await rt.wait_domain(domid, State.RUNNING)
+            n = 0
+            while rt.domains[5].throttled_since is None:
+                await xs.write(f"/local/domain/5/data/k{n % 20}", str(n))
+                n += 1
+            await trio.sleep(1.0)
+            samples = parse(metrics.render())
+            throttled = by_domid(samples, "mtwatch_throttled_seconds")
+            assert throttled["5"] >= 1.0 and throttled["6"] == 0
+            assert by_domid(samples, "mtwatch_throttles_total") == {"5": 1}
+            while rt.domains[5].throttled_since is not None:  # noqa: ASYNC110 (a snapshot, polled)
+                await trio.sleep(0.5)
+            samples = parse(metrics.render())
+            assert by_domid(samples, "mtwatch_throttled_seconds")["5"] == 0

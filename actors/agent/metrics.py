@@ -62,6 +62,7 @@ _PER_DOMAIN: dict[str, tuple[type[Any], str, list[str]]] = {  # name -> (kind, h
     "restarts": (C, "Domain actor restarts, by domain.", []),
     "mailbox_depth": (G, "Events waiting in a domain's mailbox.", []),
     "handler_busy_seconds": (G, "How long the running handler call has run (0: idle).", []),
+    "throttled_seconds": (G, "How long flood control has kept the domain unwatched so far (0: not throttled).", []),
 }
 _SINGLE: dict[str, tuple[type[Any], str, Callable[[Runtime], float]]] = {
     "xenstore_reconnects": (C, "Connections to xenstored made again after the first was lost.", lambda rt: rt.reconnects),
@@ -108,6 +109,8 @@ class _RuntimeCollector:
                 f[name].add_metric(label, value)
             busy = 0.0 if snap.busy_since is None else max(0.0, now - snap.busy_since)
             f["handler_busy_seconds"].add_metric(label, busy)
+            throttled = 0.0 if snap.throttled_since is None else max(0.0, now - snap.throttled_since)
+            f["throttled_seconds"].add_metric(label, throttled)
         yield from f.values()
         for name, (kind, text, get) in _SINGLE.items():
             single = kind(f"mtwatch_{name}", text)
@@ -144,6 +147,12 @@ class Metrics:
             ["domid"],
             registry=self.registry,
         )
+        self.throttles = MetricCounter(
+            "mtwatch_throttles",
+            "Times flood control throttled a domain (unwatched it for a cool-down), by domain.",
+            ["domid"],
+            registry=self.registry,
+        )
         rt.observe(self._observe)
 
     def _observe(self, kind: str, domid: int, value: float) -> None:
@@ -153,6 +162,8 @@ class Metrics:
             self.stalls.inc()
         elif kind == "blocked":
             self.blocked.labels(str(domid)).inc(max(0.0, value))
+        elif kind == "throttled" and value:
+            self.throttles.labels(str(domid)).inc()
 
     def latency_summary(self) -> dict[str, Any]:
         """The latency histogram's count, p50 and p99 (seconds; None without observations)."""
