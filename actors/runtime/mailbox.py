@@ -107,6 +107,8 @@ class Mailbox:
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
         many."""
+        if not len(self._queue):
+            return 0  # the usual case (an actor starting or stopping idle): no WouldBlock raised and caught
         count = 0
         while True:
             try:

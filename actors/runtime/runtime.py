@@ -14,7 +14,6 @@ from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
-from .calls import HandlerFailed, log_failure
 from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
@@ -22,21 +21,20 @@ from .domain import DomainActor
 from .host import MessageHandler
 from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .mailing import Messaging
+from .observing import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
-from .watchdog import LoopBlocked, Watchdog
+from .watchdog import Watchdog
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
 
-Observer = Callable[[str, int, float], None]
-
 _ATTACH_CONCURRENCY = 256
 
 
-class Runtime(Messaging):
+class Runtime(Messaging, Observing):
     """Made by :func:`open_runtime`; see there."""
 
     def __init__(self, nursery: trio.Nursery, source: LifecycleSource, options: RuntimeOptions) -> None:
@@ -149,16 +147,6 @@ class Runtime(Messaging):
         for actor in self._actors.values() if domid is None else [self._actors[domid]]:
             actor.reload()
 
-    def observe(self, fn: Observer) -> None:
-        """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
-        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
-        ``stall`` (domid 0: the daemon stalled), ``blocked`` (seconds the loop was blocked, charged
-        to the domain whose code ran), ``gone``, ``throttled`` (1 when flood control throttles the domain, 0
-        when it is watched again), ``dropped:<reason>`` (an event or message refused or purged: reasons
-        ``failed``, ``backoff``, ``stopping``, ``throttled``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
-        counted as a default actor failure)."""
-        self._observers.append(fn)
-
     def reset(self, domid: int) -> None:
         """Take a failed domain out of ``failed``: it starts again with a clean restart history."""
         actor = self._actors.get(domid)
@@ -225,51 +213,13 @@ class Runtime(Messaging):
             return True
         return self._watchdog is not None and self._watchdog.blocked_during(start, domid)
 
-    def _loop_blocked(self, domid: int | None, seconds: float) -> None:
-        """The watchdog's report, in the trio thread: the block is ``domid``'s failure."""
-        self._emit("blocked", domid or 0, seconds)
-        failure = HandlerFailed(LoopBlocked(f"blocked the event loop for {seconds:.3g} s"), "domain code")
-        actor = self._actors.get(domid) if domid else None
-        if actor is not None:
-            actor.charge(failure)
-        elif domid == 0:
-            self._default.failures += 1
-            log_failure(logger.bind(domid=0), failure)
-
     def _changed(self) -> None:
         self.changed.set()
-
-    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None:
-        for fn in self._observers:
-            try:
-                fn(kind, domid, value)
-            except Exception as exc:
-                self._observer_failed(fn, kind, domid, exc)
-
-    def _observer_failed(self, fn: Observer, kind: str, domid: int, exc: Exception) -> None:
-        """An observer raised for ``domid``: that domain's failure (only logged where there is no running
-        actor to charge, or when the observer failed on the failure itself)."""
-        failure = HandlerFailed(exc, f"observer {getattr(fn, '__qualname__', fn)!r} on {kind!r}")
-        actor = self._actors.get(domid) if domid else None
-        if actor is not None and kind != "failure":
-            actor.charge(failure)
-            return
-        if domid == 0:
-            self._default.failures += 1
-        log_failure(logger.bind(domid=domid), failure)
-
-    def _count_event(self, domid: int) -> None:
-        if self._observers:
-            self._emit("event", domid)
 
     def _stop_begins(self, domid: int) -> None:
         actor = self._actors.get(domid)
         if actor is not None:
             self._stopwatch.add(actor)
-
-    def _observe_latency(self, domid: int, seconds: float) -> None:
-        if self._observers:
-            self._emit("latency", domid, seconds)
 
     def _forget(self, domid: int, actor: object) -> None:
         if self._actors.get(domid) is actor:

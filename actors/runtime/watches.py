@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+from loguru import logger
 
 from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_watch_path
 
 if TYPE_CHECKING:
-    from loguru import Logger
-
     from ..xs.client import XenStore
     from .context import DomainContext
 
@@ -85,19 +84,26 @@ class Watch:
 class Registrations:
     """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
 
-    __slots__ = ("_lock_", "_registered", "domid", "log")
+    __slots__ = ("_lock_", "_registered", "domid")
 
-    def __init__(self, domid: int, log: Logger) -> None:
+    def __init__(self, domid: int) -> None:
         self.domid = domid
-        self.log = log
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
         self._lock_: trio.Lock | None = None  # made on first need: thousands of actors rarely contend
 
-    @property
-    def _lock(self) -> trio.Lock:
+    async def _acquire(self) -> trio.Lock:
+        """Attach and detach run one at a time, each between ``_acquire`` and ``_release``. The lock exists only
+        while held or waited for: thousands of idle actors would each keep one (and its parking lot)."""
         if self._lock_ is None:
             self._lock_ = trio.Lock()
-        return self._lock_
+        lock = self._lock_
+        await lock.acquire()
+        return lock
+
+    def _release(self, lock: trio.Lock) -> None:
+        lock.release()
+        if self._lock_ is lock and not lock.locked() and not lock.statistics().tasks_waiting:
+            self._lock_ = None
 
     def _all_on(self, xs: XenStore, watches: list[Watch]) -> bool:
         registered = self._registered
@@ -119,7 +125,8 @@ class Registrations:
         reconnect attaches again); an error reply is logged and that watch skipped."""
         if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
             return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
-        async with self._lock:
+        lock = await self._acquire()
+        try:
             if xs.is_lost:
                 return
             for watch in watches:
@@ -132,9 +139,11 @@ class Registrations:
                 except ConnectionLost:
                     return
                 except XenStoreError as exc:
-                    self.log.warning("cannot watch {}: {}", path, exc)
+                    logger.bind(domid=self.domid).warning("cannot watch {}: {}", path, exc)
                     continue
                 self._registered[watch.id] = (xs, path, token)
+        finally:
+            self._release(lock)
 
     @property
     def busy(self) -> bool:
@@ -150,7 +159,8 @@ class Registrations:
         if not self._registered and not self.busy:
             return  # nothing registered, nor being registered (the second detach of a stop)
         with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
-            async with self._lock:
+            lock = await self._acquire()
+            try:
                 for watch_id in list(self._registered):
                     if only is not None and watch_id != only.id:
                         continue
@@ -158,3 +168,5 @@ class Registrations:
                     if not xs.is_lost:
                         with suppress(XenStoreError):
                             await xs.remove_watch(path, token)
+            finally:
+                self._release(lock)
