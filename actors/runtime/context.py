@@ -50,7 +50,7 @@ class DomainContext:
     the domid), ``state`` (a dict of the handlers' own, for this incarnation), and the incarnation's scope:
     ``start_soon`` and ``nursery``."""
 
-    __slots__ = ("_log", "_nursery", "_run_task", "_source", "domid", "identity", "state")
+    __slots__ = ("_log", "_nursery", "_run_task", "_source", "_state", "domid", "identity")
 
     def __init__(
         self,
@@ -65,9 +65,16 @@ class DomainContext:
         self.identity = identity
         self._source = source
         self._log = log  # None: bound with the domid on first use
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
         self._nursery = nursery
         self._run_task = run_task
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The handlers' own dict for this incarnation (made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     @property
     def log(self) -> Logger:

@@ -14,7 +14,6 @@ incarnation's start and stop. Its mailbox side (messages in, the serving loop ou
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,12 @@ if TYPE_CHECKING:
 __all__ = ["DomainActor"]
 
 _REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
+
+
+def _log_starting(identity: bytes) -> None:
+    # Not logged from the coroutine itself: loguru takes the caller's frame object, which a coroutine would then
+    # keep for its whole life (200 bytes per idle actor).
+    logger.info("domain actor starting (identity {!r})", identity)
 
 
 class DomainActor(Serving):
@@ -202,13 +207,7 @@ class DomainActor(Serving):
         """Register every per-domain watch that is not registered on the current connection yet (not while
         throttled: the throttle's end does it)."""
         if self.state in ACCEPTING and self.flood.throttled_since is None:
-            generation = self.generation
-            await self.watches.attach(
-                self.rt.connection,
-                self.rt.domain_watches(),
-                generation,
-                lambda watch, path: functools.partial(self.post, watch, generation, path),
-            )
+            await self.watches.attach(self.rt.connection, self.rt.domain_watches(), self.generation, self)
 
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation. At the
@@ -225,21 +224,22 @@ class DomainActor(Serving):
         """The whole life of the actor; returns once its node is gone and it has stopped. Raises nothing but
         Cancelled: a bug here is logged and ends only this actor (the next registry event makes a new one)."""
         self.task = trio.lowlevel.current_task()
-        with logger.contextualize(domid=self.domid):
-            try:
-                while (identity := self.desired) is not None:
-                    await self._live(identity)
-            except Exception:
-                logger.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
-            finally:
-                self.task = None
-                self.rt._forget(self.domid, self)
+        # The runtime spawned this task inside ``logger.contextualize(domid=...)``: its log lines (and the
+        # handlers') carry the domid.
+        try:
+            while (identity := self.desired) is not None:
+                await self._live(identity)
+        except Exception:
+            logger.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
+        finally:
+            self.task = None
+            self.rt._forget(self.domid, self)
 
     async def _live(self, identity: bytes) -> None:
         """Incarnations with this identity, supervised, until ``desired`` changes."""
         self.identity = identity
         self.tracker = None  # a new identity starts with a clean restart history
-        logger.info("domain actor starting (identity {!r})", identity)
+        _log_starting(identity)
         while True:
             try:
                 failure = await self._incarnation(identity)

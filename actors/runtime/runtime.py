@@ -254,7 +254,11 @@ class Runtime(Messaging, Observing):
         elif identity is not None:
             actor = DomainActor(self, domid, identity)
             self._actors[domid] = actor
-            self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
+            # The task copies this context as it is spawned: every log line of the actor's task carries the
+            # domid, with nothing per actor kept alive for it but the context's value (no context manager
+            # held open for the actor's whole life).
+            with logger.contextualize(domid=domid):
+                self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
             self._changed()
 
     # -- the connection ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import trio
 
+from ..xs.coalesce import Interrupted
 from .calls import HandlerFailed, call_handler, excused_since, is_connection_loss
 from .context import DomainContext, State
 from .host import ActorHost
@@ -67,9 +68,12 @@ class Serving:
         asked for. Raises HandlerFailed."""
         mailbox = self.mailbox
         while self.desired == identity and not self._reload_requested:
-            # [] when interrupted: look at desired again. (The batch is not a local of this loop, so that an
-            # idle actor keeps no handled event alive.)
-            await self._handle_batch(ctx, identity, await mailbox.receive_batch(64))
+            try:
+                batch = await mailbox.receive_batch(64)
+            except Interrupted:
+                continue  # look at desired again
+            await self._handle_batch(ctx, identity, batch)
+            del batch  # an idle actor keeps no handled event alive
 
     async def _handle_batch(self, ctx: DomainContext, identity: bytes, batch: list[Item]) -> None:
         done = 0

@@ -81,6 +81,28 @@ class Watch:
         return f"mtw/{domid}/{generation}/{self.id}"
 
 
+class Poster(Protocol):
+    """Where a per-domain watch's events go: the domain actor's way in (never blocks)."""
+
+    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent, /) -> None: ...
+
+
+class Sink:
+    """What the client calls with each event of one registration: ``poster.post(watch, generation, path,
+    event)``. (One slotted object per registration; a partial of a bound method would keep three.)"""
+
+    __slots__ = ("generation", "path", "poster", "watch")
+
+    def __init__(self, poster: Poster, watch: Watch, generation: int, path: str) -> None:
+        self.poster = poster
+        self.watch = watch
+        self.generation = generation
+        self.path = path
+
+    def __call__(self, event: WatchEvent) -> None:
+        self.poster.post(self.watch, self.generation, self.path, event)
+
+
 class Registrations:
     """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
 
@@ -118,10 +140,10 @@ class Registrations:
         xs: XenStore | None,
         watches: list[Watch],
         generation: int,
-        sink_for: Callable[[Watch, str], Callable[[WatchEvent], None]],
+        poster: Poster,
     ) -> None:
         """Register on ``xs`` every watch of ``watches`` not registered on it yet, with its token for
-        ``generation`` and the sink ``sink_for(watch, path)``. A lost connection ends it quietly (the
+        ``generation``, its events posted to ``poster``. A lost connection ends it quietly (the
         reconnect attaches again); an error reply is logged and that watch skipped."""
         if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
             return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
@@ -135,7 +157,7 @@ class Registrations:
                     continue
                 path, token = watch.path(self.domid), watch.token(self.domid, generation)
                 try:
-                    await xs.add_watch(path, token, sink_for(watch, path))
+                    await xs.add_watch(path, token, Sink(poster, watch, generation, path))
                 except ConnectionLost:
                     return
                 except XenStoreError as exc:
