@@ -348,12 +348,17 @@ class DomainActor(Serving):
     async def _start(self, ctx: DomainContext, identity: bytes) -> bool:
         """The name, on_start hooks, watches; True if the actor runs now (False: asked to stop meanwhile).
         (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)"""
-        await self._read_name()
+        # The runtime's requests of a start (not the hooks: user code may take its time) go a bounded number
+        # of actors at a time: 32,000 actors announced at once would otherwise each hold a request in flight,
+        # a peak of memory the process keeps (and a long queue at the daemon).
+        async with self.rt.start_requests:
+            await self._read_name()
         for hook in self.rt.start_hooks():
             await call_hook(ctx, hook, "on_start hook")
         if self.desired != identity or self._reload_requested:
             return False
-        await self.attach()
+        async with self.rt.start_requests:
+            await self.attach()
         self._set_state(State.RUNNING)
         return True
 

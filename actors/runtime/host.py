@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
+
 from .context import DomainContext
 from .options import RuntimeOptions
 from .watches import Hook, Watch
@@ -25,6 +27,7 @@ class ActorHost(Protocol):
     connection: XenStore | None
     message_handler: MessageHandler | None
     owns_connection: bool
+    start_requests: trio.CapacityLimiter  # bounds the actors whose start requests are in flight
 
     @property
     def xs(self) -> XenStore: ...

@@ -58,6 +58,7 @@ class Runtime(Messaging, Observing):
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self.message_handler: MessageHandler | None = None
         self._workers = trio.CapacityLimiter(options.worker_threads)
+        self.start_requests = trio.CapacityLimiter(_ATTACH_CONCURRENCY)  # see DomainActor._start
         self._watchdog: Watchdog | None = None
         self._closing = False
 
