@@ -3,7 +3,7 @@ runtime's."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -37,9 +37,9 @@ class ActorHost(Protocol):
 
     def domain_watches(self) -> list[Watch]: ...
 
-    def start_hooks(self) -> Iterable[Hook]: ...
+    def start_hooks(self) -> tuple[Hook, ...]: ...
 
-    def stop_hooks(self) -> Iterable[Hook]: ...
+    def stop_hooks(self) -> tuple[Hook, ...]: ...
 
     def _changed(self) -> None: ...
 

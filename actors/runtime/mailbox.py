@@ -79,6 +79,11 @@ class Mailbox:
             assert isinstance(envelope, Message)
             envelope.abandon(0)
 
+    @property
+    def receiving(self) -> bool:
+        """Is a receiver parked here, waiting for an item?"""
+        return self._queue.receiving
+
     def interrupt(self) -> None:
         """Make a waiting (or the next idle) :meth:`receive` return None, :meth:`receive_batch` raise Interrupted:
         the receiver looks at its state again. A receiver with items waiting gets them, and is expected to look

@@ -4,7 +4,7 @@ live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -180,10 +180,10 @@ class Runtime(Messaging, Observing):
     def domain_watches(self) -> list[Watch]:
         return [w for w in self._watches if w.per_domain]
 
-    def start_hooks(self) -> Iterable[Hook]:
+    def start_hooks(self) -> tuple[Hook, ...]:
         return tuple(self._start_hooks)
 
-    def stop_hooks(self) -> Iterable[Hook]:
+    def stop_hooks(self) -> tuple[Hook, ...]:
         return tuple(self._stop_hooks)
 
     @property

@@ -92,6 +92,11 @@ class CoalescingQueue(Generic[K, T]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def receiving(self) -> bool:
+        """Is a receiver parked, waiting for an item (or a close or interrupt)?"""
+        return self._waiter is not None
+
     # -- the sender's side: never blocks, never raises ------------------------------------------------------
 
     def post(self, key: K | None, item: T) -> bool:
