@@ -229,6 +229,13 @@ class CoalescingQueue(Generic[K, T]):
             self._park()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
             self._woken()
+        batch = self._take(max_items)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
+
+    def _take(self, max_items: int | None) -> list[T]:
+        # Not inline in receive_batch: a comprehension there would make ``self`` a cell of the coroutine, two
+        # objects more kept by every idle receiver.
         if max_items is not None and max_items < len(self):
             batch = [self.receive_nowait() for _ in range(max_items)]
         else:
@@ -244,7 +251,6 @@ class CoalescingQueue(Generic[K, T]):
             self._items.clear()
             self._order.clear()
             self._head = self._plain = 0
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return batch
 
     # Parking is inline in receive and receive_batch, between these two (no coroutine of its own, and a
