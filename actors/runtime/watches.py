@@ -106,26 +106,30 @@ class Sink:
 class Registrations:
     """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
 
-    __slots__ = ("_lock_", "_registered", "domid")
+    __slots__ = ("_busy", "_free", "_registered", "domid")
 
     def __init__(self, domid: int) -> None:
         self.domid = domid
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
-        self._lock_: trio.Lock | None = None  # made on first need: thousands of actors rarely contend
+        self._busy = False  # an attach or detach is under way
+        self._free: trio.Event | None = None  # made only when a second one has to wait (rare)
 
-    async def _acquire(self) -> trio.Lock:
-        """Attach and detach run one at a time, each between ``_acquire`` and ``_release``. The lock exists only
-        while held or waited for: thousands of idle actors would each keep one (and its parking lot)."""
-        if self._lock_ is None:
-            self._lock_ = trio.Lock()
-        lock = self._lock_
-        await lock.acquire()
-        return lock
+    async def _acquire(self) -> None:
+        """Attach and detach run one at a time, each between ``_acquire`` and ``_release``. (Not a trio.Lock:
+        one made and dropped at every start of 32,000 actors, for a contention that hardly ever happens.)"""
+        while self._busy:
+            if self._free is None:
+                self._free = trio.Event()
+            await self._free.wait()
+        self._busy = True
 
-    def _release(self, lock: trio.Lock) -> None:
-        lock.release()
-        if self._lock_ is lock and not lock.locked() and not lock.statistics().tasks_waiting:
-            self._lock_ = None
+    def _release(self) -> None:
+        self._busy = False
+        if (
+            self._free is not None
+        ):  # every waiter wakes; the first to run takes its turn, the others wait again
+            self._free.set()
+            self._free = None
 
     def _all_on(self, xs: XenStore, watches: list[Watch]) -> bool:
         registered = self._registered
@@ -147,7 +151,7 @@ class Registrations:
         reconnect attaches again); an error reply is logged and that watch skipped."""
         if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
             return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
-        lock = await self._acquire()
+        await self._acquire()
         try:
             if xs.is_lost:
                 return
@@ -165,12 +169,12 @@ class Registrations:
                     continue
                 self._registered[watch.id] = (xs, path, token)
         finally:
-            self._release(lock)
+            self._release()
 
     @property
     def busy(self) -> bool:
         """Is an attach or detach under way (holding the lock)?"""
-        return self._lock_ is not None and self._lock_.locked()
+        return self._busy
 
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
@@ -181,7 +185,7 @@ class Registrations:
         if not self._registered and not self.busy:
             return  # nothing registered, nor being registered (the second detach of a stop)
         with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
-            lock = await self._acquire()
+            await self._acquire()
             try:
                 for watch_id in list(self._registered):
                     if only is not None and watch_id != only.id:
@@ -191,4 +195,4 @@ class Registrations:
                         with suppress(XenStoreError):
                             await xs.remove_watch(path, token)
             finally:
-                self._release(lock)
+                self._release()
