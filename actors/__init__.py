@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_face
+from .xs import errors as _errors  # sans-IO, light: its names are the error list below
 
 __version__ = "0.1.0"
 
@@ -53,30 +54,7 @@ _EXPORTS: dict[str, str] = {
         ],
         "actors.xs",
     ),
-    **dict.fromkeys(
-        [
-            "AlreadyExists",
-            "ConnectionStalled",
-            "RequestTimeout",
-            "TokenInUse",
-            "Unsupported",
-            "ConnectionLost",
-            "InvalidArgument",
-            "InvalidDomid",
-            "InvalidPath",
-            "InvalidPermission",
-            "NotFound",
-            "OperationFailed",
-            "PayloadTooLarge",
-            "PermissionDenied",
-            "ProtocolError",
-            "QuotaExceeded",
-            "TransactionConflict",
-            "XenStoreError",
-            "XenStoreUnavailable",
-        ],
-        "actors.xs.errors",
-    ),
+    **dict.fromkeys((name for name in _errors.__all__ if name[0].isupper()), "actors.xs.errors"),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -116,6 +94,7 @@ if TYPE_CHECKING:
     from .xs import connect as connect
     from .xs import open_xenstore as open_xenstore
     from .xs.errors import AlreadyExists as AlreadyExists
+    from .xs.errors import ConflictDeadline as ConflictDeadline
     from .xs.errors import ConnectionLost as ConnectionLost
     from .xs.errors import ConnectionStalled as ConnectionStalled
     from .xs.errors import InvalidArgument as InvalidArgument

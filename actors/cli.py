@@ -14,10 +14,10 @@ from typing import Any
 import trio
 
 from . import __version__
+from .agent import DEFAULT_CONTROL
 from .agent.exits import Exit, epilog
+from .demo import demo_arguments
 from .xs.errors import XenStoreError
-
-DEFAULT_CONTROL = "/run/mtwatch/control"
 
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,14 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
     which.add_argument("--all-failed", action="store_true", help="every failed domain")
-    demo = _common(
-        sub.add_parser("demo", help="the isolation demo on the embedded xenstored (no Xen, no root)")
-    )
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to run (default %(default)s)")
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON (no live view)")
-    demo.add_argument("--interval", type=float, help="live view refresh (default 1 s, 5 s when not a tty)")
-    demo.add_argument("--seed", type=int, help="seed of the churn's randomness")
-    demo.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, config)")
+    demo_help = "the isolation demo on the embedded xenstored (no Xen, no root)"
+    demo_arguments(_common(sub.add_parser("demo", help=demo_help)))
     sub.add_parser("xenstored", help="run the embedded xenstored (mtwatch xenstored --help)", add_help=False)
     domain = _common(sub.add_parser("domain", help="the toolstack side: announce, retire, list, bridge"))
     actions = domain.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -137,13 +131,14 @@ def _status(args: argparse.Namespace) -> int:
     doc = _ask(args, {"op": "status"})
     if doc is None:
         return Exit.NO_DAEMON
+    table = [line for _, line in status.rows(doc)]
     if args.json:
         print(json.dumps(doc, indent=2))
     elif args.command == "domains":
-        print(status.COLUMNS.rstrip(), *status.render(doc), sep="\n")
+        print(status.COLUMNS.rstrip(), *table, sep="\n")
         return Exit.OK
     else:
-        print(*status.header(doc), "", status.COLUMNS, *status.render(doc), status.totals(doc), sep="\n")
+        print(*status.header(doc), "", status.COLUMNS, *table, status.totals(doc), sep="\n")
     return int(doc["health"]["code"])
 
 
@@ -170,13 +165,15 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .agent.demo import main
+    from .demo.show import main
 
     return main(args)
 
 
 async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
-    """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line."""
+    """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line, the last (written once
+    ``fn`` is cancelled, so that nothing it logs on its way out comes after)."""
+    received: list[int] = []
     async with trio.open_nursery() as nursery:
 
         async def body() -> None:
@@ -186,9 +183,11 @@ async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
         nursery.start_soon(body)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                print(f"mtwatch {name}: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
+                received.append(signum)
                 nursery.cancel_scope.cancel()
                 break
+    for signum in received:
+        print(f"mtwatch {name}: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
 
 
 def _domain(args: argparse.Namespace) -> int:

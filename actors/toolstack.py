@@ -7,57 +7,28 @@ removing the node is the last XenStore operation, in its own transaction.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-import trio
-
 from .runtime.source import MTWATCH_ROOT
 from .xs.client import Transaction, XenStore
-from .xs.errors import NotFound, TransactionConflict
+from .xs.errors import ConflictDeadline, NotFound
 from .xs.wire import check_domid
 
 __all__ = ["ConflictDeadline", "announce_domain", "mtwatch_path", "retire_domain"]
 
 DEADLINE = 10.0  # seconds a toolstack call keeps redoing its transaction under contention
 BACKOFF_FIRST = 0.002
-BACKOFF_MAX = 1.0  # 50 tasks at once on one directory need up to this much room
-
-
-class ConflictDeadline(TransactionConflict):
-    """Every try of a transaction conflicted (EAGAIN) until the deadline; ``conflicts`` counts them."""
-
-    def __init__(self, op: str, path: str, conflicts: int, deadline: float) -> None:
-        super().__init__("EAGAIN", op, path)
-        self.conflicts = conflicts
-        self.deadline = deadline
-        self.args = (f"{op} on {path!r}: {conflicts} transaction conflicts (EAGAIN) within {deadline:g} s",)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.op, self.path, self.conflicts, self.deadline))
 
 
 async def _until_committed(
     xs: XenStore, op: str, path: str, body: Callable[[Transaction], Awaitable[None]], deadline: float
 ) -> None:
-    """Run ``body`` in a transaction, redone on EAGAIN after a jittered exponential backoff (full jitter, so
-    that many toolstack tasks contending for the one mtwatch directory spread out) until ``deadline`` seconds
-    have passed; then ConflictDeadline."""
-    give_up = trio.current_time() + deadline
-    conflicts = 0
-    while True:
-        try:
-            async with xs.transaction() as tx:
-                await body(tx)
-            return
-        except TransactionConflict:
-            conflicts += 1
-        left = give_up - trio.current_time()
-        if left <= 0:
-            raise ConflictDeadline(op, path, conflicts, deadline)
-        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(conflicts, 16))
-        await trio.sleep(min(left, random.uniform(0, ceiling)))
+    """``xs.run_transaction(body, deadline=...)``, its ConflictDeadline naming ``op`` and ``path``."""
+    try:
+        await xs.run_transaction(body, backoff=BACKOFF_FIRST, deadline=deadline)
+    except ConflictDeadline as exc:
+        raise ConflictDeadline(op, path, exc.conflicts, deadline) from None
 
 
 def mtwatch_path(domid: int, root: str = MTWATCH_ROOT) -> str:

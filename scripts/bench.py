@@ -28,6 +28,9 @@ taking the parsed arguments and returning a JSON-able dict:
   xenstored: the others' p99 from the reader receiving the frame to the handler starting, calm and flooded
   (target within 1.5x), their guest-write-to-handler p99 beside it, whether the flooded domain's handler saw
   the last value of every path within 1 s of the flood's end, throttles, RSS growth (target < 20 MB).
+- ``flood-cost``: the streaming daemon sends 200,000 events for one domain whose handler is blocked (``busy``),
+  or which flood control throttled (``throttled``), beside a no-op handler (``noop``) in the same run: this
+  process's CPU-seconds per event (target: at most 2 us for a busy or throttled domain).
 - ``stock-host``: the ``domains`` lifecycle with 100, 1,000 and 3,000 live domains, as libxl makes and destroys
   them (no mtwatch node), on the embedded xenstored (a process of its own) and Debian's C xenstored: a domain's
   time from its INTRODUCE to its actor running, and from its RELEASE to its actor gone (median ms; targets
@@ -53,6 +56,7 @@ import trio.lowlevel
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import bench_flood as bench_flood_module
+import bench_flood_cost
 import bench_scale
 import bench_stream
 from bench_stream import cpu_seconds, daemon_process
@@ -231,6 +235,11 @@ async def bench_xenstored(args: argparse.Namespace) -> dict[str, object]:
 @scenario("flood")
 async def bench_flood(args: argparse.Namespace) -> dict[str, object]:
     return await bench_flood_module.bench(args.quick)
+
+
+@scenario("flood-cost")
+async def flood_cost(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_flood_cost.flood_cost(size(args, 200_000, 2_000))
 
 
 async def stock_host_populate(xs: actors.XenStore, domids: range) -> None:

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent.config import (
-    DEFAULT_TIMEOUT,
-    Config,
-    ConfigError,
-    Overrides,
-    component_route,
-    load_config,
-    parse_config,
-    parse_listen,
-)
+from actors.agent.config import Config, ConfigError, Overrides, load_config, parse_config
+from actors.agent.schema import DEFAULT_TIMEOUT, component_route, parse_listen
 from actors.runtime.lifecycle import MTWATCH_ROOT
 from actors.runtime.supervisor import RestartPolicy
 
@@ -119,9 +111,9 @@ def test_defaults_without_a_file() -> None:
     assert config.xenstore_socket is None and not config.xenbus  # the client's own resolution
     assert config.root == MTWATCH_ROOT
     assert config.lifecycle == "auto"
-    assert config.mailbox_size == 64
+    assert config.options.mailbox_size == 64
     assert config.stop_deadline == 10.0
-    assert config.restart == RestartPolicy()
+    assert config.options.restart == RestartPolicy()
     assert (config.log_format, config.log_level) == ("text", "INFO")
     assert config.metrics is None
     assert config.watches == ()
@@ -132,8 +124,10 @@ def test_every_key(handlers_module: str) -> None:
     assert config.xenstore_socket == "/run/xs.sock"
     assert config.root == "/local/domain/0/mtw"
     assert config.lifecycle == "domains"
-    assert (config.mailbox_size, config.stop_deadline) == (8, 3.0)
-    assert config.restart == RestartPolicy(max_restarts=2, period=10, backoff_initial=0, backoff_max=4)
+    assert (config.options.mailbox_size, config.stop_deadline) == (8, 3.0)
+    assert config.options.restart == RestartPolicy(
+        max_restarts=2, period=10, backoff_initial=0, backoff_max=4
+    )
     assert (config.log_format, config.log_level) == ("json", "DEBUG")
     assert config.metrics is not None and (config.metrics.host, config.metrics.port) == ("::1", 9100)
     ping, device, vm, release = config.watches

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
-from actors.agent.metrics import Metrics, open_metrics_listeners, serve_metrics
+from actors.agent.metrics import Metrics, serve_metrics
 from conftest import Embedded
 from harness.proxy import open_proxy
 
@@ -62,7 +62,7 @@ async def served(xs: actors.XenStore) -> AsyncIterator[tuple[actors.Runtime, int
     async with actors.open_runtime(xs, restart=policy, stop_deadline=2) as rt, trio.open_nursery() as nursery:
         rt.watch("/local/domain/{domid}/data/ping", handler, name="ping")
         metrics = Metrics(rt)
-        listeners = await open_metrics_listeners("127.0.0.1", 0)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         await nursery.start(serve_metrics, metrics, listeners)
         yield rt, port, handler
@@ -149,7 +149,7 @@ async def test_a_silent_client_is_cut_off_at_the_read_deadline(
     autojump_clock: trio.testing.MockClock, xs: actors.XenStore
 ) -> None:
     async with actors.open_runtime(xs) as rt, trio.open_nursery() as nursery:
-        listeners = await open_metrics_listeners("127.0.0.1", 0)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         await nursery.start(serve_metrics, Metrics(rt), listeners)
         with trio.fail_after(60):

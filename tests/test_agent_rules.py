@@ -22,8 +22,9 @@ from loguru import logger
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
 from actors.agent import rules
-from actors.agent.config import WatchRule, parse_config
+from actors.agent.config import parse_config
 from actors.agent.rules import CommandFailed, RuleSet, RunHandler
+from actors.agent.schema import WatchRule
 
 
 class _Source:

@@ -114,3 +114,21 @@ def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
             assert run["final_value_seen_after_s"] is not None, (daemon, name)
             assert isinstance(run["throttles"], int) and run["throttles"] >= 0
             assert isinstance(run["others_p99_reader_to_handler_ms"], float), (daemon, name)
+            assert isinstance(run["throttled_at_end"], bool), (daemon, name)
+        floor = section(figures, "unwatched_floor")
+        assert isinstance(floor["others_p99_reader_to_handler_ms"], float), daemon
+
+
+def test_flood_cost_accounts_for_every_event(report: dict[str, object]) -> None:
+    cost = section(report, "flood-cost")
+    events = cost["events"]
+    assert section(cost, "noop")["handled"] == events
+    for mode in ("busy", "busy_unthrottled", "throttled"):
+        figures = section(cost, mode)
+        assert isinstance(figures["us_per_event"], float) and figures["us_per_event"] > 0, mode
+        assert isinstance(figures["within_target"], bool), mode
+    for mode in ("busy", "throttled"):  # flood control on: every event handled, folded in or dropped
+        figures = section(cost, mode)
+        accounted = ("handled", "coalesced", "dropped_by_runtime", "dropped_by_client")
+        assert sum(figures[key] for key in accounted) == events, (mode, figures)  # type: ignore[misc]
+        assert figures["throttled"] is True, mode

@@ -14,18 +14,22 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import trio
 from test_agent_daemon import REPO, clean_env, poll, run_agent, script
 
 import actors
-from actors.agent.control import ControlInUse, ask_async, bind_control, serve_control
+from actors.agent.control import ControlInUse, ask, bind_control, serve_control
 from conftest import Embedded
 
 CLI = [sys.executable, "-m", "actors.cli"]
 T = TypeVar("T")
+
+
+async def ask_async(path: str, request: dict[str, object]) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(ask, path, request, abandon_on_cancel=True)
 
 
 async def eventually(check: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:

@@ -8,7 +8,11 @@ from typing import Any
 
 import trio
 
-from actors.agent.control import ask_async, serve_control
+from actors.agent.control import ask, serve_control
+
+
+async def ask_async(path: str, request: dict[str, object]) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(ask, path, request, abandon_on_cancel=True)
 
 
 async def test_a_failing_handler_is_an_error_reply_and_the_server_goes_on(tmp_path: Path) -> None:

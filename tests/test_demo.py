@@ -19,9 +19,9 @@ import pytest
 import trio
 
 from actors.agent.config import parse_config
-from actors.agent.demo import DemoError, _supervise, agent_config
-from actors.agent.demo_play import Cast, Show
-from actors.agent.demo_summary import percentile, read_records, render_summary, summarize
+from actors.demo.play import Cast, Show
+from actors.demo.show import DemoError, _supervise, agent_config
+from actors.demo.summary import percentile, read_records, render_summary, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = [sys.executable, "-m", "actors.cli", "demo"]
@@ -34,7 +34,7 @@ needs_agent = pytest.mark.skipif(
 def test_agent_config_is_valid_for_the_agent() -> None:
     config = parse_config(tomllib.loads(agent_config("/tmp/x/socket", "/tmp/x/control")))
     assert [w.name for w in config.watches] == ["ping", "hang", "crash", "flood"]
-    assert all(w.call and w.call.startswith("actors.agent.demo_handlers:") for w in config.watches)
+    assert all(w.call and w.call.startswith("actors.demo.handlers:") for w in config.watches)
     hang = config.watches[1]
     assert hang.timeout > 600  # the hung handler must outlast any demo run
     assert config.xenstore_socket == "/tmp/x/socket" and config.control == "/tmp/x/control"

@@ -336,3 +336,31 @@ def test_watch_events_compare_by_path_token_and_domid() -> None:
     assert first != ("/a", "t", 1.0, True, None)  # a tuple underneath, but never equal to a plain one
     with pytest.raises(AttributeError):
         first.path = "/b"  # type: ignore[misc]
+
+
+def test_a_raising_sink_ends_its_watch_with_an_unwatch_and_the_stream_goes_on() -> None:
+    protocol = ClientProtocol()
+    good: list[str] = []
+    broken = ValueError("broken sink")
+
+    def bad(event: WatchEvent) -> None:
+        raise broken
+
+    protocol.watch(b"/bad", "bad", bad)
+    protocol.watch(b"/good", "good", lambda event: good.append(event.path))
+    protocol.data_to_send()
+    stream = b"".join(
+        encode(Op.WATCH_EVENT, join(path, token))
+        for path, token in (("/bad/1", "bad"), ("/good/1", "good"), ("/bad/2", "bad"), ("/good/2", "good"))
+    )
+    for i in range(len(stream)):  # every split point
+        protocol.receive_data(stream[i : i + 1])
+    assert good == ["/good/1", "/good/2"]
+    assert protocol.failed_sinks == [("bad", bad, broken)]
+    assert not protocol.has_watch("bad") and protocol.unknown_events == 1
+    [unwatch] = protocol.data_to_send()
+    op, req_id, tx_id, _ = struct.unpack_from("<IIII", unwatch)
+    frame = Frame(op, req_id, tx_id, unwatch[16:])
+    assert (frame.op, frame.payload) == (Op.UNWATCH, join("/bad", "bad"))
+    protocol.receive_data(encode(Op.UNWATCH, b"OK\0", frame.req_id))  # nobody waits for it: dropped
+    assert protocol.pending == 2  # the two WATCHes, unanswered here

@@ -187,3 +187,117 @@ async def test_a_mailbox_over_its_high_water_mark_throttles_without_a_rate_limit
         await settle(runtime)
         assert [value for domid, value, _ in record.throttled if domid == FLOODED][:2] == [1, 0]
         assert record.values[FLOODED] == await store(xs, FLOODED)
+
+
+async def burst(xs: actors.XenStore, domid: int, writes: int) -> None:
+    """``writes`` writes to distinct paths, one after the other, with no pause (more than a tenth of a
+    second's worth at ``OPTIONS.flood_rate``, less than a second's)."""
+    for i in range(writes):
+        await xs.write(f"/local/domain/{domid}/data/b{i}", str(i))
+
+
+async def throttle_ended(record: Record, count: int) -> None:
+    with trio.fail_after(60):
+        while [v for d, v, _ in record.throttled if d == FLOODED].count(0) < count:  # noqa: ASYNC110 (the observer's record)
+            await trio.sleep(0.01)
+
+
+async def test_a_burst_right_after_a_throttle_throttles_again_but_not_after_a_calm_period(
+    xs: actors.XenStore, rt: tuple[actors.Runtime, Record], autojump_clock: trio.testing.MockClock
+) -> None:
+    runtime, record = rt
+    assert OPTIONS.flood_rate is not None
+    writes = int(OPTIONS.flood_rate * 0.5)
+    await flood(xs, FLOODED, 3000, 300)
+    await throttle_ended(record, 1)
+    # On probation: the watches are back, and a burst of half a second's worth of events is the same flood.
+    await burst(xs, FLOODED, writes)
+    await throttle_ended(record, 2)
+    await settle(runtime)
+    assert [v for d, v, _ in record.throttled if d == FLOODED] == [1, 0, 1, 0]
+    # Calm for twice the longest cool-down: probation is over, the same burst is within the rate.
+    await trio.sleep(2 * OPTIONS.flood_cooldown_max)
+    await burst(xs, FLOODED, writes)
+    await settle(runtime)
+    assert [v for d, v, _ in record.throttled if d == FLOODED] == [1, 0, 1, 0]
+    assert record.values[FLOODED] == await store(xs, FLOODED)
+
+
+async def test_a_guest_flooding_on_is_throttled_again_soon_after_each_re_watch(
+    xs: actors.XenStore, rt: tuple[actors.Runtime, Record], autojump_clock: trio.testing.MockClock
+) -> None:
+    runtime, record = rt
+    assert OPTIONS.flood_rate is not None
+    reached: list[int] = []  # events that reached the actor between each re-watch and the next throttle
+    since_rewatch: int | None = None
+
+    def count(kind: str, domid: int, value: float) -> None:
+        nonlocal since_rewatch
+        if domid != FLOODED:
+            return
+        if kind == "throttled" and value == 0:
+            since_rewatch = 0
+        elif kind == "latency" and since_rewatch is not None:  # a handler starting
+            since_rewatch += 1
+        elif (
+            kind == "dropped:throttled" and since_rewatch is not None
+        ):  # first: the mailbox's, at the throttle
+            reached.append(since_rewatch + int(value))
+            since_rewatch = None
+
+    runtime.observe(count)
+    with trio.fail_after(120):
+        i = 0
+        while len(reached) < 3:  # a guest that never stops
+            await xs.write(f"/local/domain/{FLOODED}/data/k{i % 300}", str(i))
+            i += 1
+            if runtime.domains[FLOODED].throttled_since is not None:
+                await trio.sleep(0.05)
+    await settle(runtime)
+    # The resync and at most a tenth of a second's worth of the flood (not a whole second's worth).
+    assert all(1 <= n <= OPTIONS.flood_rate * 0.1 + 1 for n in reached), reached
+    assert record.values[FLOODED] == await store(xs, FLOODED)
+
+
+async def test_a_guest_flooding_on_is_probed_not_re_read_at_every_cool_down_end(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The clock moves only when the loop has been idle for a moment of real time, so that the daemon's
+    # answers to the guest come within its time (a guest paced by its own sleeps, not by dom0's clock).
+    autojump_clock.autojump_threshold = 0.002
+    record = Record()
+    options = OPTIONS.replace(flood_cooldown=0.1, flood_cooldown_max=0.2)
+    resyncs: list[float] = []
+    base = f"/local/domain/{FLOODED}/data"
+
+    async def handler(ctx: DomainContext, event: WatchEvent) -> None:
+        if ctx.domid == FLOODED and event.path == base:
+            resyncs.append(trio.current_time())
+        await record.handler(ctx, event)
+
+    async def guest(lane: int, until: float) -> None:
+        i = lane
+        while trio.current_time() < until:
+            await xs.write(f"{base}/k{i % 300}", str(i))
+            i += 5
+            await trio.sleep(0.001)
+
+    async with actors.open_runtime(xs, options=options) as runtime:
+        runtime.observe(record.observe)
+        runtime.watch("/local/domain/{domid}/data", handler)
+        await xs.write(base, "")
+        await actors.announce_domain(xs, FLOODED, identity="uuid")
+        with trio.fail_after(30):
+            await runtime.wait_domain(FLOODED, State.RUNNING)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for lane in range(5):  # about 5,000 writes a second, 25 times the rate limit
+                nursery.start_soon(guest, lane, start + 3.0)
+        await settle(runtime)
+        assert record.values[FLOODED] == await store(xs, FLOODED)
+    during = [when for when in resyncs if start < when < start + 3.0]
+    # Cool-downs of 0.1-0.2 s would re-read it some 14 times; probed, it is not re-read before the bound of
+    # 5 s (then throttled again at once), but once the flood is over.
+    assert len(during) <= 1, during
+    assert resyncs[-1] >= start + 3.0
+    assert [v for d, v, _ in record.throttled if d == FLOODED][-1] == 0

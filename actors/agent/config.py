@@ -1,10 +1,8 @@
 """The agent's configuration: a TOML file (``tomllib``), validated whole at start and on every reload.
 
 Every error names the key and the problem (``watch[1].timeout: must be a positive number, not -3``); unknown
-keys are errors. Without a file the defaults work on a real dom0: the client's own socket resolution
-(``$XENSTORED_PATH``, then the standard sockets), the registry under ``/local/domain/0/mtwatch``, text logs at
-INFO on stderr, no metrics endpoint, the control socket ``/run/mtwatch/control``, no watch rules. The commented
-example ``actors/agent/agent.toml`` (installed by ``scripts/install``) describes every key.
+keys are errors. Without a file the defaults work on a real dom0 (README "The agent"); the commented
+example ``actors/agent/agent.toml`` describes every key.
 """
 
 from __future__ import annotations
@@ -20,36 +18,12 @@ from typing import Any, Literal
 from ..runtime.options import RuntimeOptions
 from ..xs.errors import InvalidPath
 from ..xs.wire import check_path
-from .schema import (
-    DEFAULT_TIMEOUT,
-    ConfigError,
-    ConfigPermissionError,
-    Listen,
-    Table,
-    WatchRule,
-    component_route,
-    parse_listen,
-    resolve,
-    watch_rule,
-)
+from . import DEFAULT_CONTROL
+from .schema import ConfigError, ConfigPermissionError, Listen, Table, WatchRule, parse_listen, watch_rule
 
-__all__ = [
-    "DEFAULT_CONTROL",
-    "DEFAULT_TIMEOUT",
-    "Config",
-    "ConfigError",
-    "ConfigPermissionError",
-    "Listen",
-    "Overrides",
-    "WatchRule",
-    "component_route",
-    "load_config",
-    "parse_config",
-    "parse_listen",
-    "resolve",
-]
+__all__ = ["DEFAULT_CONTROL", "Config", "ConfigError", "ConfigPermissionError", "Overrides", "load_config",
+           "parse_config"]  # fmt: skip
 
-DEFAULT_CONTROL = "/run/mtwatch/control"
 LIFECYCLES = ("auto", "mtwatch", "domains")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -72,9 +46,7 @@ class Config:
 
     root = property(lambda self: self.options.root)
     lifecycle = property(lambda self: self.options.lifecycle)
-    mailbox_size = property(lambda self: self.options.mailbox_size)
     stop_deadline = property(lambda self: self.options.stop_deadline)
-    restart = property(lambda self: self.options.restart)
 
     @property
     def xenstore_text(self) -> str:
@@ -118,61 +90,59 @@ class Overrides:
 
 # -- the sections -------------------------------------------------------------------------------------------
 
+_R = _DEFAULTS.restart
+# section -> key -> (the Table method that reads and checks it, its arguments after the key)
+_SECTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "xenstore": {"socket": ("string", None), "xenbus": ("boolean", False)},
+    "registry": {
+        "root": ("string", _DEFAULTS.root),
+        "lifecycle": ("choice", _DEFAULTS.lifecycle, LIFECYCLES),
+    },
+    "runtime": {
+        "mailbox_size": ("integer", _DEFAULTS.mailbox_size, 1),
+        "overflow_limit": ("integer", _DEFAULTS.overflow_limit, 1),
+        "stop_deadline": ("number", _DEFAULTS.stop_deadline),
+    },
+    "restart": {
+        "max_restarts": ("integer", _R.max_restarts, 0),
+        "period": ("number", _R.period),
+        "backoff_initial": ("number", _R.backoff_initial, False),
+        "backoff_max": ("number", _R.backoff_max, False),
+    },
+    "log": {"format": ("choice", "text", ("text", "json")), "level": ("string", "INFO")},
+    "metrics": {"listen": ("string", None)},
+    "control": {"socket": ("string", None)},
+    "handlers": {"path": ("strings",)},
+}
 
-def _xenstore(top: Table, overrides: Overrides) -> dict[str, Any]:
-    xs = top.table("xenstore")
-    socket, xenbus = xs.string("socket"), xs.boolean("xenbus", False)
-    xs.done()
-    if socket is not None and not socket:
-        raise ConfigError("xenstore.socket", "must not be empty")
-    if socket and xenbus:
-        raise ConfigError("xenstore", "socket and xenbus = true exclude each other: choose one")
-    if overrides.xenstore is not None:
-        if not overrides.xenstore:
-            raise ConfigError("--xenstore", "must not be empty")
-        socket, xenbus = overrides.xenstore, False
-    return {"xenstore_socket": socket, "xenbus": xenbus}
+
+def _sections(top: Table) -> dict[str, dict[str, Any]]:
+    """Every section's keys, read and checked as :data:`_SECTIONS` says (unknown keys are errors)."""
+    values = {}
+    for name, keys in _SECTIONS.items():
+        table = top.table(name)
+        values[name] = {key: getattr(table, how)(key, *args) for key, (how, *args) in keys.items()}
+        table.done()
+    return values
 
 
-def _registry(top: Table) -> dict[str, Any]:
-    registry = top.table("registry")
-    root = registry.string("root", _DEFAULTS.root) or _DEFAULTS.root
-    lifecycle = registry.string("lifecycle", str(_DEFAULTS.lifecycle))
-    registry.done()
+def _options(registry: dict[str, Any], runtime: dict[str, Any], restart: dict[str, Any]) -> RuntimeOptions:
+    root = registry["root"] or _DEFAULTS.root
     if not root.startswith("/"):
         raise ConfigError("registry.root", f"{root!r} must be an absolute XenStore path")
     try:
         check_path(root.rstrip("/") or "/")
     except InvalidPath:
         raise ConfigError("registry.root", f"{root!r} is not a valid XenStore path") from None
-    if lifecycle not in LIFECYCLES:
-        choices = " or ".join(f'"{name}"' for name in LIFECYCLES)
-        raise ConfigError("registry.lifecycle", f"must be {choices}, not {lifecycle!r}")
-    return {"root": root.rstrip("/") or "/", "lifecycle": lifecycle}
-
-
-def _runtime(top: Table) -> dict[str, Any]:
-    runtime = top.table("runtime")
-    values: dict[str, Any] = {
-        "mailbox_size": runtime.integer("mailbox_size", _DEFAULTS.mailbox_size, minimum=1),
-        "overflow_limit": runtime.integer("overflow_limit", _DEFAULTS.overflow_limit, minimum=1),
-        "stop_deadline": runtime.number("stop_deadline", _DEFAULTS.stop_deadline),
-    }
-    runtime.done()
-    table, defaults = top.table("restart"), _DEFAULTS.restart
-    policy: dict[str, Any] = {
-        "max_restarts": table.integer("max_restarts", defaults.max_restarts, minimum=0),
-        "period": table.number("period", defaults.period),
-        "backoff_initial": table.number("backoff_initial", defaults.backoff_initial, positive=False),
-        "backoff_max": table.number("backoff_max", defaults.backoff_max, positive=False),
-    }
-    table.done()
-    if policy["backoff_max"] < policy["backoff_initial"]:
+    if restart["backoff_max"] < restart["backoff_initial"]:
         raise ConfigError(
             "restart.backoff_max",
-            f"({policy['backoff_max']:g}) must not be less than backoff_initial ({policy['backoff_initial']:g})",
+            f"({restart['backoff_max']:g}) must not be less than backoff_initial ({restart['backoff_initial']:g})",
         )
-    return {**values, "restart": dataclasses.replace(defaults, **policy)}
+    policy = dataclasses.replace(_R, **restart)
+    return RuntimeOptions(
+        root=root.rstrip("/") or "/", lifecycle=registry["lifecycle"], restart=policy, **runtime
+    )
 
 
 def _level(text: str, key: str) -> str:
@@ -181,48 +151,44 @@ def _level(text: str, key: str) -> str:
     return text.upper()
 
 
-def _log(top: Table, overrides: Overrides) -> dict[str, Any]:
-    log = top.table("log")
-    log_format = log.string("format", "text")
-    level = log.string("level", "INFO") or ""
-    log.done()
-    if log_format not in ("text", "json"):
-        raise ConfigError("log.format", f'must be "text" or "json", not {log_format!r}')
+def _values(v: dict[str, dict[str, Any]], overrides: Overrides, fresh: bool, top: Table) -> dict[str, Any]:
+    """The Config fields besides ``options``, with the command line's overrides applied."""
+    socket, xenbus = v["xenstore"]["socket"], v["xenstore"]["xenbus"]
+    if socket is not None and not socket:
+        raise ConfigError("xenstore.socket", "must not be empty")
+    if socket and xenbus:
+        raise ConfigError("xenstore", "socket and xenbus = true exclude each other: choose one")
+    if overrides.xenstore is not None:
+        if not overrides.xenstore:
+            raise ConfigError("--xenstore", "must not be empty")
+        socket, xenbus = overrides.xenstore, False
+    level = v["log"]["level"] or ""
     if overrides.log_level is not None:
         level = _level(overrides.log_level, "--log-level")
-    return {
-        "log_format": "json" if overrides.log_json else log_format,
-        "log_level": _level(level, "log.level"),
-    }
-
-
-def _endpoints(top: Table, overrides: Overrides) -> dict[str, Any]:
-    metrics_table = top.table("metrics")
-    listen = metrics_table.string("listen")
-    metrics_table.done()
+    listen = v["metrics"]["listen"]
     metrics = parse_listen(listen) if listen is not None else None
     if overrides.metrics is not None:
         metrics = parse_listen(overrides.metrics, "--metrics")
-    control_table = top.table("control")
-    control = control_table.string("socket")
-    control_table.done()
+    control = v["control"]["socket"]
     if control is not None and not control.startswith("/"):
         raise ConfigError("control.socket", f"{control!r} must be an absolute path")
-    return {"metrics": metrics, "control": overrides.control or control}
-
-
-def _handlers(top: Table, fresh: bool) -> dict[str, Any]:
-    table = top.table("handlers")
-    python_path = table.strings("path")
-    table.done()
+    python_path = v["handlers"]["path"]
     for folder in reversed(python_path):  # before site-packages, in the order given
         if folder not in sys.path:
             sys.path.insert(0, folder)
     raw = top.raw("watch")
     if raw is not None and not isinstance(raw, list):
         raise ConfigError("watch", "must be an array of tables: write each rule as [[watch]]")
-    watches = tuple(watch_rule(i, item, fresh) for i, item in enumerate(raw or []))
-    return {"python_path": python_path, "watches": watches}
+    return {
+        "xenstore_socket": socket,
+        "xenbus": xenbus,
+        "log_format": "json" if overrides.log_json else v["log"]["format"],
+        "log_level": _level(level, "log.level"),
+        "metrics": metrics,
+        "control": overrides.control or control,
+        "python_path": python_path,
+        "watches": tuple(watch_rule(i, item, fresh) for i, item in enumerate(raw or [])),
+    }
 
 
 def parse_config(
@@ -237,13 +203,9 @@ def parse_config(
     overrides = overrides or Overrides()
     try:
         top = Table(dict(data), "")
-        options = RuntimeOptions(**_registry(top), **_runtime(top))
-        values = {
-            **_xenstore(top, overrides),
-            **_log(top, overrides),
-            **_endpoints(top, overrides),
-            **_handlers(top, fresh),
-        }
+        v = _sections(top)
+        options = _options(v["registry"], v["runtime"], v["restart"])
+        values = _values(v, overrides, fresh, top)
         top.done()
     except ConfigError as exc:
         if exc.source is None and source is not None:

@@ -1,12 +1,9 @@
 """The agent's control socket: one JSON object a line each way, over a unix socket only root may use.
 
-Requests: ``{"op": "status"}``, ``{"op": "reset", "domid": 5}``, ``{"op": "reset", "failed": true}``.
-Every request gets one response line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A connection
-may carry many requests (``mtwatch top`` keeps one open); an idle one is closed after ``IDLE_TIMEOUT``.
-
-The socket is made with mode 0600 (and its folder, when the agent makes it, 0700). A socket file that a live
-agent answers on is refused (:class:`ControlInUse`); a stale one is replaced; the agent removes only the file it
-made.
+Requests: ``{"op": "status"}``, ``{"op": "reset", "domid": 5}``, ``{"op": "reset", "failed": true}``; each
+gets one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A connection may carry many (idle:
+closed after ``IDLE_TIMEOUT``). The socket is mode 0600 (its folder, when made, 0700); one a live agent answers
+on is refused (:class:`ControlInUse`), a stale one replaced; the agent removes only the file it made.
 """
 
 from __future__ import annotations
@@ -28,14 +25,12 @@ __all__ = [
     "ControlUnavailable",
     "Request",
     "ask",
-    "ask_async",
     "bind_control",
     "serve_control",
 ]
 
 MAX_LINE = 1 << 20  # a status of thousands of domains fits; longer is a broken peer
 IDLE_TIMEOUT = 300.0
-ASK_DEADLINE = 5.0
 MAX_CLIENTS = 16
 Request = dict[str, Any]
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
@@ -163,7 +158,7 @@ def _unavailable(path: str, exc: BaseException) -> ControlUnavailable:
         return ControlUnavailable(f"no agent at {path} (is `mtwatch agent` running?)")
     if isinstance(exc, PermissionError):
         return ControlUnavailable(f"{path}: permission denied (the control socket is root's)")
-    if isinstance(exc, TimeoutError | trio.TooSlowError):
+    if isinstance(exc, TimeoutError):
         return ControlUnavailable(f"{path}: the agent did not answer in time")
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return ControlUnavailable(f"{path}: {reason}")
@@ -214,26 +209,10 @@ class Connection:
 
 
 def ask(path: str, request: Request, timeout: float = 5.0) -> dict[str, Any]:
-    """One request on a new connection (blocking, bounded by ``timeout``)."""
+    """One request on a new connection (blocking, bounded by ``timeout``; from trio code, in a thread:
+    ``await trio.to_thread.run_sync(ask, path, request, abandon_on_cancel=True)``)."""
     conn = Connection(path, timeout)
     try:
         return conn.ask(request)
     finally:
         conn.close()
-
-
-async def ask_async(path: str, request: Request) -> dict[str, Any]:
-    """:func:`ask` for trio code (bounded by ``ASK_DEADLINE``)."""
-    buffer = bytearray()
-    try:
-        with trio.fail_after(ASK_DEADLINE):
-            async with await trio.open_unix_socket(path) as stream:
-                await stream.send_all(_reply(request))
-                while b"\n" not in buffer:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        raise ConnectionResetError(errno.ECONNRESET, "the agent closed the connection")
-                    buffer += chunk
-    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        raise _unavailable(path, exc) from None
-    return _decode(path, next(_lines(buffer)))

@@ -1,22 +1,10 @@
-"""``mtwatch agent``: the long-running dom0 daemon that runs watch rules per domain.
+"""``mtwatch agent``: the long-running dom0 daemon (README "The agent" describes what it promises).
 
-It connects to xenstored, follows the mtwatch registry, runs one supervised actor per guest domain, and for each
-``[[watch]]`` rule of its TOML configuration (:mod:`actors.agent.config`) runs a command or calls a Python
-function per event (:mod:`actors.agent.rules`). ``mtwatch status``, ``domains``, ``top`` and ``reset`` talk to it
-over its control socket (:mod:`actors.agent.control`).
-
-Signals: SIGTERM or SIGINT stop it within ``runtime.stop_deadline`` (running handlers may finish within most of
-it, then are cancelled and their processes killed), exit status 0. SIGHUP reloads the file: rules added or removed
-take effect at once without restarting the domains they do not touch, changed handler modules are imported again,
-failed domains get a fresh start when the per-domain rules changed, and ``[log]`` changes apply; the other
-sections need a restart (the log says which). An invalid file on reload keeps the running configuration.
-
-systemd: ``READY=1`` after the first full reconcile of the registry, ``STATUS=`` with the health, ``WATCHDOG=1`` at
-half of ``$WATCHDOG_USEC``, ``RELOADING=1`` then ``READY=1`` around a reload, ``STOPPING=1``.
-
-An unreachable xenstored, at start or later, is not fatal: the agent logs it and retries with backoff (READY=1
-waits for it), since xenstored may start after the agent or be restarted under it. Exit statuses:
-:mod:`actors.agent.exits`.
+It follows the mtwatch registry with one supervised actor per guest domain and runs the ``[[watch]]`` rules of
+its configuration (:mod:`.config`, :mod:`.rules`); the commands talk to it over its control socket
+(:mod:`.control`). SIGTERM/SIGINT stop it within ``runtime.stop_deadline``; SIGHUP reloads the rules and
+``[log]`` (an invalid file keeps the running configuration; other sections need a restart). It tells systemd
+READY/STATUS/WATCHDOG/RELOADING/STOPPING. An unreachable xenstored is retried, never fatal.
 """
 
 from __future__ import annotations
@@ -42,7 +30,7 @@ from .config import Config, ConfigError, Overrides, load_config
 from .control import ControlInUse, bind_control, serve_control, unlink_if_ours
 from .exits import Exit
 from .logs import configure_logging
-from .metrics import Metrics, listener_addresses, open_metrics_listeners, serve_metrics
+from .metrics import Metrics, listener_addresses, serve_metrics
 from .notify import Notifier, monotonic_usec
 from .rules import RuleSet
 from .status import describe, health
@@ -118,7 +106,7 @@ class Agent:
         if listen is None:
             return []
         try:
-            return await open_metrics_listeners(listen.host, listen.port)
+            return await trio.open_tcp_listeners(listen.port, host=listen.host)
         except socket.gaierror as exc:
             raise Fatal(f"metrics address {listen}: {exc.strerror}", Exit.TEMPFAIL) from None
         except OSError as exc:

@@ -1,30 +1,18 @@
-"""Prometheus metrics of a runtime, and a minimal HTTP/1.1 endpoint for them served by trio itself.
+"""Prometheus metrics of a runtime (the README's "The agent" lists them) and a minimal HTTP/1.1 endpoint.
 
-On a private :class:`~prometheus_client.CollectorRegistry`:
-
-- built at scrape time from ``rt.domains`` (so a retired domain's series go away with it):
-  ``mtwatch_domains{state}``, ``mtwatch_lifecycle{lifecycle}`` (1 for the one in use), ``mtwatch_domain_state{domid,state}`` (1 for the domain's current state),
-  ``mtwatch_domain_info{domid,name}``, ``mtwatch_events_total{domid}`` (handler calls completed; domid 0 is the
-  default actor), ``mtwatch_events_coalesced_total{domid}``, ``mtwatch_events_dropped_total{domid,reason}``
-  (reasons ``failed``, ``backoff``, ``stopping``), ``mtwatch_handler_failures_total{domid}``,
-  ``mtwatch_restarts_total{domid}``, ``mtwatch_mailbox_depth{domid}``, ``mtwatch_handler_busy_seconds{domid}``,
-  ``mtwatch_xenstore_reconnects_total``, ``mtwatch_xenstore_stalls_total``,
-  ``mtwatch_loop_blocked_seconds_total{domid}``, ``mtwatch_ready`` (1 after the first full reconcile), ``mtwatch_up``
-  (1 while connected to xenstored), ``mtwatch_build_info{version}`` and the ``process_*`` metrics;
-- fed by ``rt.observe``: ``mtwatch_event_latency_seconds``, a histogram of the time from the connection's reader
-  receiving the event to its handler starting.
-
-prometheus_client's own ``start_http_server`` is not used: it serves from a thread, which would read the
-runtime's state from outside the trio loop. :func:`serve_metrics` answers ``GET /metrics`` (and ``HEAD``) with
-``generate_latest(registry)``, ``GET /healthz`` with 200 (healthy or degraded) or 503 (not connected or not
-ready) and the one-line reason, 404 elsewhere; one request per connection, each bounded by a deadline.
+Per-domain families are built at scrape time from ``rt.domains`` (a retired domain's series go away with it);
+the latency histogram, stalls and blocked seconds are fed by ``rt.observe``. prometheus_client's own
+``start_http_server`` is not used: it serves from a thread, which would read the runtime's state from outside
+the trio loop. :func:`serve_metrics` answers ``GET``/``HEAD`` ``/metrics`` and ``/healthz`` (200, or 503 when
+not connected or not ready, with the one-line reason), 404 elsewhere; one request per connection, each bounded
+by a deadline.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -51,53 +39,36 @@ __all__ = [
     "Metrics",
     "histogram_quantile",
     "listener_addresses",
-    "open_metrics_listeners",
     "serve_metrics",
 ]
 
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+LATENCY_BUCKETS = (*(round(m * 10.0**e, 6) for e in range(-4, 1) for m in (1, 2.5, 5)), 10.0)  # 0.1 ms..10 s
 READ_DEADLINE = 5.0  # seconds for a client to send its request head
 WRITE_DEADLINE = 10.0  # seconds to send the response
 MAX_HEAD = 8192
 MAX_CONNECTIONS = 32
 
 
-_PER_DOMAIN: dict[str, tuple[type[Any], str, list[str]]] = {
-    "domain_state": (GaugeMetricFamily, "1 for each domain actor's current state.", ["state"]),
-    "domain_info": (
-        GaugeMetricFamily,
-        "1 for each domain, with its name (/local/domain/<domid>/name).",
-        ["name"],
-    ),
-    "events": (CounterMetricFamily, "Watch events whose handler completed, by domain.", []),
-    "events_coalesced": (CounterMetricFamily, "Events merged in a full mailbox, by domain.", []),
-    "events_dropped": (
-        CounterMetricFamily,
-        "Events refused (the domain was failed, in backoff or stopping), by domain and reason.",
-        ["reason"],
-    ),
-    "handler_failures": (CounterMetricFamily, "Handler failures (exceptions and timeouts), by domain.", []),
-    "restarts": (CounterMetricFamily, "Domain actor restarts, by domain.", []),
-    "mailbox_depth": (GaugeMetricFamily, "Events waiting in a domain's mailbox.", []),
-    "handler_busy_seconds": (GaugeMetricFamily, "How long the running handler call has run (0: idle).", []),
+G, C = GaugeMetricFamily, CounterMetricFamily
+# fmt: off
+_PER_DOMAIN: dict[str, tuple[type[Any], str, list[str]]] = {  # name -> (kind, help, labels besides domid)
+    "domain_state": (G, "1 for each domain actor's current state.", ["state"]),
+    "domain_info": (G, "1 for each domain, with its name (/local/domain/<domid>/name).", ["name"]),
+    "events": (C, "Watch events whose handler completed, by domain.", []),
+    "events_coalesced": (C, "Events merged in a full mailbox, by domain.", []),
+    "events_dropped": (C, "Events refused (the domain was failed, in backoff or stopping), by domain and reason.",
+                       ["reason"]),
+    "handler_failures": (C, "Handler failures (exceptions and timeouts), by domain.", []),
+    "restarts": (C, "Domain actor restarts, by domain.", []),
+    "mailbox_depth": (G, "Events waiting in a domain's mailbox.", []),
+    "handler_busy_seconds": (G, "How long the running handler call has run (0: idle).", []),
 }
+_SINGLE: dict[str, tuple[type[Any], str, Callable[[Runtime], float]]] = {
+    "xenstore_reconnects": (C, "Connections to xenstored made again after the first was lost.", lambda rt: rt.reconnects),
+    "ready": (G, "1 once the first full reconcile of the registry is done.", lambda rt: rt.ready.is_set()),
+    "up": (G, "1 while the agent is connected to xenstored.", lambda rt: rt.connected.value),
+}
+# fmt: on
 
 
 class _RuntimeCollector:
@@ -113,54 +84,36 @@ class _RuntimeCollector:
         rt = self.rt
         domains = sorted(rt.domains.items())
         counts = Counter(snapshot.state for _, snapshot in domains)
-
-        by_state = GaugeMetricFamily("mtwatch_domains", "Domain actors by state.", labels=["state"])
+        by_state = G("mtwatch_domains", "Domain actors by state.", labels=["state"])
         for state in State:
             by_state.add_metric([state.value], counts.get(state, 0))
-        yield by_state
-
-        lifecycle = GaugeMetricFamily(
-            "mtwatch_lifecycle",
-            "Where the domains come from now (1 for the lifecycle in use).",
-            labels=["lifecycle"],
-        )
+        lifecycle = G("mtwatch_lifecycle", "Where the domains come from now (1 for the lifecycle in use).",
+                      labels=["lifecycle"])  # fmt: skip
         lifecycle.add_metric([rt.lifecycle_name], 1)
-        yield lifecycle
-
-        families = {
-            name: kind(f"mtwatch_{name}", text, labels=["domid", *extra])
-            for name, (kind, text, extra) in _PER_DOMAIN.items()
-        }
-        families["events"].add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like xenwatch)
-        families["handler_failures"].add_metric(["0"], rt.default_failures)
+        yield from (by_state, lifecycle)
+        f = {name: kind(f"mtwatch_{name}", text, labels=["domid", *extra])
+             for name, (kind, text, extra) in _PER_DOMAIN.items()}  # fmt: skip
+        f["events"].add_metric(["0"], rt.default_handled)  # the default actor (domid 0, like xenwatch)
+        f["handler_failures"].add_metric(["0"], rt.default_failures)
         now = trio.current_time()
         for domid, snap in domains:
             label = [str(domid)]
-            families["domain_state"].add_metric([str(domid), snap.state.value], 1)
-            families["domain_info"].add_metric([str(domid), snap.name or ""], 1)
-            families["events"].add_metric(label, snap.handled)
-            families["events_coalesced"].add_metric(label, snap.coalesced)
+            f["domain_state"].add_metric([*label, snap.state.value], 1)
+            f["domain_info"].add_metric([*label, snap.name or ""], 1)
             for reason, count in sorted(snap.dropped_by_reason.items()):
-                families["events_dropped"].add_metric([str(domid), reason], count)
-            families["handler_failures"].add_metric(label, snap.failures)
-            families["restarts"].add_metric(label, snap.restarts)
-            families["mailbox_depth"].add_metric(label, snap.mailbox_depth)
+                f["events_dropped"].add_metric([*label, reason], count)
+            for name, value in (("events", snap.handled), ("events_coalesced", snap.coalesced),
+                                ("handler_failures", snap.failures), ("restarts", snap.restarts),
+                                ("mailbox_depth", snap.mailbox_depth)):  # fmt: skip
+                f[name].add_metric(label, value)
             busy = 0.0 if snap.busy_since is None else max(0.0, now - snap.busy_since)
-            families["handler_busy_seconds"].add_metric(label, busy)
-        yield from families.values()
-
-        reconnects = CounterMetricFamily(
-            "mtwatch_xenstore_reconnects", "Connections to xenstored made again after the first was lost."
-        )
-        reconnects.add_metric([], rt.reconnects)
-        yield reconnects
-        ready = GaugeMetricFamily("mtwatch_ready", "1 once the first full reconcile of the registry is done.")
-        ready.add_metric([], 1 if rt.ready.is_set() else 0)
-        yield ready
-        up = GaugeMetricFamily("mtwatch_up", "1 while the agent is connected to xenstored.")
-        up.add_metric([], 1 if rt.connected.value else 0)
-        yield up
-        build = GaugeMetricFamily("mtwatch_build_info", "The agent's version.", labels=["version"])
+            f["handler_busy_seconds"].add_metric(label, busy)
+        yield from f.values()
+        for name, (kind, text, get) in _SINGLE.items():
+            single = kind(f"mtwatch_{name}", text)
+            single.add_metric([], int(get(rt)))
+            yield single
+        build = G("mtwatch_build_info", "The agent's version.", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
 
@@ -242,11 +195,6 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     return lower_bound
 
 
-async def open_metrics_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
-    """Bind the endpoint's address now (so that a port in use is known before anything else starts)."""
-    return await trio.open_tcp_listeners(port, host=host)
-
-
 def listener_addresses(listeners: list[trio.SocketListener]) -> list[str]:
     names = []
     for listener in listeners:
@@ -259,15 +207,8 @@ def listener_addresses(listeners: list[trio.SocketListener]) -> list[str]:
 def _response(
     status: str, body: bytes, content_type: str = "text/plain; charset=utf-8", head: bool = False
 ) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        "",
-        "",
-    ]
-    return "\r\n".join(lines).encode("ascii") + (b"" if head else body)
+    lines = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    return (lines + "Connection: close\r\n\r\n").encode("ascii") + (b"" if head else body)
 
 
 async def _read_head(stream: trio.abc.Stream) -> bytes | None:
@@ -280,6 +221,23 @@ async def _read_head(stream: trio.abc.Stream) -> bytes | None:
             return None
         data += chunk
     return bytes(data)
+
+
+def _route(metrics: Metrics, head: bytes | None) -> bytes:
+    parts = [] if head is None else head.split(b"\n", 1)[0].strip().decode("latin-1").split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return _response("400 Bad Request", b"bad request\n")
+    method, target, _ = parts
+    path, is_head = target.split("?", 1)[0], method == "HEAD"
+    if method not in ("GET", "HEAD"):
+        return _response("405 Method Not Allowed", b"method not allowed\n")
+    if path == "/healthz":
+        code, reason = health(metrics.rt)
+        status = "503 Service Unavailable" if code >= NOT_READY else "200 OK"
+        return _response(status, reason.encode() + b"\n", head=is_head)
+    if path != "/metrics":
+        return _response("404 Not Found", b"not found: try /metrics\n", head=is_head)
+    return _response("200 OK", metrics.render(), CONTENT_TYPE_LATEST, head=is_head)
 
 
 async def serve_metrics(
@@ -312,31 +270,9 @@ async def serve_metrics(
         head: bytes | None = None
         with trio.move_on_after(READ_DEADLINE) as reading:
             head = await _read_head(stream)
-        if reading.cancelled_caught:
-            with trio.move_on_after(WRITE_DEADLINE):
-                await stream.send_all(_response("408 Request Timeout", b"request timeout\n"))
-            return
-        if head is None:
-            with trio.move_on_after(WRITE_DEADLINE):
-                await stream.send_all(_response("400 Bad Request", b"bad request\n"))
-            return
-        request_line = head.split(b"\n", 1)[0].strip().decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            response = _response("400 Bad Request", b"bad request\n")
-        else:
-            method, target, _ = parts
-            path = target.split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                response = _response("405 Method Not Allowed", b"method not allowed\n")
-            elif path == "/healthz":
-                code, reason = health(metrics.rt)
-                status = "503 Service Unavailable" if code >= NOT_READY else "200 OK"
-                response = _response(status, reason.encode() + b"\n", head=method == "HEAD")
-            elif path != "/metrics":
-                response = _response("404 Not Found", b"not found: try /metrics\n", head=method == "HEAD")
-            else:
-                response = _response("200 OK", metrics.render(), CONTENT_TYPE_LATEST, head=method == "HEAD")
+        response = _response("408 Request Timeout", b"request timeout\n")
+        if not reading.cancelled_caught:
+            response = _route(metrics, head)
         with trio.move_on_after(WRITE_DEADLINE):
             await stream.send_all(response)
 

@@ -1,10 +1,7 @@
-"""systemd's notification protocol (sd_notify) without libsystemd: datagrams to ``$NOTIFY_SOCKET``.
-
-``$NOTIFY_SOCKET`` is an AF_UNIX datagram socket path, or with a leading ``@`` a name in the abstract namespace.
-Sending never blocks (a full socket drops the message with a warning) and never raises: without
-``$NOTIFY_SOCKET`` every call is a no-op. Like ``sd_notify(unset_environment=1)``, :meth:`Notifier.from_environment`
-removes ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` from the environment, so that the commands the
-agent runs do not inherit them.
+"""systemd's notification protocol (sd_notify) without libsystemd: datagrams to ``$NOTIFY_SOCKET`` (a path, or
+``@name`` in the abstract namespace). Sending never blocks nor raises; without ``$NOTIFY_SOCKET`` it is a no-op.
+:meth:`Notifier.from_environment` unsets ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``, as
+``sd_notify(unset_environment=1)`` does, so that the commands the agent runs do not inherit them.
 """
 
 from __future__ import annotations

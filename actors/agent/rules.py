@@ -1,20 +1,11 @@
 """Watch rules as runtime handlers: ``run`` (a process per event) and ``call`` (an async Python function).
 
-A ``run`` rule starts ``argv`` (``{domid}`` and ``{path}`` filled in; no shell) once per event, in a session
-(process group) of its own, with the agent's environment plus:
-
-- ``XS_DOMID``: the domain (0 for a global watch's event that no live domain owns),
-- ``XS_PATH``: the path that fired, ``XS_TOKEN``: the watch's token,
-- ``XS_IDENTITY``: the domain's mtwatch node value (its UUID, say),
-- ``XS_INITIAL``: ``1`` for the event xenstored fires when the watch is registered (the agent starting, the
-  domain starting or restarting, a reconnect), unset for a change; a rule with ``initial = false`` skips it,
-- ``XS_VALUE``: the node's value, read when the event is dispatched; unset when the node is gone (or for a
-  special ``@`` path). A value cut at its first NUL byte, as an environment string must be.
-
-Its stdout and stderr lines are logged with the domid. A non-zero exit (or death by a signal) is a failure of
-the handler, which the domain's supervisor counts and restarts after; so is overrunning the rule's
-``timeout`` (the runtime cancels the handler). Cancelled, for whatever reason (timeout, the domain stopping,
-the agent stopping), the handler kills the command's whole process group with SIGKILL.
+A ``run`` rule starts ``argv`` (``{domid}`` and ``{path}`` filled in; no shell) once per event, in a process
+group of its own, with the agent's environment plus ``XS_DOMID`` (0 for a global event no domain owns),
+``XS_PATH``, ``XS_TOKEN``, ``XS_IDENTITY`` (the domain's mtwatch node value), ``XS_INITIAL=1`` for the
+registration event (unset for a change) and ``XS_VALUE`` (the node's value when dispatched, cut at a NUL byte;
+unset when the node is gone or for an ``@`` path). Its output lines are logged with the domid. A non-zero exit,
+a signal or overrunning ``timeout`` is a handler failure; cancelled, the handler SIGKILLs the process group.
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..xs.errors import NotFound
-from .config import WatchRule
+from .schema import WatchRule
 
 if TYPE_CHECKING:
     from ..runtime.context import DomainContext
@@ -81,25 +72,16 @@ class RunHandler:
         return [_FIELDS.sub(lambda m: fill[m.group(1)], arg) for arg in self.argv]
 
     async def environment(self, ctx: DomainContext, event: WatchEvent) -> dict[bytes, bytes]:
-        value: bytes | None = None
-        if not event.path.startswith("@"):
-            try:
-                value = await ctx.xs.read(event.path)
-            except NotFound:
-                value = None
-        env = dict(os.environb)
+        env = {k: v for k, v in os.environb.items() if k not in (b"XS_INITIAL", b"XS_VALUE")}
         env[b"XS_DOMID"] = str(ctx.domid).encode()
         env[b"XS_PATH"] = os.fsencode(event.path)
         env[b"XS_TOKEN"] = os.fsencode(event.token)
         env[b"XS_IDENTITY"] = _env_bytes(ctx.identity)
         if event.initial:
             env[b"XS_INITIAL"] = b"1"
-        else:
-            env.pop(b"XS_INITIAL", None)
-        if value is None:
-            env.pop(b"XS_VALUE", None)
-        else:
-            env[b"XS_VALUE"] = _env_bytes(value)
+        if not event.path.startswith("@"):
+            with suppress(NotFound):
+                env[b"XS_VALUE"] = _env_bytes(await ctx.xs.read(event.path))
         return env
 
     async def __call__(self, ctx: DomainContext, event: WatchEvent) -> None:
@@ -154,22 +136,20 @@ class RunHandler:
         for stream, label, done in zip(streams, ("stdout", "stderr"), pumps_done, strict=True):
             nursery.start_soon(self._pump, stream, label, proc.pid, log, done)
         await proc.wait()
-        with trio.move_on_after(_DRAIN_GRACE):
-            for done in pumps_done:
-                await done.wait()
-            return
-        # The command is gone, but something it started still holds its output open.
-        log.warning(
-            "{}: pid {} exited, but processes it left behind still hold its output: killing its process group",
-            self.name,
-            proc.pid,
-        )
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with trio.move_on_after(_DRAIN_GRACE):
-            for done in pumps_done:
-                await done.wait()
-            return
+        for attempt in range(2):
+            with trio.move_on_after(_DRAIN_GRACE):
+                for done in pumps_done:
+                    await done.wait()
+                return
+            if attempt == 0:  # the command is gone, but something it started still holds its output open
+                log.warning(
+                    "{}: pid {} exited, but processes it left behind still hold its output: killing its"
+                    " process group",
+                    self.name,
+                    proc.pid,
+                )
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         nursery.cancel_scope.cancel()  # escaped into a session of their own: stop reading
 
     async def _pump(

@@ -10,7 +10,7 @@ import os
 import string
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 from ..xs.errors import InvalidDomid, InvalidPath
@@ -78,18 +78,9 @@ class WatchRule:
 
     @property
     def key(self) -> tuple[object, ...]:
-        """What makes two rules the same rule (a reload keeps a rule whose key did not change; a re-imported
-        handler is a new function, so its rule is new)."""
-        return (
-            self.path,
-            self.run,
-            self.call,
-            self.timeout,
-            self.route,
-            self.name,
-            self.initial,
-            self.handler,
-        )
+        """What makes two rules the same rule (every field but the index and the derived route function; a
+        reload keeps a rule whose key did not change; a re-imported handler is a new function: a new rule)."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in ("index", "route_fn"))
 
     @property
     def label(self) -> str:
@@ -141,7 +132,14 @@ class Table:
             raise ConfigError(self.key(name), f"must be at least {minimum}, not {value}")
         return value
 
-    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            quoted = " or ".join(f'"{choice}"' for choice in choices)
+            raise ConfigError(self.key(name), f"must be {quoted}, not {value!r}")
+        return value
+
+    def number(self, name: str, default: float, positive: bool = True) -> float:
         value = self._typed(name, default, _is_number, "a number of seconds")
         number = float(value)
         if not math.isfinite(number):

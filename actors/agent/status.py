@@ -1,10 +1,6 @@
 """What ``mtwatch status``, ``domains`` and ``top`` show: the agent's state as one JSON document (built in the
-agent, sent over the control socket), its health, and the domain table.
-
-Health, also the exit status of ``mtwatch status``: 0 healthy; 1 degraded (failed or throttled domains, or
-xenstored stalled: requests wait and no answer came for a while); 2 not connected to xenstored, or not ready (the
-registry not read yet); 3 (the command's own) no agent answers.
-"""
+agent, sent over the control socket), its health (also ``mtwatch status``'s exit status: 0 healthy, 1 degraded,
+2 not connected or not ready, 3 no agent), and the domain table."""
 
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ from .exits import NOT_READY, Exit
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["describe", "format_seconds", "health", "render", "rows"]
+__all__ = ["describe", "format_seconds", "health", "rows"]
 
 HEALTHY, DEGRADED = Exit.OK, Exit.DEGRADED
 _TROUBLE = {"failed": 0, "throttled": 1, "backoff": 2, "busy": 3, "stopping": 4, "starting": 5, "running": 6}
@@ -210,11 +206,6 @@ def rows(
         )
         out.append((d["domid"], line.rstrip()))
     return out
-
-
-def render(doc: Mapping[str, Any], rates: Mapping[int, float | None] | None = None) -> list[str]:
-    """The domain rows, trouble first."""
-    return [line for _, line in rows(doc, rates)]
 
 
 def totals(doc: Mapping[str, Any]) -> str:

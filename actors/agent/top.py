@@ -1,10 +1,6 @@
-"""``mtwatch top``: the agent's domains, live, in a curses screen that fits the terminal.
-
-The header (agent, connection, health, totals, column titles) stays pinned; the rows scroll under it with the
-selection; lines are cut at the terminal's width. Rows are sorted by trouble (failed, throttled, backoff, busy,
-...) then activity; ``s`` cycles the sort (trouble, domid, events, name). ``r`` resets the selected domain,
-``R`` every failed one. ``q`` (or Ctrl-C, SIGTERM) quits. When the agent goes away the screen says so and keeps
-trying to reconnect.
+"""``mtwatch top``: the agent's domains, live, in a curses screen fitted to the terminal: the header pinned, the
+rows scrolling with the selection, sorted by trouble then activity (``s`` cycles the sort). ``r`` resets the
+selected domain, ``R`` every failed one, ``q`` (Ctrl-C, SIGTERM) quits; a lost agent is retried.
 """
 
 from __future__ import annotations

@@ -40,7 +40,11 @@ class RuntimeOptions:
       more than ``flood_rate`` events in one second (None: no such limit; both None: no flood control). A throttled domain is unwatched for
       ``flood_cooldown`` seconds, then watched again (the resync event: the handler re-reads); throttled again
       before twice ``flood_cooldown_max`` passed calm, its cool-down doubles, up to ``flood_cooldown_max``.
-      Messages are never throttled.
+      A cool-down's end first probes the domain's paths for a tenth of a second: a guest still over the
+      rate gets another cool-down instead of a resync (re-read at least every 5 s all the same), so a flood's
+      last value waits at most ``flood_cooldown_max`` plus the probe plus the resync after its end. Until
+      the calm period has passed, the rate is counted over a tenth of a second and a mailbox at its
+      high-water mark throttles at once. Messages are never throttled.
     """
 
     root: str = MTWATCH_ROOT
@@ -61,7 +65,7 @@ class RuntimeOptions:
     flood_high_water_for: float = 2.0
     flood_rate: float | None = 1000.0
     flood_cooldown: float = 0.1
-    flood_cooldown_max: float = 0.8
+    flood_cooldown_max: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):

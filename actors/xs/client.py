@@ -10,38 +10,34 @@ at once (its ``__cause__`` says why) and ends every subscription with it.
 from __future__ import annotations
 
 import itertools
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypedDict, Unpack
 
 import trio
-import trio_util
 
 from .daemon import Capabilities, DaemonOperations
-from .errors import (
-    ConnectionLost,
-    ConnectionStalled,
-    ErrorReply,
-    ProtocolError,
-    RequestTimeout,
-    TransactionConflict,
-    XenStoreError,
-)
+from .errors import ConnectionLost, ConnectionStalled, ErrorReply, ProtocolError, RequestTimeout
 from .operations import Operations
 from .protocol import ClientProtocol, Request, WatchSink
-from .stall import StallDetector
+from .stall import StallDetector, StallFacade
 from .subscription import Subscription
+from .transactions import TransactionOperations
 from .transport import open_transport
 from .watches import WatchOperations
 from .wire import Op
 
-__all__ = ["Transaction", "XenStore", "connect", "open_xenstore"]
-
-T = TypeVar("T")
+__all__ = ["ClientOptions", "Transaction", "XenStore", "connect", "open_xenstore"]
 
 _RECEIVE_SIZE = 65536
-_CLEANUP_TIMEOUT = 5.0  # an abort or unwatch in cleanup waits no longer than this
+
+
+class ClientOptions(TypedDict, total=False):
+    """The connection's settings that :func:`connect` and :func:`open_xenstore` pass on to :class:`XenStore`."""
+
+    request_timeout: float | None
+    stall_after: float
+    stall_limit: float | None
 
 
 class Transaction(Operations):
@@ -65,12 +61,20 @@ class Transaction(Operations):
         return self._xs
 
 
-class XenStore(Operations, DaemonOperations, WatchOperations):
+class XenStore(
+    Operations, DaemonOperations, WatchOperations, TransactionOperations[Transaction], StallFacade
+):
     """One connection to a XenStore daemon. Open it with :func:`connect` or :func:`open_xenstore`.
 
     ``request_timeout`` (seconds, settable, None for none) bounds every request: past it the caller gets
     :class:`RequestTimeout` and the connection is kept. Stall detection (:attr:`stalled`, :attr:`stall_after`,
     :attr:`stall_limit`) is described in :class:`~actors.xs.stall.StallDetector`.
+
+    A watch sink that raises (an ``Exception``) ends its own watch, never the connection: the watch is removed
+    (its later events are not delivered, and an UNWATCH goes to the daemon), its error is kept in
+    :attr:`watch_errors` (token -> the exception, until the caller removes it), and a :meth:`watch`
+    subscription whose sink it was ends by raising that error from its iteration. Every other watch and
+    request goes on.
     """
 
     _tx_id = 0
@@ -98,6 +102,7 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
         self._tokens = itertools.count(1)
         self._caps: Capabilities | None = None
         self._caps_lock = trio.Lock()
+        self.watch_errors: dict[str, Exception] = {}
 
     @property
     def _conn(self) -> XenStore:
@@ -108,43 +113,13 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
         """The registered watches, token -> sink (a copy; for tests and benchmarks)."""
         return self._protocol.sinks
 
+    def _transaction(self, tx_id: int) -> Transaction:
+        return Transaction(self, tx_id)
+
     @property
     def unknown_events(self) -> int:
         """Watch events that arrived for a token with no watch (late ones after an unwatch)."""
         return self._protocol.unknown_events
-
-    # -- stall detection (see StallDetector) ---------------------------------------------------------------
-
-    @property
-    def stall_after(self) -> float:
-        return self._stall.stall_after
-
-    @stall_after.setter
-    def stall_after(self, value: float) -> None:
-        self._stall.configure(value, self._stall.stall_limit)
-
-    @property
-    def stall_limit(self) -> float | None:
-        return self._stall.stall_limit
-
-    @stall_limit.setter
-    def stall_limit(self, value: float | None) -> None:
-        self._stall.configure(self._stall.stall_after, value)
-
-    @property
-    def stalled(self) -> trio_util.AsyncBool:
-        """True while requests are pending and no frame arrived for ``stall_after`` seconds."""
-        return self._stall.stalled
-
-    @property
-    def stalls(self) -> int:
-        """How many stalls began on this connection."""
-        return self._stall.count
-
-    def stalled_during(self, start: float, end: float) -> bool:
-        """Was the connection stalled at any moment of [start, end] (trio clock)? A stall counts from the start
-        of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
-        return self._stall.during(start, end)
 
     # -- connection state ----------------------------------------------------------------------------------
 
@@ -194,6 +169,8 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
                 for request in protocol.receive_data(data, now):
                     if isinstance(request.waiter, trio.Event):
                         request.waiter.set()
+                if protocol.failed_sinks:
+                    self._sinks_failed()
         except (
             trio.BrokenResourceError,
             trio.ClosedResourceError,
@@ -207,6 +184,17 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
             # one (a shielded UNWATCH in some cleanup, say) until its own deadline.
             self._mark_lost(ConnectionLost("connection closed"))
             raise
+
+    def _sinks_failed(self) -> None:
+        for token, sink, error in self._protocol.failed_sinks:
+            self.watch_errors[token] = error
+            sub = getattr(sink, "__self__", None)
+            if isinstance(sub, Subscription):
+                if self._subscriptions.get(token) is sub:
+                    del self._subscriptions[token]
+                sub.close(error, lost=False)
+        self._protocol.failed_sinks.clear()
+        self._outbox_ready.set()  # the UNWATCHes the protocol queued
 
     async def _writer(self) -> None:
         try:
@@ -225,13 +213,16 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
         return await self._wait(self._queue(op, payload, tx_id, path), path)
 
     def _queue(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> Request:
+        return self._enqueue(lambda: self._protocol.request(op, payload, tx_id, path))
+
+    def _enqueue(self, make: Callable[[], Request]) -> Request:
+        """Queue the request ``make`` makes (raising PayloadTooLarge before anything is queued, say) for
+        :meth:`_wait`; ConnectionLost at once on a lost connection."""
         if self._lost is not None:
             raise self._lost_error()
         if not self._protocol.pending:
             self._stall.requests_began()
-        request = self._protocol.request(
-            op, payload, tx_id, path
-        )  # PayloadTooLarge before anything is queued
+        request = make()
         request.waiter = trio.Event()
         return request
 
@@ -295,43 +286,6 @@ class XenStore(Operations, DaemonOperations, WatchOperations):
                 self._caps = await self._probe()
         return self._caps
 
-    # -- transactions --------------------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """``async with xs.transaction() as tx:``: a clean exit commits (TransactionConflict if a concurrent
-        change got in first), an exception or cancellation aborts. ProtocolError if the daemon's transaction
-        id is not a number."""
-        reply = (await self._request(Op.TRANSACTION_START, b"\0")).rstrip(b"\0")
-        if not reply.isdigit() or not 0 < int(reply) <= 0xFFFFFFFF:
-            raise ProtocolError(f"TRANSACTION_START: the daemon's transaction id {reply[:40]!r} is not valid")
-        tx = Transaction(self, int(reply))
-        try:
-            yield tx
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT), suppress(XenStoreError):
-                await self._request(Op.TRANSACTION_END, b"F\0", tx.tx_id)
-            raise
-        await self._request(Op.TRANSACTION_END, b"T\0", tx.tx_id)
-
-    async def run_transaction(
-        self, fn: Callable[[Transaction], Awaitable[T]], *, attempts: int = 16, backoff: float = 0.001
-    ) -> T:
-        """Run ``fn(tx)`` in a transaction, redoing it whole on conflict with a short randomized backoff.
-
-        Raises the last TransactionConflict after ``attempts`` tries.
-        """
-        for attempt in itertools.count():
-            try:
-                async with self.transaction() as tx:
-                    result = await fn(tx)
-                return result
-            except TransactionConflict:
-                if attempt + 1 >= attempts:
-                    raise
-                await trio.sleep(random.uniform(0, backoff * 2 ** min(attempt, 10)))
-        raise AssertionError("unreachable")
-
 
 def _op_name(op: int) -> str:
     return Op(op).name if op in _OPS else str(op)
@@ -346,23 +300,14 @@ async def open_xenstore(
     *,
     name: str = "stream",
     xenbus: bool = False,
-    request_timeout: float | None = None,
-    stall_after: float = 2.0,
-    stall_limit: float | None = None,
+    **options: Unpack[ClientOptions],
 ) -> AsyncIterator[XenStore]:
     """Run a XenStore client over an already open stream (a socket, the xenbus device, a guest's ring).
 
     ``xenbus``: the stream is the kernel's xenbus device (one frame per write, replies up to 4096 bytes,
     no watch depth). The other arguments are :class:`XenStore`'s.
     """
-    xs = XenStore(
-        stream,
-        name=name,
-        xenbus=xenbus,
-        request_timeout=request_timeout,
-        stall_after=stall_after,
-        stall_limit=stall_limit,
-    )
+    xs = XenStore(stream, name=name, xenbus=xenbus, **options)
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -390,9 +335,7 @@ async def connect(
     path: str | None = None,
     *,
     xenbus: bool = False,
-    request_timeout: float | None = None,
-    stall_after: float = 2.0,
-    stall_limit: float | None = None,
+    **options: Unpack[ClientOptions],
 ) -> AsyncIterator[XenStore]:
     """``async with actors.connect() as xs:``: connect to xenstored.
 
@@ -403,12 +346,5 @@ async def connect(
     what was tried) when nothing answers.
     """
     stream, name, is_xenbus = await open_transport(path, xenbus=xenbus)
-    async with open_xenstore(
-        stream,
-        name=name,
-        xenbus=is_xenbus,
-        request_timeout=request_timeout,
-        stall_after=stall_after,
-        stall_limit=stall_limit,
-    ) as xs:
+    async with open_xenstore(stream, name=name, xenbus=is_xenbus, **options) as xs:
         yield xs

@@ -13,6 +13,7 @@ from pyxs.exceptions import PyXSError
 
 __all__ = [
     "AlreadyExists",
+    "ConflictDeadline",
     "ConnectionLost",
     "ConnectionStalled",
     "InvalidArgument",
@@ -85,6 +86,21 @@ class TransactionConflict(ErrorReply):
     """EAGAIN: the transaction conflicted with a concurrent change; redo it whole."""
 
     errno_names = ("EAGAIN",)
+
+
+class ConflictDeadline(TransactionConflict):
+    """Every try of a transaction conflicted (EAGAIN) until its deadline (``deadline`` seconds, see
+    :meth:`~actors.xs.client.XenStore.run_transaction`); ``conflicts`` counts them."""
+
+    def __init__(self, op: str, path: str | None, conflicts: int, deadline: float) -> None:
+        super().__init__("EAGAIN", op, path)
+        self.conflicts = conflicts
+        self.deadline = deadline
+        where = f"{op} on {path!r}" if path is not None else op
+        self.args = (f"{where}: {conflicts} transaction conflicts (EAGAIN) within {deadline:g} s",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.op, self.path, self.conflicts, self.deadline))
 
 
 class QuotaExceeded(ErrorReply):

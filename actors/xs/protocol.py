@@ -68,12 +68,13 @@ class Request:
 
 
 class _Watch:
-    __slots__ = ("initial", "sink", "token")
+    __slots__ = ("initial", "path", "sink", "token")
 
-    def __init__(self, token: str, sink: WatchSink, initial: bytes | None) -> None:
+    def __init__(self, token: str, sink: WatchSink, path: bytes) -> None:
         self.token = token
         self.sink = sink
-        self.initial = initial  # the watched path until its registration event was seen
+        self.path = path
+        self.initial: bytes | None = path  # the watched path until its registration event was seen
 
 
 class ClientProtocol:
@@ -95,6 +96,9 @@ class ClientProtocol:
         self.max_reply = max_reply if max_reply is not None else PAYLOAD_MAX if xenbus else SOCKET_REPLY_MAX
         self.unknown_events = 0  # events for a token with no watch (late ones after an unwatch)
         self.error: ProtocolError | None = None
+        self.failed_sinks: list[
+            tuple[str, WatchSink, Exception]
+        ] = []  # see _event(); the I/O layer empties it
         self._buf = bytearray()
         self._next_id = first_req_id & 0xFFFFFFFF or 1
         self._pending: dict[int, Request] = {}
@@ -246,7 +250,15 @@ class ClientProtocol:
             match = _SPECIAL_DOMID.fullmatch(path)
             if match is not None:
                 domid = int(match[1])
-        watch.sink(WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, now, initial, domid))
+        try:
+            watch.sink(WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, now, initial, domid))
+        except Exception as exc:
+            # The sink broke its promise not to raise: that ends its own watch (here, and an UNWATCH nobody
+            # waits for), never the connection; the I/O layer reports it from ``failed_sinks``.
+            if self._watches.get(key) is watch:
+                del self._watches[key]
+                self.abandon(self.request(Op.UNWATCH, join(watch.path, watch.token)))
+            self.failed_sinks.append((watch.token, watch.sink, exc))
 
     def _reply(self, op: int, req_id: int, tx_id: int, payload: bytes) -> Request | None:
         # Checked before it leaves the pending table: on a ProtocolError its caller is woken with the rest.

@@ -26,7 +26,7 @@ class Watched(Protocol):
     def _mark_lost(self, why: BaseException) -> None: ...
 
 
-__all__ = ["StallDetector"]
+__all__ = ["StallDetector", "StallFacade"]
 
 _HISTORY = 256  # stalls remembered for stalled_during()
 
@@ -127,3 +127,40 @@ class StallDetector:
         if self._intervals and self._intervals[-1][1] == math.inf:
             self._intervals[-1][1] = now
         self.stalled.value = False
+
+
+class StallFacade:
+    """The connection's face of its :class:`StallDetector` (mixed into :class:`~actors.xs.client.XenStore`)."""
+
+    _stall: StallDetector
+
+    @property
+    def stall_after(self) -> float:
+        return self._stall.stall_after
+
+    @stall_after.setter
+    def stall_after(self, value: float) -> None:
+        self._stall.configure(value, self._stall.stall_limit)
+
+    @property
+    def stall_limit(self) -> float | None:
+        return self._stall.stall_limit
+
+    @stall_limit.setter
+    def stall_limit(self, value: float | None) -> None:
+        self._stall.configure(self._stall.stall_after, value)
+
+    @property
+    def stalled(self) -> trio_util.AsyncBool:
+        """True while requests are pending and no frame arrived for ``stall_after`` seconds."""
+        return self._stall.stalled
+
+    @property
+    def stalls(self) -> int:
+        """How many stalls began on this connection."""
+        return self._stall.count
+
+    def stalled_during(self, start: float, end: float) -> bool:
+        """Was the connection stalled at any moment of [start, end] (trio clock)? A stall counts from the start
+        of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
+        return self._stall.during(start, end)

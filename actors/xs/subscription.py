@@ -31,6 +31,7 @@ class Subscription:
         self.token = token
         self._queue: CoalescingQueue[str, WatchEvent] = CoalescingQueue(capacity, self._hint)
         self._error: BaseException | None = None
+        self._lost = True
 
     def _hint(self, path: str, event: WatchEvent) -> tuple[str, WatchEvent]:
         return self.path, WatchEvent(self.path, self.token, event.received_at)
@@ -51,20 +52,25 @@ class Subscription:
         """Queue an event; never blocks, never raises."""
         self._queue.post(event.path, event)
 
-    def close(self, error: BaseException | None = None) -> None:
-        """End the iteration: cleanly, or with ``error`` once the queued events are consumed."""
+    def close(self, error: BaseException | None = None, *, lost: bool = True) -> None:
+        """End the iteration once the queued events are consumed: cleanly, or with ``error``; as a
+        ConnectionLost caused by it when ``lost`` (the connection went away), else ``error`` itself."""
         if not self._queue.closed:
             self._error = error
+            self._lost = lost
             self._queue.close()
 
     def _end(self) -> NoReturn:
-        if self._error is not None:
+        if self._error is None:
+            raise trio.EndOfChannel
+        if self._lost:
             raise ConnectionLost(str(self._error)) from self._error
-        raise trio.EndOfChannel
+        raise self._error
 
     async def receive(self) -> WatchEvent:
         """The next event; raises ``trio.EndOfChannel`` when closed cleanly, ConnectionLost when the connection
-        went away. A waiting event is returned at once (no trip through the scheduler)."""
+        went away, the sink's error when it raised (see :class:`~actors.xs.client.XenStore`). A waiting event
+        is returned at once (no trip through the scheduler)."""
         try:
             return await self._queue.receive()
         except trio.EndOfChannel:

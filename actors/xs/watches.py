@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import trio
 
 from .daemon import Capabilities
-from .errors import ConnectionLost, PayloadTooLarge, TokenInUse, Unsupported, XenStoreError
+from .errors import PayloadTooLarge, TokenInUse, Unsupported, XenStoreError
 from .protocol import ClientProtocol, Request, WatchSink
-from .stall import StallDetector
 from .subscription import Subscription
 from .wire import PAYLOAD_MAX, Op, check_watch_path, join
 
@@ -28,7 +27,6 @@ class WatchOperations:
     _subscriptions: dict[str, Subscription]
     _tokens: itertools.count[int]
     _lost: BaseException | None
-    _stall: StallDetector
 
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
         raise NotImplementedError
@@ -36,7 +34,7 @@ class WatchOperations:
     async def _wait(self, request: Request, path: str | None) -> bytes:
         raise NotImplementedError
 
-    def _lost_error(self) -> ConnectionLost:
+    def _enqueue(self, make: Callable[[], Request]) -> Request:
         raise NotImplementedError
 
     async def capabilities(self) -> Capabilities:
@@ -46,7 +44,8 @@ class WatchOperations:
         return f"{prefix}{next(self._tokens)}"
 
     async def add_watch(self, path: str, token: str, sink: WatchSink, *, depth: int | None = None) -> None:
-        """Register a watch whose events the reader task hands to ``sink`` (which must not block or raise).
+        """Register a watch whose events the reader task hands to ``sink`` (which must not block; one that
+        raises ends its own watch, kept in ``watch_errors``: see :class:`~actors.xs.client.XenStore`).
 
         The sink is in place before WATCH is sent, so the registration event (``initial``), which may arrive
         before the reply, is not missed. TokenInUse if this connection already has ``token``, with nothing
@@ -60,14 +59,9 @@ class WatchOperations:
             await self._check_depth(path, depth)
         if len(join(raw, token) if depth is None else join(raw, token, str(depth))) > PAYLOAD_MAX:
             raise PayloadTooLarge("watch path and token exceed the payload limit")
-        if self._lost is not None:
-            raise self._lost_error()
         if self._protocol.has_watch(token):  # taken while the capabilities were probed
             raise TokenInUse(path=path)
-        if not self._protocol.pending:
-            self._stall.requests_began()
-        request = self._protocol.watch(raw, token, sink, depth, label=path)
-        request.waiter = trio.Event()
+        request = self._enqueue(lambda: self._protocol.watch(raw, token, sink, depth, label=path))
         try:
             await self._wait(request, path)
         except BaseException:

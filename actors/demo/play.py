@@ -1,4 +1,4 @@
-"""The demo's toolstack and guests (see :mod:`actors.agent.demo`): domains announced the way the seed's libxl
+"""The demo's toolstack and guests (see :mod:`actors.demo`): domains announced the way the seed's libxl
 patch does, churn, well-behaved guests, and the three that misbehave."""
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """``mtwatch demo``: the isolation of xenwatch multithreading, shown on the embedded xenstored (no Xen, no root).
 
-In a temporary folder it runs two real processes, ``mtwatch xenstored`` and ``mtwatch agent`` (with the rule
-set of :mod:`actors.agent.demo_handlers`), then plays the toolstack and the guests against them:
-
-- the toolstack announces domains the way the seed's libxl patch does (the mtwatch node first, in the
-  transaction that creates ``/local/domain/<domid>``; removing it is the last operation of a destroy), and
-  keeps some domains coming and going (churn);
-- every guest writes ``time.monotonic()`` to its ``data/ping`` node twenty times a second;
-- one guest makes its handler hang, one makes its handler crash (again after every restart), one floods its
-  node tree with thousands of writes that a slow handler cannot keep up with.
-
-It shows the agent's live table while that runs, then a summary: the healthy domains' latency (guest write
--> handler, measured by the handlers), against how long the hung handler has been stuck, the crashing
-domain's restarts and state, and what coalescing did to the flood. Every process and the folder are cleaned
-up at the end, on Ctrl-C and on SIGTERM.
+In a temporary folder it runs ``mtwatch xenstored`` and ``mtwatch agent`` (the rules of
+:mod:`actors.demo.handlers`) as child processes, then plays the toolstack and the guests against them
+(:mod:`actors.demo.play`): healthy guests ping, one hangs its handler, one crashes it, one floods. It shows
+the agent's live table, then a summary (:mod:`actors.demo.summary`): the healthy domains' latency against how
+long the hung handler has been stuck, the crashing domain's restarts, what coalescing did to the flood. Every
+process and the folder are cleaned up at the end, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,20 +21,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import Any, BinaryIO, TextIO
 
 import trio
 
 from .. import XenStoreError, XenStoreUnavailable, connect
-from .control import ControlUnavailable, ask_async
-from .demo_handlers import RECORD_ENV
-from .demo_play import Cast, Show
-from .demo_play import play as play_
-from .demo_summary import percentile, read_records, render_summary, summarize
-from .exits import Exit
-from .status import COLUMNS, format_seconds, rates_between, rows
+from ..agent.control import ControlUnavailable, ask
+from ..agent.exits import Exit
+from ..agent.status import COLUMNS, format_seconds, rates_between, rows
+from .handlers import RECORD_ENV
+from .play import Cast, Show
+from .play import play as play_
+from .summary import percentile, read_records, render_summary, summarize
 
 __all__ = ["DemoError", "main", "run_demo"]
 
@@ -59,7 +51,6 @@ class DemoError(Exception):
 def agent_config(socket_path: str, control: str) -> str:
     """The demo's agent configuration: every domain gets every rule; what a guest writes decides which one
     misbehaves for it."""
-    handlers = "actors.agent.demo_handlers"
     return f"""\
 # mtwatch demo: the agent's configuration
 [xenstore]
@@ -77,31 +68,14 @@ backoff_max = 1.0
 
 [control]
 socket = "{control}"
+""" + "".join(
+        f'\n[[watch]]\nname = "{name}"\npath = "/local/domain/{{domid}}/data/{name}"\n'
+        f'call = "actors.demo.handlers:{call}"\ntimeout = {timeout}\n'
+        for name, call, timeout in _RULES
+    )
 
-[[watch]]
-name = "ping"
-path = "/local/domain/{{domid}}/data/ping"
-call = "{handlers}:ping"
-timeout = 5.0
 
-[[watch]]
-name = "hang"
-path = "/local/domain/{{domid}}/data/hang"
-call = "{handlers}:hang"
-timeout = 3600.0
-
-[[watch]]
-name = "crash"
-path = "/local/domain/{{domid}}/data/crash"
-call = "{handlers}:crash"
-timeout = 5.0
-
-[[watch]]
-name = "flood"
-path = "/local/domain/{{domid}}/data/flood"
-call = "{handlers}:slow"
-timeout = 5.0
-"""
+_RULES = [("ping", "ping", 5.0), ("hang", "hang", 3600.0), ("crash", "crash", 5.0), ("flood", "slow", 5.0)]
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -166,25 +140,27 @@ async def _supervise(
                     await process.wait()
 
 
-async def _wait_xenstored(socket_path: str, log_path: str) -> None:
+async def _wait_until(
+    answers: Callable[[], Awaitable[object]], errors: type[Exception], name: str, log: str
+) -> None:
+    """Until ``answers()`` returns without one of ``errors``; after START_TIMEOUT, DemoError with ``name``
+    (what did not answer) and the end of its ``log``."""
     with trio.move_on_after(START_TIMEOUT):
         while True:
-            try:
-                async with connect(socket_path):
-                    return
-            except XenStoreUnavailable:
-                await trio.sleep(0.05)
-    raise DemoError(f"xenstored did not answer on {socket_path}; the end of its log:\n{_tail(log_path)}")
-
-
-async def _wait_agent(control: str, log_path: str) -> None:
-    with trio.move_on_after(START_TIMEOUT):
-        while True:
-            with suppress(ControlUnavailable):
-                await ask_async(control, {"op": "status"})
+            with suppress(errors):
+                await answers()
                 return
-            await trio.sleep(0.1)
-    raise DemoError(f"the agent did not answer on {control}; the end of its log:\n{_tail(log_path)}")
+            await trio.sleep(0.05)
+    raise DemoError(f"{name} did not answer; the end of its log:\n{_tail(log)}")
+
+
+async def _xenstored_answers(socket_path: str) -> None:
+    async with connect(socket_path):
+        pass
+
+
+async def _status(control: str) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(ask, control, {"op": "status"}, abandon_on_cancel=True)
 
 
 async def _wait_running(control: str, domids: Iterable[int]) -> None:
@@ -192,7 +168,7 @@ async def _wait_running(control: str, domids: Iterable[int]) -> None:
     with trio.move_on_after(5):
         while True:
             with suppress(ControlUnavailable):
-                doc = await ask_async(control, {"op": "status"})
+                doc = await _status(control)
                 running = {d["domid"] for d in doc["domains"] if d["state"] == "running"}
                 if running >= set(domids):
                     return
@@ -218,7 +194,7 @@ async def _live_view(
     end = show.started_at + seconds
     while True:
         try:
-            doc = await ask_async(control, {"op": "status"})
+            doc = await _status(control)
         except ControlUnavailable as exc:
             out.write(f"(agent: {exc})\n")
         else:
@@ -279,7 +255,10 @@ async def run_demo(
             )
         )
         try:
-            await _wait_xenstored(socket_path, xenstored_log)
+            where = f"xenstored on {socket_path}"
+            await _wait_until(
+                lambda: _xenstored_answers(socket_path), XenStoreUnavailable, where, xenstored_log
+            )
             async with trio.open_nursery() as agent:
                 await agent.start(
                     functools.partial(
@@ -291,7 +270,8 @@ async def run_demo(
                         grace=AGENT_GRACE,
                     )
                 )
-                await _wait_agent(control, agent_log)
+                where = f"the agent on {control}"
+                await _wait_until(lambda: _status(control), ControlUnavailable, where, agent_log)
                 summary = await _show(control, socket_path, show, rng, seconds, out, interval, record_path)
                 agent.cancel_scope.cancel()
         finally:
@@ -321,15 +301,14 @@ async def _show(
         else:
             await trio.sleep(seconds)
         play.cancel_scope.cancel()
-    final = await ask_async(control, {"op": "status"})
+    final = await _status(control)
     return summarize(show, final, read_records(record_path), seconds)
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
 
 
 async def _until_signal(fn: Callable[[], Any]) -> Any:
@@ -362,11 +341,8 @@ def main(args: argparse.Namespace) -> int:
         summary = trio.run(
             _until_signal, lambda: run_demo(folder, args.seconds, out=out, interval=interval, seed=args.seed)
         )
-    except KeyboardInterrupt:
-        print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
-        return Exit.INTERRUPTED
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+    except BaseException as exc:  # a group (from the nurseries) or one
+        leaves = _leaves(exc)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("mtwatch demo: interrupted; every process stopped", file=sys.stderr)
             return Exit.INTERRUPTED
@@ -375,9 +351,6 @@ def main(args: argparse.Namespace) -> int:
             raise
         for error in known:
             print(f"mtwatch demo: {error}", file=sys.stderr)
-        return Exit.DEGRADED
-    except (DemoError, XenStoreError) as exc:
-        print(f"mtwatch demo: {exc}", file=sys.stderr)
         return Exit.DEGRADED
     finally:
         if args.keep:

@@ -1,4 +1,4 @@
-"""The demo's numbers (see :mod:`actors.agent.demo`): the handlers' latency records, the agent's last status,
+"""The demo's numbers (see :mod:`actors.demo`): the handlers' latency records, the agent's last status,
 and the summary built from them, as JSON or as text."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .demo_play import Show
-from .status import format_seconds
+from ..agent.status import format_seconds
+from .play import Show
 
 __all__ = ["percentile", "read_records", "render_summary", "summarize"]
 
