@@ -15,6 +15,11 @@ taking the parsed arguments and returning a JSON-able dict:
   process, every actor with one watch, beside as many bare trio tasks each owning a nursery and a memory
   channel (the floor), each side in a fresh process: time until all run, memory per actor (RSS, and the Python
   heap by tracemalloc in a second pass), time to leave. The mtwatch tree and the stock-host lifecycle.
+- ``costs``: what the watchdog and the per-domain nursery cost, side by side in one run: the runtime (4,000
+  domains on the mtwatch tree) with and without the watchdog (time until all run, memory per actor) and the
+  events-stream runtime consumer with and without it (events/s, per CPU-second); the floor's bare tasks with
+  and without a nursery each (a bench-only variant: the product has no nursery-less mode), whose difference
+  is what a domain's nursery costs per actor (it does no work per event).
 - ``latency``: the runtime at 1,000 events/s over 100 domains from the streaming daemon: p50/p99/max from the
   connection's reader receiving a frame to the handler starting.
 - ``xenstored``: the same client workload against the embedded xenstored and Debian's real C xenstored.
@@ -88,6 +93,11 @@ async def events_stream(args: argparse.Namespace) -> dict[str, object]:
 @scenario("scale")
 async def scale(args: argparse.Namespace) -> dict[str, object]:
     return await bench_scale.scale(args.domains or size(args, 32_751, 50), args.quick)
+
+
+@scenario("costs")
+async def costs(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_scale.costs(size(args, 4_000, 50), size(args, 200_000, 2_000), args.quick)
 
 
 @scenario("latency")

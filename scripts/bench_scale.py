@@ -53,19 +53,26 @@ async def populate(path: str, count: int, lifecycle: str) -> None:
 # -- the two measured sides, each in its own process --------------------------------------------------------
 
 
-async def floor(count: int) -> dict[str, float]:
-    """``count`` bare tasks, each owning a nursery and a memory channel and waiting on it."""
+async def floor(count: int, with_nursery: bool = True) -> dict[str, float]:
+    """``count`` bare tasks, each owning a nursery (unless ``with_nursery`` is False: the bench-only variant that
+    prices a nursery) and a memory channel and waiting on it."""
     running = 0
     all_running = trio.Event()
 
-    async def task() -> None:
+    async def wait() -> None:
         nonlocal running
-        async with trio.open_nursery():
-            _send, receive = trio.open_memory_channel[object](64)
-            running += 1
-            if running == count:
-                all_running.set()
-            await receive.receive()
+        _send, receive = trio.open_memory_channel[object](64)
+        running += 1
+        if running == count:
+            all_running.set()
+        await receive.receive()
+
+    async def task() -> None:
+        if with_nursery:
+            async with trio.open_nursery():
+                await wait()
+        else:
+            await wait()
 
     rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
@@ -79,16 +86,21 @@ async def floor(count: int) -> dict[str, float]:
     return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
 
 
-async def runtime(path: str, count: int, lifecycle: str) -> dict[str, float]:
+async def runtime(path: str, count: int, lifecycle: str, watchdog: bool = True) -> dict[str, float]:
     """The runtime on an already populated store, as the agent runs it (its own connection, connect=); every
-    domain's actor with one watch."""
+    domain's actor with one watch; without the watchdog thread if ``watchdog`` is False."""
 
     async def noop(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
         pass
 
     rss0, heap0, start, cpu0 = rss(), heap(), time.perf_counter(), time.process_time()
     connect = functools.partial(actors.connect, path)
-    async with actors.open_runtime(connect=connect, lifecycle=lifecycle) as rt:  # type: ignore[arg-type]
+    threshold = actors.RuntimeOptions().block_threshold if watchdog else None
+    async with actors.open_runtime(
+        connect=connect,
+        lifecycle=lifecycle,
+        block_threshold=threshold,
+    ) as rt:
         rt.watch("/local/domain/{domid}/data", noop)
         for domid in range(1, count + 1):
             await rt.wait_domain(domid, actors.State.RUNNING)
@@ -166,12 +178,69 @@ async def scale(count: int, quick: bool = False) -> dict[str, object]:
     return result
 
 
+async def costs(count: int, events: int, quick: bool = False) -> dict[str, object]:
+    """What the watchdog and the per-domain nursery cost, side by side in one run.
+
+    The watchdog: the runtime (mtwatch tree, ``count`` domains, as in ``scale``) with and without it (time
+    until all run, memory per actor), and the events-stream runtime consumer with and without it (events/s
+    and per CPU-second, each twice, alternating). The nursery: the product has no mode without it, so the
+    floor's bare tasks are measured with and without a nursery each (a bench-only variant): the difference
+    is what one nursery costs per actor; it does no work per event (a handler runs in the actor's own task,
+    the nursery's scope is entered once per incarnation)."""
+    from bench_stream import daemon_process, stream_daemon
+    from bench_stream import runtime as stream_runtime
+
+    result: dict[str, object] = {"domains": count}
+    path = os.path.join(tempfile.mkdtemp(prefix="mtwc", dir="/tmp"), "socket")
+    async with daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", path]):
+        await populate(path, count, "mtwatch")
+        with_dog = await measure(["runtime", str(count), path, "mtwatch"], quick)
+        without = await measure(["runtime", str(count), path, "mtwatch", "--no-watchdog"], quick)
+    rates: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
+    async with stream_daemon(100) as (stream_path, _proc):
+        for _ in range(1 if quick else 2):
+            for side, threshold in (("with", 0.5), ("without", None)):
+                elapsed, seen, cpu = await stream_runtime(stream_path, 100, events, block_threshold=threshold)
+                rates[side].append((seen / elapsed, seen / max(cpu, 1e-9)))
+
+    def stream(side: str) -> dict[str, int]:
+        return {
+            "events_per_s": round(max(r for r, _ in rates[side])),
+            "events_per_cpu_s": round(max(c for _, c in rates[side])),
+        }
+
+    result["watchdog"] = {
+        "with": {**with_dog, "events_stream": stream("with")},
+        "without": {**without, "events_stream": stream("without")},
+    }
+    nested = await measure(["floor", str(count)], quick)
+    bare = await measure(["floor", str(count), "--no-nursery"], quick)
+
+    def difference(key: str) -> int:
+        more, less = nested[key], bare[key]
+        assert isinstance(more, int) and isinstance(less, int)
+        return more - less
+
+    result["nursery"] = {
+        "floor_with_nursery": nested,
+        "floor_without_nursery": bare,
+        "heap_bytes_per_nursery": difference("heap_bytes_per_actor"),
+        "rss_bytes_per_nursery": difference("rss_bytes_per_actor"),
+    }
+    return result
+
+
 def main(argv: list[str]) -> None:
     if "--tracemalloc" in argv:
         argv.remove("--tracemalloc")
         tracemalloc.start()
+    flags = {"--no-watchdog", "--no-nursery"} & set(argv)
+    argv = [arg for arg in argv if arg not in flags]
     kind, count = argv[0], int(argv[1])
-    out = trio.run(floor, count) if kind == "floor" else trio.run(runtime, argv[2], count, argv[3])
+    if kind == "floor":
+        out = trio.run(floor, count, "--no-nursery" not in flags)
+    else:
+        out = trio.run(runtime, argv[2], count, argv[3], "--no-watchdog" not in flags)
     print(json.dumps(out))
 
 

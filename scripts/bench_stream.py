@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.lowlevel
@@ -192,8 +193,9 @@ async def client_subscriptions(path: str, domains: int, count: int, batch: bool)
     return elapsed, seen - domains, cpu
 
 
-async def runtime(path: str, domains: int, count: int) -> tuple[float, int, float]:
-    """The runtime on the mtwatch tree: a no-op handler per domain, mailboxes that keep every event."""
+async def runtime(path: str, domains: int, count: int, **options: Any) -> tuple[float, int, float]:
+    """The runtime on the mtwatch tree: a no-op handler per domain, mailboxes that keep every event (and the
+    RuntimeOptions fields in ``options``)."""
     handled = 0
     target = domains + count
     done = trio.Event()
@@ -211,7 +213,7 @@ async def runtime(path: str, domains: int, count: int) -> tuple[float, int, floa
         actors.connect(path) as xs,
         # The raw event path, every event kept: flood control (rightly) would throttle this stream.
         actors.open_runtime(
-            xs, lifecycle="mtwatch", mailbox_size=target, flood_rate=None, flood_high_water=None
+            xs, lifecycle="mtwatch", mailbox_size=target, flood_rate=None, flood_high_water=None, **options
         ) as rt,
     ):
         rt.watch("/local/domain/{domid}/data", handler)

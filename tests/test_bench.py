@@ -58,6 +58,24 @@ def test_scale_measures_both_lifecycles_beside_the_floor(report: dict[str, objec
         }
 
 
+def test_costs_of_the_watchdog_and_the_nursery_side_by_side(report: dict[str, object]) -> None:
+    costs = section(report, "costs")
+    watchdog = section(costs, "watchdog")
+    for side in ("with", "without"):
+        figures = section(watchdog, side)
+        assert isinstance(figures["heap_bytes_per_actor"], int) and figures["heap_bytes_per_actor"] > 0
+        events = section(figures, "events_stream")
+        assert isinstance(events["events_per_s"], int) and events["events_per_s"] > 0
+    nursery = section(costs, "nursery")
+    assert set(nursery) == {
+        "floor_with_nursery",
+        "floor_without_nursery",
+        "heap_bytes_per_nursery",
+        "rss_bytes_per_nursery",
+    }
+    assert isinstance(nursery["heap_bytes_per_nursery"], int)
+
+
 def test_latency_handles_every_event(report: dict[str, object]) -> None:
     latency = section(report, "latency")
     assert latency["handled"] == latency["events"]

@@ -4,12 +4,14 @@ per watch, an interrupt seen by a receiver with nothing to do, and a purge that 
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 import actors
 from actors.runtime.mailbox import Envelope, Item, Mailbox
 from actors.runtime.messages import DomainNotRunning, Message, Reply
+from actors.xs.coalesce import Interrupted
 
 
 async def noop(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
@@ -74,7 +76,9 @@ async def test_interrupt_wakes_an_idle_receiver_and_purge_tells_every_asker() ->
     got: list[object] = []
 
     async def receiver() -> None:
-        got.append(await mailbox.receive_batch(64))
+        with pytest.raises(Interrupted):
+            await mailbox.receive_batch(64)
+        got.append([])
         got.append(await mailbox.receive())
 
     async with trio.open_nursery() as nursery:

@@ -173,3 +173,28 @@ async def test_the_name_and_the_stop_time_show_in_the_snapshot(
     await actors.retire_domain(xs, 12)
     await until(rt, lambda: rt.domains[12].state is State.STOPPING)
     assert rt.domains[12].stopping_since == pytest.approx(trio.current_time(), abs=0.5)
+
+
+async def test_on_start_hooks_that_never_end_do_not_hold_up_other_domains_starting(
+    rt: actors.Runtime, xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The runtime's own start requests go a bounded number of actors at a time (256); the on_start hooks are
+    outside that bound, so 300 domains whose hook hangs leave room for one more to start."""
+    hung = list(range(1, 301))
+    release = trio.Event()
+
+    @rt.on_start
+    async def hook(ctx: DomainContext) -> None:
+        if ctx.domid in hung:
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        for first in range(0, len(hung), 50):
+            nursery.start_soon(announce, xs, *hung[first : first + 50])
+    await until(rt, lambda: len(rt.domains) == len(hung))
+    await announce(xs, 400)
+    with trio.fail_after(60):
+        await rt.wait_domain(400, State.RUNNING)
+    assert all(rt.domains[domid].state is State.STARTING for domid in hung)
+    release.set()
+    await until(rt, lambda: all(snapshot.state is State.RUNNING for snapshot in rt.domains.values()))

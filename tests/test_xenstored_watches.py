@@ -88,6 +88,30 @@ async def test_unwatch(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None
     assert await b.error(Op.UNWATCH, join("/u", "t")) == "ENOENT"
 
 
+async def test_many_watches_on_one_connection_keep_their_order_through_unwatch_and_reset(
+    raw_pair: tuple[XenStored, RawClient, RawClient],
+) -> None:
+    """A connection's watches are kept by (path, token): a duplicate among hundreds is refused, one removed in
+    the middle leaves the others firing in registration order, and RESET_WATCHES drops them all."""
+    _, a, b = raw_pair
+    for i in range(300):
+        await b.watch(f"/m/{i % 100}", f"t{i // 100}")
+        await b.event()
+    assert await b.error(Op.WATCH, join("/m/42", "t1")) == "EEXIST"
+    await b.unwatch("/m/42", "t1")
+    assert await b.error(Op.UNWATCH, join("/m/42", "t1")) == "ENOENT"
+    await a.write("/m/42", "1")
+    assert [await b.event(), await b.event()] == [(b"/m/42", b"t0"), (b"/m/42", b"t2")]
+    await b.no_event()
+    await b.watch("/m/42", "t1")  # registered again: now the last of the three
+    await b.event()
+    await a.write("/m/42", "2")
+    assert [await b.event() for _ in range(3)] == [(b"/m/42", b"t0"), (b"/m/42", b"t2"), (b"/m/42", b"t1")]
+    assert await b.call(Op.RESET_WATCHES, b"") == b"OK\0"
+    await a.write("/m/7", "1")
+    await b.no_event()
+
+
 async def test_relative_watch_gives_relative_paths(raw_pair: tuple[XenStored, RawClient, RawClient]) -> None:
     _, a, b = raw_pair
     await b.watch("rel", "t")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+from loguru import logger
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -49,24 +50,38 @@ class DomainContext:
     the domid), ``state`` (a dict of the handlers' own, for this incarnation), and the incarnation's scope:
     ``start_soon`` and ``nursery``."""
 
-    __slots__ = ("_nursery", "_run_task", "_source", "domid", "identity", "log", "state")
+    __slots__ = ("_log", "_nursery", "_run_task", "_source", "_state", "domid", "identity")
 
     def __init__(
         self,
         domid: int,
         identity: bytes,
         source: ConnectionSource,
-        log: Logger,
+        log: Logger | None = None,
         nursery: trio.Nursery | None = None,
         run_task: TaskRunner | None = None,
     ) -> None:
         self.domid = domid
         self.identity = identity
         self._source = source
-        self.log = log
-        self.state: dict[str, Any] = {}
+        self._log = log  # None: bound with the domid on first use
+        self._state: dict[str, Any] | None = None
         self._nursery = nursery
         self._run_task = run_task
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The handlers' own dict for this incarnation (made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @property
+    def log(self) -> Logger:
+        """loguru, bound with the domid."""
+        if self._log is None:
+            self._log = logger.bind(domid=self.domid)
+        return self._log
 
     @property
     def xs(self) -> XenStore:

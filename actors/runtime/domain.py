@@ -7,47 +7,77 @@ the domain, or a bug in this module, is a failure of this domain only: logged wi
 incarnation cancelled, and the actor restarted after a backoff (on_start again, watches again; registering a
 watch makes the daemon fire it once, which is the resync event). Too many failures within the policy's period
 and the actor stays ``failed`` until its identity changes or ``rt.reset(domid)``.
+
+This module is the actor's life: what the runtime asks of it (never blocking), its watches, its supervision, an
+incarnation's start and stop. Its mailbox side (messages in, the serving loop out) is :mod:`.serving`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import TYPE_CHECKING
 
 import trio
 from loguru import logger
 
 from ..xs.errors import XenStoreError
 from ..xs.subscription import WatchEvent
-from .calls import (
-    HandlerFailed,
-    call_handler,
-    call_hook,
-    excused_since,
-    failure_of,
-    is_connection_loss,
-    log_failure,
-    run_task,
-)
+from .calls import HandlerFailed, call_hook, failure_of, log_failure, run_task
 from .context import DomainContext, DomainSnapshot, State
 from .flood import FloodGate
 from .host import ActorHost
-from .mailbox import Envelope, Item, Mailbox
-from .messages import Message
+from .mailbox import Envelope, Mailbox
+from .serving import ACCEPTING, Serving
 from .supervisor import RestartTracker
 from .watches import Registrations, Watch
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
 __all__ = ["DomainActor"]
 
-_ACCEPTING = (State.STARTING, State.RUNNING)
-_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping", "throttled")}
 _REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
 
 
-class DomainActor:
+def _log_starting(identity: bytes) -> None:
+    # Not from the coroutine: loguru takes its caller's frame object, which a coroutine keeps for its life.
+    logger.info("domain actor starting (identity {!r})", identity)
+
+
+class DomainActor(Serving):
     """Lives from its mtwatch node's appearance to its removal; see the module docstring."""
 
+    # Slots: 32,000 actors each with an instance dict of 30 entries would cost 1.5 KB apiece.
+    __slots__ = (
+        "_changed_at",
+        "_log",
+        "_reload_requested",
+        "_reset_requested",
+        "_wake",
+        "desired",
+        "domid",
+        "failure",
+        "failures",
+        "flood",
+        "generation",
+        "identity",
+        "last_error",
+        "last_exception",
+        "mailbox",
+        "name",
+        "nursery",
+        "restarts",
+        "rt",
+        "scope",
+        "state",
+        "stopping_since",
+        "task",
+        "tracker",
+        "watches",
+    )
+
     def __init__(self, runtime: ActorHost, domid: int, identity: bytes) -> None:
+        super().__init__()
         self.rt = runtime
         self.domid = domid
         self.identity = identity
@@ -55,27 +85,20 @@ class DomainActor:
         self.state = State.STARTING  # waited on through the runtime's `changed` event, not per actor
         options = runtime.options
         self.mailbox = Mailbox(options.mailbox_size, options.overflow_limit, options.message_limit)
-        self.tracker = RestartTracker(runtime.options.restart)
+        self.tracker: RestartTracker | None = None  # made at the first failure: most actors never fail
         self.generation = 0
-        self.handled = 0
-        self.dropped = 0
-        self.interrupted = 0
         self.failures = 0
         self.restarts = 0
-        self.messages = 0  # messages waiting in the mailbox
         self.name: str | None = None
-        self.busy_since: float | None = None
-        self.busy_path: str | None = None
         self.stopping_since: float | None = None
         self.last_error: str | None = None
         self.last_exception: BaseException | None = None
         self.failure: HandlerFailed | None = None  # the running incarnation's failure, once it has one
-        self.log = logger.bind(domid=domid)
+        self._log: Logger | None = None  # bound on first use: most actors never log outside their task
         self.scope: trio.CancelScope | None = None  # the running incarnation's nursery's scope
         self.nursery: trio.Nursery | None = None
         self.task: trio.lowlevel.Task | None = None  # the actor's own task, while it runs
-        self._dropped_by: dict[str, int] | None = None
-        self.watches = Registrations(domid, self.log)
+        self.watches = Registrations(domid)
         self.flood = FloodGate(runtime.options)
         # One task per actor, so a stop request reaches it through these rather than through a watcher task:
         # _wake exists while the actor waits in backoff or failed.
@@ -83,6 +106,13 @@ class DomainActor:
         self._reset_requested = False
         self._reload_requested = False
         self._changed_at = 0.0  # when ``desired`` last changed: the stop deadline counts from there
+
+    @property
+    def log(self) -> Logger:
+        """loguru, bound with the domid."""
+        if self._log is None:
+            self._log = logger.bind(domid=self.domid)
+        return self._log
 
     def snapshot(self) -> DomainSnapshot:
         return DomainSnapshot(
@@ -116,7 +146,7 @@ class DomainActor:
     def reload(self) -> None:
         """End the running incarnation (its tasks cancelled with reason ``reload``, on_stop hooks run) and
         start a new one (on_start hooks, watches): not a failure."""
-        if self.state in _ACCEPTING:
+        if self.state in ACCEPTING:
             self._reload_requested = True
             self._request_stop()
 
@@ -133,21 +163,23 @@ class DomainActor:
         self._changed_at = trio.current_time()
         if self._wake is not None:
             self._wake.set()
-        if identity == self.identity and self.scope is not None and self.state in _ACCEPTING:
+        if identity == self.identity and self.scope is not None and self.state in ACCEPTING:
             self.scope.deadline = math.inf  # a stop withdrawn in time
             return
         self._request_stop()
 
     def _request_stop(self) -> None:
+        # Parked on its empty mailbox, it runs nothing a deadline could cut short: the interrupt alone stops it.
+        idle = self.mailbox.receiving
         self.mailbox.interrupt()  # an idle actor wakes up and sees the change
-        if self.scope is not None:
+        if self.scope is not None and not idle:
             grace = trio.current_time() + self.rt.options.stop_deadline * 0.75
             self.scope.deadline = min(self.scope.deadline, grace)
 
     def charge(self, failure: HandlerFailed) -> None:
         """A failure that happened for this domain outside its own task (an observer, the watchdog): it ends
         the running incarnation like a handler's failure; between incarnations it is logged and counted."""
-        if self.scope is not None and self.failure is None and self.state in _ACCEPTING:
+        if self.scope is not None and self.failure is None and self.state in ACCEPTING:
             self.failure = failure
             self.scope.cancel(reason="restart")
         else:
@@ -155,7 +187,7 @@ class DomainActor:
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
         """The router's way in: called from the connection's reader task, never blocks."""
-        if generation != self.generation or self.state not in _ACCEPTING:
+        if generation != self.generation or self.state not in ACCEPTING:
             self._drop(_REFUSAL.get(self.state, "stopping"))
             return
         flood = self.flood
@@ -170,40 +202,13 @@ class DomainActor:
             # them first would only delay it (messages stay).
             self._drop("throttled", self.mailbox.purge_events())
 
-    def post_message(self, message: Message) -> bool:
-        """Queue a message if the actor runs and has room (False otherwise); never blocks."""
-        if self.state not in _ACCEPTING or self.messages >= self.rt.options.message_limit:
-            return False
-        self.messages += 1
-        self.mailbox.post(message)
-        return True
-
-    def _drop(self, reason: str, count: int = 1) -> None:
-        self.dropped += count
-        if self._dropped_by is None:
-            self._dropped_by = {}
-        self._dropped_by[reason] = self._dropped_by.get(reason, 0) + count
-        self.rt._emit(_DROPPED_KIND[reason], self.domid, count)
-
-    def _purge(self) -> None:
-        dropped = self.mailbox.purge(self.domid)
-        self.messages = 0
-        if dropped:
-            self._drop("stopping", dropped)
-
     # -- watches ----------------------------------------------------------------------------------------
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet (not while
         throttled: the throttle's end does it)."""
-        if self.state in _ACCEPTING and self.flood.throttled_since is None:
-            generation = self.generation
-            await self.watches.attach(
-                self.rt.connection,
-                self.rt.domain_watches(),
-                generation,
-                lambda watch, path: functools.partial(self.post, watch, generation, path),
-            )
+        if self.state in ACCEPTING and self.flood.throttled_since is None:
+            await self.watches.attach(self.rt.connection, self.rt.domain_watches(), self.generation, self)
 
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation. At the
@@ -220,21 +225,22 @@ class DomainActor:
         """The whole life of the actor; returns once its node is gone and it has stopped. Raises nothing but
         Cancelled: a bug here is logged and ends only this actor (the next registry event makes a new one)."""
         self.task = trio.lowlevel.current_task()
-        with logger.contextualize(domid=self.domid):
-            try:
-                while (identity := self.desired) is not None:
-                    await self._live(identity)
-            except Exception:
-                self.log.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
-            finally:
-                self.task = None
-                self.rt._forget(self.domid, self)
+        # The runtime spawned this task inside ``logger.contextualize(domid=...)``: its log lines (and the
+        # handlers') carry the domid.
+        try:
+            while (identity := self.desired) is not None:
+                await self._live(identity)
+        except Exception:
+            logger.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
+        finally:
+            self.task = None
+            self.rt._forget(self.domid, self)
 
     async def _live(self, identity: bytes) -> None:
         """Incarnations with this identity, supervised, until ``desired`` changes."""
         self.identity = identity
-        self.tracker.reset()
-        self.log.info("domain actor starting (identity {!r})", identity)
+        self.tracker = None  # a new identity starts with a clean restart history
+        _log_starting(identity)
         while True:
             try:
                 failure = await self._incarnation(identity)
@@ -260,10 +266,13 @@ class DomainActor:
 
     async def _back_off(self, identity: bytes) -> bool:
         """After a failure: wait the backoff, or stay failed until reset. False if ``desired`` changed."""
-        if not self.tracker.failure_allows_restart(trio.current_time()):
+        if self.tracker is None:
+            self.tracker = RestartTracker(self.rt.options.restart)
+        tracker = self.tracker
+        if not tracker.failure_allows_restart(trio.current_time()):
             self._set_state(State.FAILED)
-            policy = self.tracker.policy
-            self.log.error(
+            policy = tracker.policy
+            logger.error(
                 "more than {} failures within {:g} s: domain failed; its events are dropped until its"
                 " identity changes or it is reset",
                 policy.max_restarts,
@@ -273,12 +282,12 @@ class DomainActor:
             while self.desired == identity and not self._reset_requested:
                 await self._wait_wake()
             if self.desired == identity:
-                self.log.info("domain reset")
-                self.tracker.reset()
+                logger.info("domain reset")
+                tracker.reset()
             return self.desired == identity
-        delay = self.tracker.next_delay()
+        delay = tracker.next_delay()
         self._set_state(State.BACKOFF)
-        self.log.info("restarting in {:.3g} s", delay)
+        logger.info("restarting in {:.3g} s", delay)
         with trio.move_on_after(delay):
             while self.desired == identity:
                 await self._wait_wake()
@@ -307,8 +316,9 @@ class DomainActor:
             try:
                 async with trio.open_nursery() as nursery:
                     self.scope, self.nursery = nursery.cancel_scope, nursery
-                    ctx = DomainContext(self.domid, identity, self.rt, self.log, nursery, run_task)
-                    await self._start_and_serve(ctx, identity)
+                    ctx = DomainContext(self.domid, identity, self.rt, None, nursery, run_task)
+                    if await self._start(ctx, identity):
+                        await self._serve(ctx, identity)
                     self._begin_stop()
                     nursery.cancel_scope.cancel(reason=self._stop_reason(identity))
             except* Exception as group:
@@ -336,96 +346,28 @@ class DomainActor:
             return "shutdown" if self.rt.closing else "retired"
         return "restart"
 
-    async def _start_and_serve(self, ctx: DomainContext, identity: bytes) -> None:
-        await self._read_name()
+    async def _start(self, ctx: DomainContext, identity: bytes) -> bool:
+        """The name, on_start hooks, watches; True if the actor runs now (False: asked to stop meanwhile).
+        (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)"""
+        # The runtime's requests of a start (not the hooks: user code may take its time) go a bounded number
+        # of actors at a time: 32,000 actors announced at once would otherwise each hold a request in flight,
+        # a peak of memory the process keeps (and a long queue at the daemon).
+        async with self.rt.start_requests:
+            await self._read_name()
         for hook in self.rt.start_hooks():
             await call_hook(ctx, hook, "on_start hook")
-        if self.desired == identity and not self._reload_requested:
+        if self.desired != identity or self._reload_requested:
+            return False
+        async with self.rt.start_requests:
             await self.attach()
-            self._set_state(State.RUNNING)
-            await self._serve(ctx, identity)
+        self._set_state(State.RUNNING)
+        return True
 
     async def _read_name(self) -> None:
         try:
             self.name = (await self.rt.xs.read(f"/local/domain/{self.domid}/name")).decode(errors="replace")
         except XenStoreError:  # absent, not permitted, or the connection is down: no name
             self.name = None
-
-    async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
-        """Handle events and messages one at a time, in order, until ``desired`` changes or a reload is
-        asked for. Raises HandlerFailed."""
-        mailbox = self.mailbox
-        while self.desired == identity and not self._reload_requested:
-            batch = await mailbox.receive_batch(64)  # [] when interrupted: look at desired again
-            done = 0
-            try:
-                for item in batch:
-                    if self.desired != identity or self._reload_requested:
-                        return
-                    done += 1
-                    if type(item) is Message:
-                        await self._handle_message(ctx, item)
-                    else:
-                        assert isinstance(item, Envelope)
-                        await self._handle_event(ctx, item)
-            finally:
-                if done < len(batch):  # stopped, failed or cancelled within the batch
-                    self._put_back(batch, done)
-
-    def _put_back(self, batch: list[Item], index: int) -> None:
-        """What a stop or a failure left of a batch goes the way of everything waiting then (purged: messages
-        abandoned, events counted as dropped)."""
-        for item in batch[index:]:
-            if type(item) is Message:
-                item.abandon(self.domid)
-                self.messages -= 1
-        self._drop("stopping", len(batch) - index)
-
-    async def _handle_event(self, ctx: DomainContext, item: Envelope) -> None:
-        if not item.watch.active:
-            self.dropped += 1
-            return
-        self.busy_path = item.event.path
-        now = trio.current_time()
-        self.rt._observe_latency(self.domid, now - item.event.received_at)
-        while True:
-            self.busy_since = now
-            completed = await call_handler(ctx, item.watch, item.event, now)
-            self.busy_since = None
-            if completed:
-                self.handled += 1
-                self.rt._count_event(self.domid)
-                return
-            self.interrupted += 1  # by the daemon: not the domain's fault
-            xs = self.rt.connection
-            if xs is None or xs.is_lost:
-                return  # the reconnect's resync event stands for this one
-            await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
-            now = trio.current_time()
-
-    async def _handle_message(self, ctx: DomainContext, message: Message) -> None:
-        self.messages -= 1
-        handler = self.rt.message_handler
-        if handler is None:
-            message.abandon(self.domid)
-            return
-        self.busy_since, self.busy_path = trio.current_time(), "message"
-        try:
-            result = await handler(ctx, message.body)
-        except Exception as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
-            if is_connection_loss(exc) or excused_since(ctx, self.busy_since or 0.0):
-                self.interrupted += 1
-                return
-            raise HandlerFailed(exc, "message handler") from exc
-        else:
-            if message.reply is not None:
-                message.reply.succeed(result)
-            self.handled += 1
-        finally:
-            self.busy_since = None
-            message.abandon(self.domid)  # cancelled: the asker learns the domain stopped (no-op if answered)
 
     def _begin_stop(self) -> None:
         self._set_state(State.STOPPING)
@@ -435,18 +377,21 @@ class DomainActor:
     async def _stop(self, ctx: DomainContext) -> None:
         """No new events; on_stop hooks within the stop deadline. (A handler that was running had up to three
         quarters of the deadline to finish, through set_desired, before it was cancelled.)"""
-        self.log.info("domain actor stopping")
+        logger.info("domain actor stopping")
         await self.detach()
         self._purge()
         # The whole stop, a running handler's grace included, ends within the deadline of the request; on_stop
         # gets what the handler left of it, and at least a quarter.
+        hooks = self.rt.stop_hooks()
+        if not hooks:
+            return
         deadline = self.rt.options.stop_deadline
         stop_at = max(self._changed_at + deadline, trio.current_time() + deadline * 0.25)
         with trio.move_on_at(stop_at) as scope:
-            for hook in self.rt.stop_hooks():
+            for hook in hooks:
                 try:
                     await call_hook(ctx, hook, "on_stop hook")
                 except HandlerFailed as failure:
                     log_failure(self.log, failure, level="WARNING")
         if scope.cancelled_caught:
-            self.log.warning("on_stop hooks cut short by the stop deadline")
+            logger.warning("on_stop hooks cut short by the stop deadline")

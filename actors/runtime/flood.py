@@ -31,8 +31,10 @@ class Flooded(Protocol):
     """What flood control needs of a domain actor."""
 
     domid: int
-    log: Logger
     rt: ActorHost
+
+    @property
+    def log(self) -> Logger: ...
 
     async def attach(self) -> None: ...
 

@@ -3,8 +3,10 @@ runtime's."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
 
 from .context import DomainContext
 from .options import RuntimeOptions
@@ -25,6 +27,7 @@ class ActorHost(Protocol):
     connection: XenStore | None
     message_handler: MessageHandler | None
     owns_connection: bool
+    start_requests: trio.CapacityLimiter  # bounds the actors whose start requests are in flight
 
     @property
     def xs(self) -> XenStore: ...
@@ -34,9 +37,9 @@ class ActorHost(Protocol):
 
     def domain_watches(self) -> list[Watch]: ...
 
-    def start_hooks(self) -> Iterable[Hook]: ...
+    def start_hooks(self) -> tuple[Hook, ...]: ...
 
-    def stop_hooks(self) -> Iterable[Hook]: ...
+    def stop_hooks(self) -> tuple[Hook, ...]: ...
 
     def _changed(self) -> None: ...
 

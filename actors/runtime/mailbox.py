@@ -3,7 +3,7 @@ path); messages (:class:`~.messages.Message`) travel in it too, in order, and ar
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +79,13 @@ class Mailbox:
             assert isinstance(envelope, Message)
             envelope.abandon(0)
 
+    @property
+    def receiving(self) -> bool:
+        """Is a receiver parked here, waiting for an item?"""
+        return self._queue.receiving
+
     def interrupt(self) -> None:
-        """Make a waiting (or the next idle) :meth:`receive` return None, :meth:`receive_batch` an empty list:
+        """Make a waiting (or the next idle) :meth:`receive` return None, :meth:`receive_batch` raise Interrupted:
         the receiver looks at its state again. A receiver with items waiting gets them, and is expected to look
         at its state between items anyway."""
         self._queue.interrupt()
@@ -92,13 +97,11 @@ class Mailbox:
         except Interrupted:
             return None
 
-    async def receive_batch(self, max_items: int) -> list[Item]:
-        """Up to ``max_items`` waiting envelopes and messages in order (waiting for one), or [] after
-        :meth:`interrupt`; one trip through the scheduler per batch."""
-        try:
-            return await self._queue.receive_batch(max_items)
-        except Interrupted:
-            return []
+    def receive_batch(self, max_items: int) -> Coroutine[Any, Any, list[Item]]:
+        """``await mailbox.receive_batch(n)``: up to ``n`` waiting envelopes and messages in order (waiting for
+        one); one trip through the scheduler per batch. Raises :class:`~actors.xs.coalesce.Interrupted` after
+        :meth:`interrupt`. (The queue's own coroutine: no frame of this method stays on an idle actor.)"""
+        return self._queue.receive_batch(max_items)
 
     def purge_events(self) -> int:
         """Drop every waiting event, keeping the messages in their order; returns how many were dropped."""
@@ -107,6 +110,8 @@ class Mailbox:
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how
         many."""
+        if not len(self._queue):
+            return 0  # the usual case (an actor starting or stopping idle): no WouldBlock raised and caught
         count = 0
         while True:
             try:

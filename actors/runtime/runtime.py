@@ -4,7 +4,7 @@ live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,6 @@ from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
-from .calls import HandlerFailed, log_failure
 from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
@@ -22,21 +21,20 @@ from .domain import DomainActor
 from .host import MessageHandler
 from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
 from .mailing import Messaging
+from .observing import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
-from .watchdog import LoopBlocked, Watchdog
+from .watchdog import Watchdog
 from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
 
-Observer = Callable[[str, int, float], None]
-
 _ATTACH_CONCURRENCY = 256
 
 
-class Runtime(Messaging):
+class Runtime(Messaging, Observing):
     """Made by :func:`open_runtime`; see there."""
 
     def __init__(self, nursery: trio.Nursery, source: LifecycleSource, options: RuntimeOptions) -> None:
@@ -60,6 +58,7 @@ class Runtime(Messaging):
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self.message_handler: MessageHandler | None = None
         self._workers = trio.CapacityLimiter(options.worker_threads)
+        self.start_requests = trio.CapacityLimiter(_ATTACH_CONCURRENCY)  # see DomainActor._start
         self._watchdog: Watchdog | None = None
         self._closing = False
 
@@ -149,16 +148,6 @@ class Runtime(Messaging):
         for actor in self._actors.values() if domid is None else [self._actors[domid]]:
             actor.reload()
 
-    def observe(self, fn: Observer) -> None:
-        """``fn(kind, domid, value)`` for metrics: kinds ``event``, ``failure``, ``restart``, ``latency``
-        (seconds from the reader receiving an event to its handler starting), ``reconnect`` (domid 0),
-        ``stall`` (domid 0: the daemon stalled), ``blocked`` (seconds the loop was blocked, charged
-        to the domain whose code ran), ``gone``, ``throttled`` (1 when flood control throttles the domain, 0
-        when it is watched again), ``dropped:<reason>`` (an event or message refused or purged: reasons
-        ``failed``, ``backoff``, ``stopping``, ``throttled``). An observer that raises for a domain is that domain's failure (for domid 0: logged and
-        counted as a default actor failure)."""
-        self._observers.append(fn)
-
     def reset(self, domid: int) -> None:
         """Take a failed domain out of ``failed``: it starts again with a clean restart history."""
         actor = self._actors.get(domid)
@@ -191,10 +180,10 @@ class Runtime(Messaging):
     def domain_watches(self) -> list[Watch]:
         return [w for w in self._watches if w.per_domain]
 
-    def start_hooks(self) -> Iterable[Hook]:
+    def start_hooks(self) -> tuple[Hook, ...]:
         return tuple(self._start_hooks)
 
-    def stop_hooks(self) -> Iterable[Hook]:
+    def stop_hooks(self) -> tuple[Hook, ...]:
         return tuple(self._stop_hooks)
 
     @property
@@ -225,51 +214,13 @@ class Runtime(Messaging):
             return True
         return self._watchdog is not None and self._watchdog.blocked_during(start, domid)
 
-    def _loop_blocked(self, domid: int | None, seconds: float) -> None:
-        """The watchdog's report, in the trio thread: the block is ``domid``'s failure."""
-        self._emit("blocked", domid or 0, seconds)
-        failure = HandlerFailed(LoopBlocked(f"blocked the event loop for {seconds:.3g} s"), "domain code")
-        actor = self._actors.get(domid) if domid else None
-        if actor is not None:
-            actor.charge(failure)
-        elif domid == 0:
-            self._default.failures += 1
-            log_failure(logger.bind(domid=0), failure)
-
     def _changed(self) -> None:
         self.changed.set()
-
-    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None:
-        for fn in self._observers:
-            try:
-                fn(kind, domid, value)
-            except Exception as exc:
-                self._observer_failed(fn, kind, domid, exc)
-
-    def _observer_failed(self, fn: Observer, kind: str, domid: int, exc: Exception) -> None:
-        """An observer raised for ``domid``: that domain's failure (only logged where there is no running
-        actor to charge, or when the observer failed on the failure itself)."""
-        failure = HandlerFailed(exc, f"observer {getattr(fn, '__qualname__', fn)!r} on {kind!r}")
-        actor = self._actors.get(domid) if domid else None
-        if actor is not None and kind != "failure":
-            actor.charge(failure)
-            return
-        if domid == 0:
-            self._default.failures += 1
-        log_failure(logger.bind(domid=domid), failure)
-
-    def _count_event(self, domid: int) -> None:
-        if self._observers:
-            self._emit("event", domid)
 
     def _stop_begins(self, domid: int) -> None:
         actor = self._actors.get(domid)
         if actor is not None:
             self._stopwatch.add(actor)
-
-    def _observe_latency(self, domid: int, seconds: float) -> None:
-        if self._observers:
-            self._emit("latency", domid, seconds)
 
     def _forget(self, domid: int, actor: object) -> None:
         if self._actors.get(domid) is actor:
@@ -304,7 +255,11 @@ class Runtime(Messaging):
         elif identity is not None:
             actor = DomainActor(self, domid, identity)
             self._actors[domid] = actor
-            self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
+            # The task copies this context as it is spawned: every log line of the actor's task carries the
+            # domid, with nothing per actor kept alive for it but the context's value (no context manager
+            # held open for the actor's whole life).
+            with logger.contextualize(domid=domid):
+                self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
             self._changed()
 
     # -- the connection ---------------------------------------------------------------------------------

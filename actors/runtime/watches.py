@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+from loguru import logger
 
 from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_watch_path
 
 if TYPE_CHECKING:
-    from loguru import Logger
-
     from ..xs.client import XenStore
     from .context import DomainContext
 
@@ -82,22 +81,55 @@ class Watch:
         return f"mtw/{domid}/{generation}/{self.id}"
 
 
+class Poster(Protocol):
+    """Where a per-domain watch's events go: the domain actor's way in (never blocks)."""
+
+    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent, /) -> None: ...
+
+
+class Sink:
+    """What the client calls with each event of one registration: ``poster.post(watch, generation, path,
+    event)``. (One slotted object per registration; a partial of a bound method would keep three.)"""
+
+    __slots__ = ("generation", "path", "poster", "watch")
+
+    def __init__(self, poster: Poster, watch: Watch, generation: int, path: str) -> None:
+        self.poster = poster
+        self.watch = watch
+        self.generation = generation
+        self.path = path
+
+    def __call__(self, event: WatchEvent) -> None:
+        self.poster.post(self.watch, self.generation, self.path, event)
+
+
 class Registrations:
     """One domain's per-domain watches as registered with the daemon: (connection, path, token) by watch id."""
 
-    __slots__ = ("_lock_", "_registered", "domid", "log")
+    __slots__ = ("_busy", "_free", "_registered", "domid")
 
-    def __init__(self, domid: int, log: Logger) -> None:
+    def __init__(self, domid: int) -> None:
         self.domid = domid
-        self.log = log
         self._registered: dict[int, tuple[XenStore, str, str]] = {}
-        self._lock_: trio.Lock | None = None  # made on first need: thousands of actors rarely contend
+        self._busy = False  # an attach or detach is under way
+        self._free: trio.Event | None = None  # made only when a second one has to wait (rare)
 
-    @property
-    def _lock(self) -> trio.Lock:
-        if self._lock_ is None:
-            self._lock_ = trio.Lock()
-        return self._lock_
+    async def _acquire(self) -> None:
+        """Attach and detach run one at a time, each between ``_acquire`` and ``_release``. (Not a trio.Lock:
+        one made and dropped at every start of 32,000 actors, for a contention that hardly ever happens.)"""
+        while self._busy:
+            if self._free is None:
+                self._free = trio.Event()
+            await self._free.wait()
+        self._busy = True
+
+    def _release(self) -> None:
+        self._busy = False
+        if (
+            self._free is not None
+        ):  # every waiter wakes; the first to run takes its turn, the others wait again
+            self._free.set()
+            self._free = None
 
     def _all_on(self, xs: XenStore, watches: list[Watch]) -> bool:
         registered = self._registered
@@ -112,14 +144,15 @@ class Registrations:
         xs: XenStore | None,
         watches: list[Watch],
         generation: int,
-        sink_for: Callable[[Watch, str], Callable[[WatchEvent], None]],
+        poster: Poster,
     ) -> None:
         """Register on ``xs`` every watch of ``watches`` not registered on it yet, with its token for
-        ``generation`` and the sink ``sink_for(watch, path)``. A lost connection ends it quietly (the
+        ``generation``, its events posted to ``poster``. A lost connection ends it quietly (the
         reconnect attaches again); an error reply is logged and that watch skipped."""
         if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
             return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
-        async with self._lock:
+        await self._acquire()
+        try:
             if xs.is_lost:
                 return
             for watch in watches:
@@ -128,18 +161,20 @@ class Registrations:
                     continue
                 path, token = watch.path(self.domid), watch.token(self.domid, generation)
                 try:
-                    await xs.add_watch(path, token, sink_for(watch, path))
+                    await xs.add_watch(path, token, Sink(poster, watch, generation, path))
                 except ConnectionLost:
                     return
                 except XenStoreError as exc:
-                    self.log.warning("cannot watch {}: {}", path, exc)
+                    logger.bind(domid=self.domid).warning("cannot watch {}: {}", path, exc)
                     continue
                 self._registered[watch.id] = (xs, path, token)
+        finally:
+            self._release()
 
     @property
     def busy(self) -> bool:
         """Is an attach or detach under way (holding the lock)?"""
-        return self._lock_ is not None and self._lock_.locked()
+        return self._busy
 
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
@@ -150,7 +185,8 @@ class Registrations:
         if not self._registered and not self.busy:
             return  # nothing registered, nor being registered (the second detach of a stop)
         with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_DEADLINE):
-            async with self._lock:
+            await self._acquire()
+            try:
                 for watch_id in list(self._registered):
                     if only is not None and watch_id != only.id:
                         continue
@@ -158,3 +194,5 @@ class Registrations:
                     if not xs.is_lost:
                         with suppress(XenStoreError):
                             await xs.remove_watch(path, token)
+            finally:
+                self._release()

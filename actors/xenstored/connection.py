@@ -81,7 +81,7 @@ class Connection:
         self.target: int | None = None
         self.seq = seq
         self.implicit = b"/local/domain/%d" % domid
-        self.watches: list[Watch[Connection]] = []
+        self.watches: dict[tuple[bytes, bytes], Watch[Connection]] = {}  # by (path, token), in order
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         self.closed = False

@@ -117,7 +117,7 @@ class Core:
 
     def reset_connection(self, conn: Connection) -> None:
         """``domain_conn_reset()``: drop all watches, transactions and queued output."""
-        for watch in conn.watches:
+        for watch in conn.watches.values():
             self.watches.remove(watch)
         conn.watches.clear()
         conn.transactions.clear()

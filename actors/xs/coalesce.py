@@ -92,6 +92,11 @@ class CoalescingQueue(Generic[K, T]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def receiving(self) -> bool:
+        """Is a receiver parked, waiting for an item (or a close or interrupt)?"""
+        return self._waiter is not None
+
     # -- the sender's side: never blocks, never raises ------------------------------------------------------
 
     def post(self, key: K | None, item: T) -> bool:
@@ -210,7 +215,9 @@ class CoalescingQueue(Generic[K, T]):
         ``trio.EndOfChannel`` when closed and empty, ``trio.BusyResourceError`` if another task is receiving."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._head == len(self._order):
-            await self._wait()
+            self._park()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            self._woken()
         return self.receive_nowait()
 
     async def receive_batch(self, max_items: int | None = None) -> list[T]:
@@ -219,7 +226,16 @@ class CoalescingQueue(Generic[K, T]):
         Raises like :meth:`receive`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._head == len(self._order):
-            await self._wait()
+            self._park()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            self._woken()
+        batch = self._take(max_items)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
+
+    def _take(self, max_items: int | None) -> list[T]:
+        # Not inline in receive_batch: a comprehension there would make ``self`` a cell of the coroutine, two
+        # objects more kept by every idle receiver.
         if max_items is not None and max_items < len(self):
             batch = [self.receive_nowait() for _ in range(max_items)]
         else:
@@ -235,11 +251,13 @@ class CoalescingQueue(Generic[K, T]):
             self._items.clear()
             self._order.clear()
             self._head = self._plain = 0
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return batch
 
-    async def _wait(self) -> None:
-        """Park until a post, close or interrupt; raises what the wake-up means."""
+    # Parking is inline in receive and receive_batch, between these two (no coroutine of its own, and a
+    # bound method rather than a closure to abort with: an idle consumer keeps fewer objects alive).
+
+    def _park(self) -> None:
+        """Before waiting for a post, close or interrupt: raises what the state means already."""
         if self._closed:
             raise trio.EndOfChannel
         if self._interrupted:
@@ -249,11 +267,12 @@ class CoalescingQueue(Generic[K, T]):
             raise trio.BusyResourceError("another task is already receiving from this queue")
         self._waiter = trio.lowlevel.current_task()
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
+    def _abort(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _woken(self) -> None:
+        """After the wait: raises Interrupted if that is what woke it with nothing to take."""
         if self._interrupted and self._head == len(self._order):
             self._interrupted = False
             raise Interrupted

@@ -65,7 +65,7 @@ def do_release(core: Core, conn: Connection, frame: Frame, tx: Transaction | Non
     domain = core.domains.get(domid)
     assert domain is not None
     if domain.conn is not None:  # no watch events while its nodes go
-        for watch in domain.conn.watches:
+        for watch in domain.conn.watches.values():
             core.watches.remove(watch)
         domain.conn.watches.clear()
     if domain.refs:  # talloc_free() of a referenced connection only drops one reference

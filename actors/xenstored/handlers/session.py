@@ -37,13 +37,12 @@ def do_watch(core: Core, conn: Connection, frame: Frame, tx: Transaction | None,
         path = conn.implicit + b"/" + name if relative is not None else name
         if not is_valid_nodename(path, core.quotas.path_length):
             raise Fail(EINVAL)
-    for watch in conn.watches:
-        if watch.path == path and watch.token == token:
-            raise Fail(EEXIST)
+    if (path, token) in conn.watches:  # a dict: 32,000 watches on one connection cost no scan each
+        raise Fail(EEXIST)
     if not conn.privileged and len(conn.watches) > conn.quotas.watches:
         raise Fail(E2BIG)
     watch = core.watches.add(conn, path, token, relative, depth)
-    conn.watches.append(watch)
+    conn.watches[path, token] = watch
     conn.reply(frame.op, frame.req_id, frame.tx_id, OK)
     # We fire once up front: simplifies clients and restart.
     conn.send_event(name if relative is not None else path, token)
@@ -54,16 +53,15 @@ def do_unwatch(core: Core, conn: Connection, frame: Frame, tx: Transaction | Non
         raise Fail(EINVAL)
     name, token = strings(frame.payload)
     path = core.canonical(conn, name)
-    for watch in conn.watches:
-        if watch.path == path and watch.token == token:
-            conn.watches.remove(watch)
-            core.watches.remove(watch)
-            return OK
-    raise Fail(ENOENT)
+    watch = None if path is None else conn.watches.pop((path, token), None)
+    if watch is None:
+        raise Fail(ENOENT)
+    core.watches.remove(watch)
+    return OK
 
 
 def do_reset_watches(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
-    for watch in conn.watches:
+    for watch in conn.watches.values():
         core.watches.remove(watch)
     conn.watches.clear()
     conn.transactions.clear()
