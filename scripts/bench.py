@@ -87,7 +87,7 @@ def size(args: argparse.Namespace, full: int, quick: int) -> int:
 
 @scenario("events-stream")
 async def events_stream(args: argparse.Namespace) -> dict[str, object]:
-    return await bench_stream.events_stream(size(args, 100, 10), size(args, 200_000, 2_000))
+    return await bench_stream.events_stream(size(args, 100, 10), size(args, 200_000, 2_000), size(args, 3, 1))
 
 
 @scenario("scale")

@@ -79,7 +79,10 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, star
     Raises HandlerFailed."""
     try:
         if watch.timeout is None:
-            await _run(ctx, watch, event)
+            if watch.threaded:
+                await _run(ctx, watch, event)
+            else:  # the common case, without a coroutine of _run's own
+                await cast("Awaitable[None]", watch.handler(ctx, event))
         else:
             with trio.move_on_after(watch.timeout) as scope:
                 await _run(ctx, watch, event)

@@ -194,8 +194,8 @@ class DomainActor(Serving):
         if flood.throttled_since is not None:
             self._drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
             return
-        self.mailbox.post(Envelope(watch, event, watch_path))
-        reason = flood.check(event.received_at, len(self.mailbox))
+        depth = self.mailbox.post(Envelope(watch, event, watch_path))
+        reason = flood.check(event.received_at, depth)
         if reason is not None and self.nursery is not None:
             flood.throttle(self, self.nursery, reason, event.received_at)
             # The re-watch at the cool-down's end is the resync that stands for every waiting event: handling

@@ -4,8 +4,7 @@ path); messages (:class:`~.messages.Message`) travel in it too, in order, and ar
 from __future__ import annotations
 
 from collections.abc import Coroutine, Hashable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -16,10 +15,10 @@ from .messages import Message
 __all__ = ["Envelope", "Item", "Mailbox"]
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """A watch event on its way to a handler, with the watch (registration) it belongs to. (A late event of an
-    earlier incarnation never gets this far: the actor's sink refuses it by generation.)"""
+    earlier incarnation never gets this far: the actor's sink refuses it by generation.) A named tuple: one is
+    made for every event, and a tuple is the cheapest immutable record to make."""
 
     watch: Any  # the runtime's Watch; only its identity matters here
     event: WatchEvent
@@ -71,13 +70,15 @@ class Mailbox:
     def coalesced(self) -> int:
         return self._queue.coalesced
 
-    def post(self, envelope: Item) -> None:
-        """Queue an envelope or a message; never blocks, never raises."""
+    def post(self, envelope: Item) -> int:
+        """Queue an envelope or a message; never blocks, never raises. Returns how many items wait now."""
+        queue = self._queue
         if type(envelope) is Envelope:
-            self._queue.post((id(envelope.watch), envelope.event.path), envelope)
-        elif not self._queue.post(None, envelope):
+            queue.post((id(envelope.watch), envelope.event.path), envelope)
+        elif not queue.post(None, envelope):
             assert isinstance(envelope, Message)
             envelope.abandon(0)
+        return len(queue)
 
     @property
     def receiving(self) -> bool:

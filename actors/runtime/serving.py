@@ -77,6 +77,8 @@ class Serving:
 
     async def _handle_batch(self, ctx: DomainContext, identity: bytes, batch: list[Item]) -> None:
         done = 0
+        clock = trio.lowlevel.current_clock()
+        rt = self.rt
         try:
             for item in batch:
                 if self.desired != identity or self._reload_requested:
@@ -84,9 +86,24 @@ class Serving:
                 done += 1
                 if type(item) is Message:
                     await self._handle_message(ctx, item)
+                    continue
+                assert isinstance(item, Envelope)
+                # An event, inline rather than in a coroutine of its own: this runs for every event.
+                watch, event = item.watch, item.event
+                if not watch.active:
+                    self.dropped += 1
+                    continue
+                now = clock.current_time()
+                self.busy_path = event.path
+                rt._observe_latency(self.domid, now - event.received_at)
+                self.busy_since = now
+                completed = await call_handler(ctx, watch, event, now)
+                self.busy_since = None
+                if completed:
+                    self.handled += 1
+                    rt._count_event(self.domid)
                 else:
-                    assert isinstance(item, Envelope)
-                    await self._handle_event(ctx, item)
+                    await self._handle_again(ctx, item)
         finally:
             if done < len(batch):  # stopped, failed or cancelled within the batch
                 self._put_back(batch, done)
@@ -100,14 +117,17 @@ class Serving:
                 self.messages -= 1
         self._drop("stopping", len(batch) - index)
 
-    async def _handle_event(self, ctx: DomainContext, item: Envelope) -> None:
-        if not item.watch.active:
-            self.dropped += 1
-            return
-        self.busy_path = item.event.path
-        now = trio.current_time()
-        self.rt._observe_latency(self.domid, now - item.event.received_at)
+    async def _handle_again(self, ctx: DomainContext, item: Envelope) -> None:
+        """An event whose handler the daemon interrupted (its connection lost, or stalled while it ran: not
+        the domain's fault): once the daemon answers again, the same event again; after a loss, the
+        reconnect's resync event stands for it."""
         while True:
+            self.interrupted += 1
+            xs = self.rt.connection
+            if xs is None or xs.is_lost:
+                return
+            await xs.stalled.wait_value(False)
+            now = trio.current_time()
             self.busy_since = now
             completed = await call_handler(ctx, item.watch, item.event, now)
             self.busy_since = None
@@ -115,12 +135,6 @@ class Serving:
                 self.handled += 1
                 self.rt._count_event(self.domid)
                 return
-            self.interrupted += 1  # by the daemon: not the domain's fault
-            xs = self.rt.connection
-            if xs is None or xs.is_lost:
-                return  # the reconnect's resync event stands for this one
-            await xs.stalled.wait_value(False)  # stalled: the same event again once it answers
-            now = trio.current_time()
 
     async def _handle_message(self, ctx: DomainContext, message: Message) -> None:
         self.messages -= 1
