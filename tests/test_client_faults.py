@@ -269,3 +269,31 @@ async def test_pipelined_requests_left_unanswered_are_abandoned(autojump_clock: 
             await xs._pipelined(calls)
         assert scope.cancelled_caught
         assert not xs._protocol._pending
+
+
+async def test_a_shorter_timeout_set_later_is_kept_on_time(autojump_clock: trio.abc.Clock) -> None:
+    """One task keeps every request's deadline: a request made after the timeout was shortened times out at
+    its own deadline, not at the earlier request's later one, and that one still waits."""
+
+    async def script(peer: Peer) -> None:
+        await trio.sleep_forever()
+
+    async with scripted(script) as path, actors.connect(path, request_timeout=100) as xs:
+        outcome: list[float] = []
+
+        async def patient() -> None:
+            with pytest.raises(RequestTimeout, match="within 100 s"):
+                await xs.read("/patient")
+            outcome.append(trio.current_time() - start)
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(patient)
+            await trio.sleep(1)
+            xs.request_timeout = 2
+            with pytest.raises(RequestTimeout, match=r"READ on '/hasty': no reply within 2 s"):
+                await xs.read("/hasty")
+            assert trio.current_time() - start == pytest.approx(3)
+            assert not outcome  # the first request still waits for its own deadline
+        assert outcome == [pytest.approx(100)]
+        assert not xs.is_lost

@@ -17,6 +17,7 @@ from typing import TypedDict, Unpack
 import trio
 
 from .daemon import Capabilities, DaemonOperations
+from .deadlines import RequestDeadlines
 from .errors import ConnectionLost, ConnectionStalled, ErrorReply, ProtocolError, RequestTimeout
 from .operations import Operations
 from .protocol import ClientProtocol, Request, WatchSink
@@ -95,6 +96,7 @@ class XenStore(
         self._stream = stream
         self._protocol = ClientProtocol(xenbus=xenbus)
         self._stall = StallDetector(self, stall_after, stall_limit)
+        self._deadlines = RequestDeadlines(self._protocol)
         self._subscriptions: dict[str, Subscription] = {}
         self._outbox_ready = trio.Event()
         self._lost: BaseException | None = None
@@ -224,6 +226,8 @@ class XenStore(
             self._stall.requests_began()
         request = make()
         request.waiter = trio.Event()
+        if self.request_timeout is not None:
+            self._deadlines.arm(request, self.request_timeout)
         return request
 
     async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
@@ -252,13 +256,8 @@ class XenStore(
         done = request.waiter
         assert isinstance(done, trio.Event)  # set when queued: the reply may come before this waits
         self._outbox_ready.set()
-        timeout = self.request_timeout
         try:
-            if timeout is None:
-                await done.wait()
-            else:
-                with trio.move_on_after(timeout):
-                    await done.wait()
+            await done.wait()  # set by the reply, the connection's loss or the request's deadline
         finally:
             # Cancelled or timed out: forget the request, so its late reply is discarded.
             if request.reply is None:
@@ -270,7 +269,7 @@ class XenStore(
                 raise self._lost_error()
             where = f" on {path!r}" if path is not None else ""
             raise RequestTimeout(
-                f"{op_name}{where}: no reply within {timeout} s from xenstored ({self.name})"
+                f"{op_name}{where}: no reply within {request.timeout} s from xenstored ({self.name})"
             )
         if answer.op == Op.ERROR:
             error = answer.error(path, op_name)
@@ -314,6 +313,7 @@ async def open_xenstore(
             nursery.start_soon(xs._reader)
             nursery.start_soon(xs._writer)
             nursery.start_soon(xs._stall.run)
+            nursery.start_soon(xs._deadlines.run)
             try:
                 yield xs
             except BaseException as exc:

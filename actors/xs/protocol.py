@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from .errors import ProtocolError, TransactionConflict
@@ -53,10 +53,11 @@ def _op_name(op: int) -> str:
 class Request:
     """One request on the wire. ``reply`` is set when its answer (the reply or an ERROR frame) arrived.
 
-    ``waiter`` is the I/O layer's to use (a wake-up handle); the protocol never touches it.
+    ``waiter``, ``deadline`` and ``timeout`` are the I/O layer's to use (a wake-up handle; when the caller
+    stops waiting, on its clock, and the timeout that made it); the protocol never touches them.
     """
 
-    __slots__ = ("op", "path", "reply", "req_id", "tx_id", "waiter")
+    __slots__ = ("deadline", "op", "path", "reply", "req_id", "timeout", "tx_id", "waiter")
 
     def __init__(self, op: int, req_id: int, tx_id: int, path: str | None) -> None:
         self.op = op
@@ -65,6 +66,8 @@ class Request:
         self.path = path
         self.reply: Frame | None = None
         self.waiter: object = None
+        self.deadline: float | None = None
+        self.timeout: float | None = None
 
 
 class _Watch:
@@ -112,6 +115,10 @@ class ClientProtocol:
     def pending(self) -> int:
         """Requests sent whose answer has not come yet, including those whose caller left."""
         return len(self._pending) + len(self._abandoned)
+
+    def waiting(self) -> Iterable[Request]:
+        """The requests sent whose caller still waits for the answer (a view: do not queue while iterating)."""
+        return self._pending.values()
 
     @property
     def sinks(self) -> dict[str, WatchSink]:
