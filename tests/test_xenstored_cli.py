@@ -228,3 +228,13 @@ async def test_debian_client_tools() -> None:
                     await trio.sleep(0.01)
             await client.write("/vm/name", "renamed")
         assert watch_output == [b"/vm\n/vm/name\n"]
+
+
+def test_a_long_socket_path_that_fits_is_served(folder: str) -> None:
+    """A path near the unix-socket limit (107 bytes) works: the private name it is bound under first is short."""
+    path = os.path.join(folder, "s" * (100 - len(folder) - 1))
+    assert len(path) == 100
+    proc = start(path)
+    assert _listening(path)
+    assert stop(proc) == 0
+    assert not os.path.exists(path)

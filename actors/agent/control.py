@@ -20,6 +20,8 @@ from typing import Any
 import trio
 from loguru import logger
 
+from ..xenstored.sockets import daemon_answers
+
 __all__ = [
     "ControlInUse",
     "ControlUnavailable",
@@ -44,16 +46,6 @@ class ControlInUse(OSError):
     """Another process (a running agent) answers on the control socket."""
 
 
-def _answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
 def bind_control(path: str) -> tuple[socket.socket, tuple[int, int]]:
     """Bind and listen on ``path`` (mode 0600); the socket and the (device, inode) of the file it made."""
     folder = os.path.dirname(path) or "."
@@ -62,7 +54,7 @@ def bind_control(path: str) -> tuple[socket.socket, tuple[int, int]]:
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-        if _answers(path):
+        if daemon_answers(path):
             raise ControlInUse(errno.EADDRINUSE, "another agent answers on it", path)
         os.unlink(path)  # left behind by an agent that did not stop cleanly
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

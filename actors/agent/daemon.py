@@ -323,19 +323,21 @@ def _arm_stop_overrun(rt: Runtime, seconds: float) -> threading.Timer:
     thread, because the loop may be the thing that is stuck. The log line names the domains still there."""
 
     def give_up() -> None:
-        stuck = dict(rt.domains)
-        names = ", ".join(
-            f"domain {domid} ({snap.state.value}, busy with {snap.busy_path or 'its tasks'})"
-            for domid, snap in sorted(stuck.items())
-        )
-        logger.critical(
-            "stop overran the deadline by {:g} s: {}; exiting with status {}",
-            STOP_GRACE,
-            names or "the runtime itself",
-            int(Exit.STOP_OVERRUN),
-        )
-        logger.complete()
-        os._exit(Exit.STOP_OVERRUN)
+        try:  # whatever goes wrong in naming the domains (read from outside the loop), the process ends
+            stuck = dict(rt.domains)
+            names = ", ".join(
+                f"domain {domid} ({snap.state.value}, busy with {snap.busy_path or 'its tasks'})"
+                for domid, snap in sorted(stuck.items())
+            )
+            logger.critical(
+                "stop overran the deadline by {:g} s: {}; exiting with status {}",
+                STOP_GRACE,
+                names or "the runtime itself",
+                int(Exit.STOP_OVERRUN),
+            )
+            logger.complete()
+        finally:
+            os._exit(Exit.STOP_OVERRUN)
 
     timer = threading.Timer(seconds, give_up)
     timer.daemon = True

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
+from loguru import logger
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -283,7 +284,11 @@ async def serve_metrics(
             head = await _read_head(stream)
         response = _response("408 Request Timeout", b"request timeout\n")
         if not reading.cancelled_caught:
-            response = _route(metrics, head)
+            try:
+                response = _route(metrics, head)
+            except Exception:  # a collector's bug is this scrape's error, not the end of the agent
+                logger.opt(exception=True).error("metrics request failed")
+                response = _response("500 Internal Server Error", b"internal error\n")
         with trio.move_on_after(WRITE_DEADLINE):
             await stream.send_all(response)
 

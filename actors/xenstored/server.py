@@ -66,7 +66,8 @@ class XenStored:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # The socket appears at its path only once it listens (bound under a private name, then hard-linked
         # into place, which never replaces an existing file): whoever sees the file can connect.
-        private = f"{socket_path}.{os.getpid()}.{id(sock):x}"
+        # A short private name beside it (a unix socket path has room for 107 bytes).
+        private = os.path.join(os.path.dirname(socket_path), f".{os.getpid():x}.{id(sock) % 4096:x}")
         try:
             try:
                 await sock.bind(private)
@@ -182,7 +183,7 @@ async def _bind_error(socket_path: str, exc: OSError) -> OSError:
         return OSError(
             errno.ENOENT, f"folder {folder} does not exist (only the socket file is made): create it"
         )
-    return OSError(exc.errno, f"cannot listen on {socket_path}: {exc.strerror}")
+    return OSError(exc.errno, f"cannot listen on {socket_path}: {exc.strerror or exc}")
 
 
 def _check_guest(domid: int) -> None:
