@@ -233,3 +233,19 @@ async def test_purge_keyed_drops_events_and_keeps_plain_items_in_order() -> None
     queue.post("a", "a3")  # the queue works on afterwards
     assert queue.receive_nowait() == "a3"
     assert queue.purge_keyed() == 0
+
+
+def test_a_post_of_the_key_a_fold_just_made_replaces_the_hint() -> None:
+    """At a full queue the fold can make the very key being posted (an event for the watch's own path, whose
+    hint has that key): the post replaces the hint, and the key stands in the queue once."""
+
+    def summarize(key: str, item: Item) -> tuple[str, Item]:
+        return "/w", Item("/w", item.seq)  # every path of the watch folds into its own path
+
+    queue: CoalescingQueue[str, Item] = CoalescingQueue(2, summarize)
+    queue.post("/w/a", Item("/w/a", 1))
+    queue.post("/w/b", Item("/w/b", 2))
+    assert queue.post("/w", Item("/w", 3))
+    assert len(queue) == 1
+    assert drain(queue) == [Item("/w", 3)]
+    assert len(queue) == 0

@@ -115,6 +115,10 @@ class CoalescingQueue(Generic[K, T]):
             if len(self._order) - self._head >= self.capacity:
                 return self._absorb(key, item)
             order, items = self._order, self._items  # folding made new ones
+            if key in items:  # the fold made this very key (a hint for the watch's own path)
+                items[key] = item
+                self.coalesced += 1
+                return True
         if key is None:
             order.append(_Plain(item))
             self._plain += 1
