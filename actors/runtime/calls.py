@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from ..xs.errors import ConnectionLost
+from ..xs.errors import ConnectionLost, RequestTimeout
 from ..xs.subscription import WatchEvent
 from .context import DomainContext
 from .watches import Hook, Watch
@@ -49,8 +49,9 @@ class HandlerFailed(Exception):
 
 
 def is_connection_loss(exc: BaseException) -> bool:
-    """True for ConnectionLost, and for an exception group made of nothing else."""
-    if isinstance(exc, ConnectionLost):
+    """Is ``exc`` the daemon's fault, never a guest's: ConnectionLost, RequestTimeout (xenstored did not answer
+    in time), or an exception group made of nothing else."""
+    if isinstance(exc, (ConnectionLost, RequestTimeout)):
         return True
     if isinstance(exc, BaseExceptionGroup):
         return all(is_connection_loss(e) for e in exc.exceptions)
@@ -120,10 +121,15 @@ async def run_task(
     ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
 ) -> None:
     """A per-domain task (``ctx.start_soon``) of ``ctx``'s domain (the watchdog finds the domid here): what it
-    raises is its domain's failure (HandlerFailed)."""
+    raises is its domain's failure (HandlerFailed), except the daemon's fault (a lost or stalled connection,
+    a request timeout): then the task ends with a warning and nothing is charged."""
+    start = trio.current_time()
     try:
         await fn(*args)
     except Exception as exc:
+        if is_connection_loss(exc) or excused_since(ctx, start):
+            ctx.log.warning("task {} ended by xenstored ({!r}): not the domain's failure", what, exc)
+            return
         raise HandlerFailed(exc, f"task {what}") from exc
 
 

@@ -9,7 +9,7 @@ import trio
 from loguru import logger
 
 from ..xs.subscription import WatchEvent
-from .calls import HandlerFailed, call_handler, log_failure
+from .calls import HandlerFailed, call_handler, failure_of, log_failure, run_task
 from .context import DomainContext
 from .mailbox import Envelope, Mailbox
 from .options import RuntimeOptions
@@ -66,11 +66,17 @@ class DefaultActor:
     async def run(self) -> None:
         with logger.contextualize(domid=0):
             try:
-                async with trio.open_nursery() as nursery:
-                    self._scope = nursery.cancel_scope
-                    self.ctx = DomainContext(0, b"", self.rt, self.ctx.log, nursery, self._run_task)
-                    await self._serve()
-                    nursery.cancel_scope.cancel(reason="shutdown")
+                while not self._closing:
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            self._scope = nursery.cancel_scope
+                            self.ctx = DomainContext(0, b"", self.rt, self.ctx.log, nursery, self._run_task)
+                            await self._serve()
+                            nursery.cancel_scope.cancel(reason="shutdown")
+                    except* (
+                        Exception
+                    ) as group:  # a bug of its own or of a task on ctx.nursery: logged, it goes on
+                        self._fail(failure_of(group, "default actor"))
             finally:
                 self._scope = None
                 self.finished.set()
@@ -84,9 +90,9 @@ class DefaultActor:
         self, ctx: DomainContext, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], what: str
     ) -> None:
         try:
-            await fn(*args)
-        except Exception as exc:
-            self._fail(HandlerFailed(exc, f"task {what}"))
+            await run_task(ctx, fn, args, what)
+        except HandlerFailed as failure:
+            self._fail(failure)
 
     async def _serve(self) -> None:
         while not self._closing:

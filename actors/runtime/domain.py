@@ -21,12 +21,11 @@ import trio
 from loguru import logger
 
 from ..xs.errors import XenStoreError
-from ..xs.subscription import WatchEvent
 from .calls import HandlerFailed, call_hook, failure_of, log_failure, run_task
 from .context import DomainContext, DomainSnapshot, State
 from .flood import FloodGate
 from .host import ActorHost
-from .mailbox import Envelope, Mailbox
+from .mailbox import Mailbox
 from .serving import ACCEPTING, Serving
 from .supervisor import RestartTracker
 from .watches import Registrations, Watch
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
     from loguru import Logger
 
 __all__ = ["DomainActor"]
-
-_REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
 
 
 def _log_starting(identity: bytes) -> None:
@@ -184,23 +181,6 @@ class DomainActor(Serving):
             self.scope.cancel(reason="restart")
         else:
             self._record(failure)
-
-    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
-        """The router's way in: called from the connection's reader task, never blocks."""
-        if generation != self.generation or self.state not in ACCEPTING:
-            self._drop(_REFUSAL.get(self.state, "stopping"))
-            return
-        flood = self.flood
-        if flood.throttled_since is not None:
-            self._drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
-            return
-        depth = self.mailbox.post(Envelope(watch, event, watch_path))
-        reason = flood.check(event.received_at, depth)
-        if reason is not None and self.nursery is not None:
-            flood.throttle(self, self.nursery, reason, event.received_at)
-            # The re-watch at the cool-down's end is the resync that stands for every waiting event: handling
-            # them first would only delay it (messages stay).
-            self._drop("throttled", self.mailbox.purge_events())
 
     # -- watches ----------------------------------------------------------------------------------------
 

@@ -82,7 +82,6 @@ class FloodGate:
         "ended_at",
         "options",
         "throttled_since",
-        "throttles",
     )
 
     def __init__(self, options: RuntimeOptions) -> None:
@@ -100,7 +99,6 @@ class FloodGate:
         self.throttled_since: float | None = None
         self.cooldown = options.flood_cooldown
         self.ended_at: float | None = None
-        self.throttles = 0
 
     def throttle(self, actor: Flooded, nursery: trio.Nursery, reason: str, now: float) -> None:
         """Unwatch ``actor`` for a cool-down (a task in its incarnation's nursery), then watch it again: the
@@ -218,7 +216,6 @@ class FloodGate:
         else:
             self.cooldown = self.options.flood_cooldown
         self.throttled_since = now
-        self.throttles += 1
         return self.cooldown
 
     def end(self, now: float) -> None:

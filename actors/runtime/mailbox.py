@@ -40,6 +40,10 @@ def _summarize(key: _Key, item: Item) -> tuple[_Key, Item]:
     return (key[0], item.watch_path), Envelope(item.watch, event, item.watch_path)
 
 
+def _routed(item: Item) -> bool:
+    return type(item) is Envelope and not item.watch.per_domain
+
+
 class Mailbox:
     """Bounded and never blocking the sender.
 
@@ -105,8 +109,9 @@ class Mailbox:
         return self._queue.receive_batch(max_items)
 
     def purge_events(self) -> int:
-        """Drop every waiting event, keeping the messages in their order; returns how many were dropped."""
-        return self._queue.purge_keyed()
+        """Drop every waiting event of a per-domain watch (a re-watch resyncs those), keeping the messages and
+        the events of routed global watches in their order; returns how many were dropped."""
+        return self._queue.purge_keyed(_routed)
 
     def purge(self, domid: int = 0) -> int:
         """Drop everything waiting (a message's asker is told domain ``domid`` did not handle it); returns how

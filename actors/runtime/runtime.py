@@ -14,6 +14,7 @@ from trio_util import AsyncBool, RepeatedEvent
 
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
+from .calls import HandlerFailed
 from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
@@ -231,8 +232,15 @@ class Runtime(Messaging, Observing):
     def _for_each_actor(self, fn: Callable[[DomainActor], Awaitable[object]]) -> None:
         """In the background, ``fn`` for every actor there is now (attach or detach watches)."""
         actors = list(self._actors.values())
+
+        async def guarded(actor: DomainActor) -> None:  # in the root nursery: a bug is the actor's, not ours
+            try:
+                await fn(actor)
+            except Exception as exc:
+                actor.charge(HandlerFailed(exc, "domain actor, registering its watches"))
+
         if actors:
-            self._nursery.start_soon(gather_bounded, actors, fn, _ATTACH_CONCURRENCY)
+            self._nursery.start_soon(gather_bounded, actors, guarded, _ATTACH_CONCURRENCY)
 
     # -- the registry: a LifecycleSink --------------------------------------------------------------------
 

@@ -1,22 +1,29 @@
-"""A domain actor's mailbox side (mixed into :class:`~.domain.DomainActor`): messages posted in, and the serving
+"""A domain actor's mailbox side (mixed into :class:`~.domain.DomainActor`): events and messages posted in (with
+flood control on the way), and the serving
 loop that takes the events and messages out one at a time, in the order they came, in the actor's own task;
 and the count of what is dropped when it cannot take them."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 
 from ..xs.coalesce import Interrupted
+from ..xs.subscription import WatchEvent
 from .calls import HandlerFailed, call_handler, excused_since, is_connection_loss
 from .context import DomainContext, State
+from .flood import Flooded, FloodGate
 from .host import ActorHost
 from .mailbox import Envelope, Item, Mailbox
 from .messages import Message
+from .watches import Watch
 
 __all__ = ["ACCEPTING", "Serving"]
 
 ACCEPTING = (State.STARTING, State.RUNNING)  # the states in which an actor takes events and messages
 
+_REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
 _DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping", "throttled")}
 
 
@@ -32,6 +39,9 @@ class Serving:
     desired: bytes | None
     mailbox: Mailbox
     _reload_requested: bool
+    generation: int
+    flood: FloodGate
+    nursery: trio.Nursery | None
 
     def __init__(self) -> None:
         self.messages = 0  # messages waiting in the mailbox
@@ -48,6 +58,34 @@ class Serving:
             self._dropped_by = {}
         self._dropped_by[reason] = self._dropped_by.get(reason, 0) + count
         self.rt._emit(_DROPPED_KIND[reason], self.domid, count)
+
+    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
+        """The router's way in: called from the connection's reader task, never blocks, never raises (a bug
+        here is this domain's failure, not the end of the watch or the connection)."""
+        try:
+            if generation != self.generation or self.state not in ACCEPTING:
+                self._drop(_REFUSAL.get(self.state, "stopping"))
+                return
+            flood = self.flood
+            throttled = flood.throttled_since is not None
+            if throttled and watch.per_domain:
+                self._drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
+                return
+            depth = self.mailbox.post(Envelope(watch, event, watch_path)) - self.messages
+            if throttled:
+                return  # a routed global watch's event: kept (no re-watch brings it back), not counted
+            reason = flood.check(event.received_at, depth)
+            if reason is not None and self.nursery is not None:
+                flood.throttle(cast("Flooded", self), self.nursery, reason, event.received_at)
+                # The re-watch at the cool-down's end is the resync that stands for every waiting event of
+                # the domain's own watches: handling them first would only delay it (messages and events of
+                # routed global watches, which no re-watch would bring back, stay).
+                self._drop("throttled", self.mailbox.purge_events())
+        except Exception as exc:
+            self.charge(HandlerFailed(exc, "domain actor, posting an event"))
+
+    def charge(self, failure: HandlerFailed) -> None:
+        raise NotImplementedError  # the actor's: a failure outside its own task
 
     def post_message(self, message: Message) -> bool:
         """Queue a message if the actor runs and has room (False otherwise); never blocks."""
@@ -127,6 +165,8 @@ class Serving:
             if xs is None or xs.is_lost:
                 return
             await xs.stalled.wait_value(False)
+            if xs.is_lost:  # a loss ends a stall too: then the reconnect's resync stands for the event
+                return
             now = trio.current_time()
             self.busy_since = now
             completed = await call_handler(ctx, item.watch, item.event, now)

@@ -102,7 +102,10 @@ class Watchdog:
             block[1] = now
             self._history.append((block[0], now, self._culprit))
             self._block = None
-            self.report(self._culprit, now - block[0])
+            try:  # a run_sync_soon callback that raises would end the trio run
+                self.report(self._culprit, now - block[0])
+            except Exception:
+                logger.opt(exception=True).error("reporting a blocked event loop failed")
 
     # -- in the watchdog thread --------------------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class Watch:
 class Poster(Protocol):
     """Where a per-domain watch's events go: the domain actor's way in (never blocks)."""
 
+    generation: int  # the incarnation whose events it takes now
+
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent, /) -> None: ...
 
 
@@ -153,8 +155,8 @@ class Registrations:
             return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
         await self._acquire()
         try:
-            if xs.is_lost:
-                return
+            if xs.is_lost or poster.generation != generation:
+                return  # lost, or the incarnation ended while this waited its turn: the next one attaches
             for watch in watches:
                 held = self._registered.get(watch.id)
                 if held is not None and held[0] is xs:

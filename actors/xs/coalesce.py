@@ -179,14 +179,19 @@ class CoalescingQueue(Generic[K, T]):
         self._plain = 0
         return dropped
 
-    def purge_keyed(self) -> int:
-        """Drop every keyed item waiting, keeping those posted with key None in their order; returns how many
-        were dropped (for a consumer about to get one hint that stands for all of them)."""
-        dropped = len(self._items)
+    def purge_keyed(self, keep: Callable[[T], bool] | None = None) -> int:
+        """Drop every keyed item waiting (but those ``keep(item)`` is true for), keeping those posted with key
+        None in their order; returns how many were dropped (for a consumer about to get one hint that stands
+        for all of them)."""
+        items = self._items
+        kept = {} if keep is None else {key: item for key, item in items.items() if keep(item)}
+        dropped = len(items) - len(kept)
         if dropped:
-            self._order = [e for e in self._order[self._head :] if isinstance(e, _Plain)]
+            self._order = [
+                e for e in self._order[self._head :] if isinstance(e, _Plain) or (e is not None and e in kept)
+            ]
             self._head = 0
-            self._items.clear()
+            self._items = kept
         return dropped
 
     # -- the receiver's side ----------------------------------------------------------------------------------
