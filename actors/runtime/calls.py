@@ -11,6 +11,7 @@ import trio
 from ..xs.errors import ConnectionLost, RequestTimeout
 from ..xs.subscription import WatchEvent
 from .context import DomainContext
+from .source import first_leaf
 from .watches import Hook, Watch
 
 if TYPE_CHECKING:
@@ -67,9 +68,7 @@ def excused_since(ctx: DomainContext, start: float) -> bool:
 def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed:
     """The first failure in what an actor's nursery raised (a HandlerFailed as it is, anything else - a bug
     in the actor's own code, a task started through ``ctx.nursery`` - wrapped with ``what``)."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
+    first = first_leaf(group)
     return first if isinstance(first, HandlerFailed) else HandlerFailed(first, what)
 
 

@@ -15,9 +15,10 @@ from loguru import logger
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, XenStoreError
 from .lifecycle import LifecycleSink, LifecycleSource
+from .source import first_leaf
 from .supervisor import ReconnectPolicy
 
-__all__ = ["ConnectionFactory", "ConnectionHost", "first_leaf", "follow_lifecycle", "keep_connected"]
+__all__ = ["ConnectionFactory", "ConnectionHost", "follow_lifecycle", "keep_connected"]
 
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[XenStore]]
 
@@ -34,12 +35,6 @@ class ConnectionHost(Protocol):
     def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
 
     async def _serve_connection(self, xs: XenStore) -> None: ...
-
-
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception in a (nested) group that is not a group."""
-    first = group.exceptions[0]
-    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def follow_lifecycle(

@@ -3,7 +3,7 @@ path); messages (:class:`~.messages.Message`) travel in it too, in order, and ar
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Hashable
+from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 import trio
@@ -23,10 +23,6 @@ class Envelope(NamedTuple):
     watch: Any  # the runtime's Watch; only its identity matters here
     event: WatchEvent
     watch_path: str  # the path this watch was registered at (the template filled in)
-
-    @property
-    def key(self) -> tuple[Hashable, str]:
-        return (id(self.watch), self.event.path)
 
 
 Item = Envelope | Message
@@ -56,13 +52,12 @@ class Mailbox:
     dropped silently.
     """
 
-    __slots__ = ("_queue", "capacity", "overflow_limit")
+    __slots__ = ("_queue", "capacity")
 
     def __init__(self, capacity: int = 64, overflow_limit: int = 1024, message_limit: int = 1024) -> None:
         if capacity < 1 or overflow_limit < 1:
             raise ValueError("mailbox capacity and overflow limit must be at least 1")
         self.capacity = capacity
-        self.overflow_limit = overflow_limit
         self._queue: CoalescingQueue[_Key, Item] = CoalescingQueue(
             capacity + overflow_limit + max(message_limit, 0), _summarize
         )

@@ -65,10 +65,6 @@ class Message:
         self.body = body
         self.reply = reply
 
-    @property
-    def key(self) -> tuple[Message, str]:
-        return (self, "")
-
     def abandon(self, domid: int) -> None:
         """The message will not be handled: its asker learns so at once."""
         if self.reply is not None:

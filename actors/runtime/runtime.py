@@ -15,7 +15,7 @@ from trio_util import AsyncBool, RepeatedEvent
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
 from .calls import HandlerFailed
-from .connection import ConnectionFactory, first_leaf, follow_lifecycle, keep_connected
+from .connection import ConnectionFactory, follow_lifecycle, keep_connected
 from .context import DomainSnapshot, State
 from .default import DefaultActor
 from .domain import DomainActor
@@ -25,6 +25,7 @@ from .mailing import Messaging
 from .observing import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
+from .source import first_leaf
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
 from .watchdog import Watchdog

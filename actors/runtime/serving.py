@@ -31,7 +31,7 @@ class Serving:
     """The part of a domain actor that handles what its mailbox holds; see the module docstring."""
 
     # What serving changes is kept here (set by the actor's __init__); what it only reads is the actor's.
-    __slots__ = ("_dropped_by", "busy_path", "busy_since", "dropped", "handled", "interrupted", "messages")
+    __slots__ = ("_dropped_by", "busy_path", "busy_since", "dropped", "handled", "messages")
 
     rt: ActorHost
     domid: int
@@ -47,7 +47,6 @@ class Serving:
         self.messages = 0  # messages waiting in the mailbox
         self.handled = 0
         self.dropped = 0
-        self.interrupted = 0
         self.busy_since: float | None = None
         self.busy_path: str | None = None
         self._dropped_by: dict[str, int] | None = None
@@ -160,7 +159,6 @@ class Serving:
         the domain's fault): once the daemon answers again, the same event again; after a loss, the
         reconnect's resync event stands for it."""
         while True:
-            self.interrupted += 1
             xs = self.rt.connection
             if xs is None or xs.is_lost:
                 return
@@ -189,7 +187,6 @@ class Serving:
             if message.reply is not None:
                 message.reply.fail(exc)
             if is_connection_loss(exc) or excused_since(ctx, self.busy_since or 0.0):
-                self.interrupted += 1
                 return
             raise HandlerFailed(exc, "message handler") from exc
         else:

@@ -91,12 +91,13 @@ def one_connection_lost() -> Iterator[None]:
         lost, rest = group.split(ConnectionLost)
         if lost is None or (rest is not None and rest.split(trio.Cancelled)[1] is not None):
             raise
-        raise _first_leaf(lost) from None
+        raise first_leaf(lost) from None
 
 
-def _first_leaf(group: BaseExceptionGroup[E]) -> E:
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception in a (nested) group that is not a group."""
     first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class Skipped:

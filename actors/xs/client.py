@@ -249,6 +249,7 @@ class XenStore(
             # never come (the abandoned ones are bounded).
             for request, _ in requests[len(answers) :]:
                 self._protocol.abandon(request)
+            self._outbox_ready.set()  # what was queued before a failure to queue goes out all the same
         return answers
 
     async def _wait(self, request: Request, path: str | None) -> bytes:
