@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import trio
 from loguru import logger
 
-from ..xs.errors import XenStoreError
 from .calls import HandlerFailed, call_hook, failure_of, log_failure, run_task
 from .context import DomainContext, DomainSnapshot, State
 from .flood import FloodGate
@@ -184,11 +183,25 @@ class DomainActor(Serving):
 
     # -- watches ----------------------------------------------------------------------------------------
 
+    @property
+    def may_attach(self) -> bool:
+        """Watches are registered while the actor starts or runs, and not throttled (the throttle's end does)."""
+        return self.state in ACCEPTING and self.flood.throttled_since is None
+
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet (not while
-        throttled: the throttle's end does it)."""
-        if self.state in ACCEPTING and self.flood.throttled_since is None:
-            await self.watches.attach(self.rt.connection, self.rt.domain_watches(), self.generation, self)
+        throttled: the throttle's end does it), in one of the runtime's pipelines with other actors'."""
+        xs = self.rt.connection
+        if not self.may_attach or xs is None or xs.is_lost:
+            return
+        if not self.watches.busy and not self.watches.missing(xs, self.rt.domain_watches()):
+            return  # nothing to register (the second attach of a start): no wait
+        if not await self.rt.starts.ask(self, name=False, attach=True):
+            await self._attach_alone()
+
+    async def _attach_alone(self) -> None:
+        # Another attach or detach held the domain's turn: wait for it, one request at a time.
+        await self.watches.attach(self.rt.connection, self.rt.domain_watches(), self.generation, self)
 
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation. At the
@@ -281,8 +294,9 @@ class DomainActor(Serving):
             self._wake = None
 
     def _set_state(self, state: State) -> None:
-        self.state = state
-        self.rt._changed()
+        if state is not self.state:
+            self.state = state
+            self.rt._changed()
 
     async def _incarnation(self, identity: bytes) -> HandlerFailed | None:
         """Start, then serve until asked to stop (stop, then return None) or until something in the domain's
@@ -328,26 +342,21 @@ class DomainActor(Serving):
 
     async def _start(self, ctx: DomainContext, identity: bytes) -> bool:
         """The name, on_start hooks, watches; True if the actor runs now (False: asked to stop meanwhile).
-        (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)"""
-        # The runtime's requests of a start (not the hooks: user code may take its time) go a bounded number
-        # of actors at a time: 32,000 actors announced at once would otherwise each hold a request in flight,
-        # a peak of memory the process keeps (and a long queue at the daemon).
-        async with self.rt.start_requests:
-            await self._read_name()
-        for hook in self.rt.start_hooks():
+        (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)
+
+        The name's READ and the watches' WATCHes go in the runtime's pipelines with other starting actors'
+        (see :mod:`.starting`): one wait for both when there are no on_start hooks, which run in between."""
+        hooks = self.rt.start_hooks()
+        if not await self.rt.starts.ask(self, name=True, attach=not hooks and self.may_attach):
+            await self._attach_alone()
+        for hook in hooks:
             await call_hook(ctx, hook, "on_start hook")
         if self.desired != identity or self._reload_requested:
             return False
-        async with self.rt.start_requests:
+        if hooks:
             await self.attach()
         self._set_state(State.RUNNING)
         return True
-
-    async def _read_name(self) -> None:
-        try:
-            self.name = (await self.rt.xs.read(f"/local/domain/{self.domid}/name")).decode(errors="replace")
-        except XenStoreError:  # absent, not permitted, or the connection is down: no name
-            self.name = None
 
     def _begin_stop(self) -> None:
         self._set_state(State.STOPPING)

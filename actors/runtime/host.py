@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
-
 from .context import DomainContext
 from .options import RuntimeOptions
+from .starting import StartRequests
 from .watches import Hook, Watch
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ class ActorHost(Protocol):
     connection: XenStore | None
     message_handler: MessageHandler | None
     owns_connection: bool
-    start_requests: trio.CapacityLimiter  # bounds the actors whose start requests are in flight
+    starts: StartRequests  # the runtime's own requests for actors, pipelined
 
     @property
     def xs(self) -> XenStore: ...

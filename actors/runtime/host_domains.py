@@ -58,7 +58,7 @@ from ..xs.errors import (
 )
 from ..xs.wire import check_domid
 from .host_release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
-from .source import LifecycleSink, Skipped, Untrusted, gather_bounded, patiently, trusted_read
+from .source import LifecycleSink, Skipped, Untrusted, ask_trusted, gather_bounded, patiently, trusted_read
 
 __all__ = ["DomainsSource"]
 
@@ -96,18 +96,21 @@ class DomainsSource:
         """``/local/domain/<domid>/vm`` if the guest cannot have written it (dom0's node, writable by no other
         domain, as libxl makes it); empty (warned once) if it may have: a guest must not choose its own
         identity. None if there is no such node, SKIPPED if the daemon would not tell."""
-        path = self._vm(domid)
         try:
-            value = await trusted_read(xs, path)
+            value = await trusted_read(xs, self._vm(domid))
         except NotFound:
             return None
+        return value if isinstance(value, Skipped) else self._identity(domid, value)
+
+    def _identity(self, domid: int, value: bytes | Untrusted) -> bytes:
         if isinstance(value, Untrusted):
             if self._warned.get(domid) != value.why:
                 self._warned[domid] = value.why
-                logger.warning("not trusting {} as domain {}'s identity: {}", path, domid, value.why)
+                logger.warning(
+                    "not trusting {} as domain {}'s identity: {}", self._vm(domid), domid, value.why
+                )
             return b""
-        if not isinstance(value, Skipped):
-            self._warned.pop(domid, None)
+        self._warned.pop(domid, None)
         return value
 
     def _vm(self, domid: int) -> str:
@@ -142,9 +145,25 @@ class DomainsSource:
 
     async def _examine(self, xs: XenStore, domids: list[int]) -> tuple[dict[int, bytes | None], set[int]]:
         """Of ``domids``: the introduced ones with their ``vm`` (None: there is none), and those the daemon
-        would not tell about. The rest are not introduced."""
+        would not tell about. The rest are not introduced.
+
+        One pipeline asks IS_DOMAIN_INTRODUCED and the ``vm`` node's permissions and value of every domain at
+        once; a domain whose answers hold an error reply is asked again one request at a time, with retries."""
         found: dict[int, bytes | None] = {}
         unknown: set[int] = set()
+        pipe = xs.pipeline()
+        asked = [
+            (domid, pipe.is_domain_introduced(domid), ask_trusted(pipe, self._vm(domid))) for domid in domids
+        ]
+        await pipe.send()
+        again: list[int] = []
+        for domid, introduced, judge in asked:
+            try:
+                if introduced.result():
+                    value = judge()
+                    found[domid] = None if value is None else self._identity(domid, value)
+            except XenStoreError:
+                again.append(domid)
 
         async def examine(domid: int) -> None:
             introduced = await self._introduced(xs, domid)
@@ -157,7 +176,7 @@ class DomainsSource:
                 else:
                     found[domid] = identity
 
-        await gather_bounded(domids, examine, FAN_OUT)
+        await gather_bounded(again, examine, FAN_OUT)
         return found, unknown
 
     # -- following -----------------------------------------------------------------------------------------

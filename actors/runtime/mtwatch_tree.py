@@ -24,9 +24,9 @@ from .source import (
     LifecycleSink,
     Skipped,
     Untrusted,
-    gather_bounded,
     patiently,
     trusted_read,
+    trusted_reads,
     until_watched,
 )
 
@@ -75,6 +75,11 @@ class MtwatchSource:
         try:
             value = await trusted_read(xs, f"{self.root}/{name}")
         except NotFound:
+            value = None
+        return self._judged(name, value)
+
+    def _judged(self, name: str, value: bytes | Skipped | Untrusted | None) -> bytes | Skipped | None:
+        if value is None:
             self._warned.pop(name, None)
             return None
         if isinstance(value, Untrusted):
@@ -151,20 +156,16 @@ class MtwatchSource:
     async def _listing(self, xs: XenStore, names: list[str]) -> tuple[dict[int, bytes], bool]:
         for gone in set(self._warned) - set(names):
             del self._warned[gone]
+        named = [(name, domid) for name in names if (domid := self._domid(name)) is not None]
+        values = await trusted_reads(xs, [f"{self.root}/{name}" for name, _ in named])
         live: dict[int, bytes] = {}
         skipped: list[int] = []
-
-        async def examine(name: str) -> None:
-            domid = self._domid(name)
-            if domid is None:
-                return
-            identity = await self._examine(xs, name)
+        for (name, domid), value in zip(named, values, strict=True):
+            identity = self._judged(name, value)
             if isinstance(identity, Skipped):
                 skipped.append(domid)
             elif identity is not None:
                 live[domid] = identity
-
-        await gather_bounded(names, examine)
         for domid in skipped:
             if domid in self._reported:
                 live[domid] = self._reported[domid]

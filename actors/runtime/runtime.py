@@ -26,6 +26,7 @@ from .observing import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
 from .source import first_leaf
+from .starting import StartRequests
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
 from .watchdog import Watchdog
@@ -60,7 +61,7 @@ class Runtime(Messaging, Observing):
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self.message_handler: MessageHandler | None = None
         self._workers = trio.CapacityLimiter(options.worker_threads)
-        self.start_requests = trio.CapacityLimiter(_ATTACH_CONCURRENCY)  # see DomainActor._start
+        self.starts = StartRequests(self.domain_watches)
         self._watchdog: Watchdog | None = None
         self._closing = False
 
@@ -248,16 +249,21 @@ class Runtime(Messaging, Observing):
     def full(self, domains: dict[int, bytes]) -> None:
         for domid in list(self._actors):
             if domid not in domains:
-                self.one(domid, None)
+                self._one(domid, None)
         for domid, identity in domains.items():
-            self.one(domid, identity)
+            self._one(domid, identity)
         if not self.ready.is_set():
             self.ready.set()
         self._changed()
 
     def one(self, domid: int, identity: bytes | None) -> None:
+        if self._one(domid, identity):
+            self._changed()
+
+    def _one(self, domid: int, identity: bytes | None) -> bool:
+        """The registry's word on one domain; True if an actor was made (the caller says ``changed``)."""
         if self._closing:
-            return
+            return False
         actor = self._actors.get(domid)
         if actor is not None:
             actor.set_desired(identity)
@@ -269,7 +275,8 @@ class Runtime(Messaging, Observing):
             # held open for the actor's whole life).
             with logger.contextualize(domid=domid):
                 self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
-            self._changed()
+            return True
+        return False
 
     # -- the connection ---------------------------------------------------------------------------------
 
@@ -354,6 +361,7 @@ async def open_runtime(
             rt = Runtime(nursery, source, opts)
             nursery.start_soon(rt._default.run, name="mtwatch-default")
             nursery.start_soon(rt._stopwatch.run, name="mtwatch-stopwatch")
+            nursery.start_soon(rt.starts.run, lambda: rt.connection, name="mtwatch-starts")
             if opts.block_threshold is not None:
                 rt._watchdog = Watchdog(opts.block_threshold, rt._loop_blocked)
                 rt._watchdog.start()

@@ -19,6 +19,7 @@ from loguru import logger
 
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, NotFound, XenStoreError
+from ..xs.pipeline import Pipeline
 
 __all__ = [
     "MTWATCH_ROOT",
@@ -27,11 +28,13 @@ __all__ = [
     "LifecycleSource",
     "Skipped",
     "Untrusted",
+    "ask_trusted",
     "gather_bounded",
     "one_connection_lost",
     "owner_of",
     "patiently",
     "trusted_read",
+    "trusted_reads",
     "until_watched",
     "untrusted_because",
 ]
@@ -179,10 +182,53 @@ async def trusted_read(xs: XenStore, path: str) -> bytes | Skipped | Untrusted:
     value = await patiently(f"READ {path}", lambda: xs.read(path))
     if isinstance(perms, Skipped) or isinstance(value, Skipped):
         return SKIPPED
+    return _trusted(perms, value)
+
+
+def _trusted(perms: list[str], value: bytes) -> bytes | Untrusted:
     why = untrusted_because(perms)
     if why is not None:
         return Untrusted(f"{why} (permissions {' '.join(perms)[:128]})")
     return value
+
+
+def ask_trusted(pipe: Pipeline, path: str) -> Callable[[], bytes | Untrusted | None]:
+    """Add a node's GET_PERMS and READ to ``pipe``; once it is sent, the returned function judges the answers
+    as :func:`trusted_read` does (None: the node does not exist), or raises the error of a request the daemon
+    refused (or that timed out): ask that node again the patient way, with :func:`trusted_read`."""
+    perms, value = pipe.get_perms(path), pipe.read(path)
+
+    def judge() -> bytes | Untrusted | None:
+        if isinstance(perms.error, NotFound) or isinstance(value.error, NotFound):
+            return None
+        return _trusted(perms.result(), value.result())
+
+    return judge
+
+
+async def trusted_reads(xs: XenStore, paths: list[str]) -> list[bytes | Skipped | Untrusted | None]:
+    """:func:`trusted_read` of many nodes, pipelined (None where a node does not exist); the few the daemon
+    refused are asked again one by one, with retries. ConnectionLost and ValueError are raised."""
+    pipe = xs.pipeline()
+    judges = [ask_trusted(pipe, path) for path in paths]
+    await pipe.send()
+    results: list[bytes | Skipped | Untrusted | None] = []
+    again: list[int] = []
+    for index, judge in enumerate(judges):
+        try:
+            results.append(judge())
+        except XenStoreError:
+            results.append(SKIPPED)
+            again.append(index)
+
+    async def patient(index: int) -> None:
+        try:
+            results[index] = await trusted_read(xs, paths[index])
+        except NotFound:
+            results[index] = None
+
+    await gather_bounded(again, patient)
+    return results
 
 
 WATCH_RETRY_FIRST: Final = 0.05

@@ -178,6 +178,27 @@ class Registrations:
         """Is an attach or detach under way (holding the lock)?"""
         return self._busy
 
+    # -- for the runtime's pipelined attach (see .starting): the same steps, the requests sent elsewhere --
+
+    def missing(self, xs: XenStore, watches: list[Watch]) -> list[Watch]:
+        """The watches of ``watches`` not registered on ``xs``."""
+        registered = self._registered
+        return [w for w in watches if (held := registered.get(w.id)) is None or held[0] is not xs]
+
+    def take_turn(self) -> bool:
+        """Take the turn without waiting (False: another attach or detach has it)."""
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
+    def record(self, watch: Watch, xs: XenStore, path: str, token: str) -> None:
+        """A watch registered (by whoever holds the turn)."""
+        self._registered[watch.id] = (xs, path, token)
+
+    def give_turn(self) -> None:
+        self._release()
+
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
         self._registered.clear()

@@ -10,7 +10,7 @@ at once (its ``__cause__`` says why) and ends every subscription with it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict, Unpack
 
@@ -20,7 +20,8 @@ from .daemon import Capabilities, DaemonOperations
 from .deadlines import RequestDeadlines
 from .errors import ConnectionLost, ConnectionStalled, ErrorReply, ProtocolError, RequestTimeout
 from .operations import Operations
-from .protocol import ClientProtocol, Request, WatchSink
+from .pipeline import WINDOW, Pipeline
+from .protocol import ClientProtocol, Request, Waker, WatchSink
 from .stall import StallDetector, StallFacade
 from .subscription import Subscription
 from .transactions import TransactionOperations
@@ -140,7 +141,7 @@ class XenStore(
             return
         self._lost = why
         for request in self._protocol.drain():
-            if isinstance(request.waiter, trio.Event):
+            if request.waiter is not None:
                 request.waiter.set()
         for sub in self._subscriptions.values():
             sub.close(why)
@@ -169,7 +170,7 @@ class XenStore(
                 now = trio.current_time()
                 stall.frame_received(now)
                 for request in protocol.receive_data(data, now):
-                    if isinstance(request.waiter, trio.Event):
+                    if request.waiter is not None:
                         request.waiter.set()
                 if protocol.failed_sinks:
                     self._sinks_failed()
@@ -215,17 +216,21 @@ class XenStore(
         return await self._wait(self._queue(op, payload, tx_id, path), path)
 
     def _queue(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> Request:
-        return self._enqueue(lambda: self._protocol.request(op, payload, tx_id, path))
+        self._ready()
+        return self._armed(self._protocol.request(op, payload, tx_id, path))
 
-    def _enqueue(self, make: Callable[[], Request]) -> Request:
-        """Queue the request ``make`` makes (raising PayloadTooLarge before anything is queued, say) for
-        :meth:`_wait`; ConnectionLost at once on a lost connection."""
+    def _ready(self) -> None:
+        """Before a request is queued: ConnectionLost at once on a lost connection; the stall detector told
+        when requests begin to be pending."""
         if self._lost is not None:
             raise self._lost_error()
         if not self._protocol.pending:
             self._stall.requests_began()
-        request = make()
-        request.waiter = trio.Event()
+
+    def _armed(self, request: Request, waiter: Waker | None = None) -> Request:
+        """A request just queued, for :meth:`_wait` (or, with ``waiter``, for a pipeline): its waiter, and its
+        deadline from ``request_timeout``."""
+        request.waiter = trio.Event() if waiter is None else waiter
         if self.request_timeout is not None:
             self._deadlines.arm(request, self.request_timeout)
         return request
@@ -277,6 +282,11 @@ class XenStore(
             assert error is not None
             raise error
         return answer.payload
+
+    def pipeline(self, window: int = WINDOW) -> Pipeline:
+        """Requests sent together, up to ``window`` in flight, and waited for together: see
+        :class:`~actors.xs.pipeline.Pipeline`."""
+        return Pipeline(self, window)
 
     async def capabilities(self) -> Capabilities:
         """What the daemon answers (features, DIRECTORY_PART, RESET_WATCHES, which daemon): probed with three

@@ -35,17 +35,24 @@ class RequestDeadlines:
         while True:
             now = trio.current_time()
             earliest = math.inf
+            overdue: list[Request] = []
             for request in self._protocol.waiting():
                 deadline = request.deadline
                 if deadline is None:
                     continue
                 if deadline <= now:
-                    request.deadline = None  # released once
-                    waiter = request.waiter
-                    assert isinstance(waiter, trio.Event)
-                    waiter.set()
+                    overdue.append(request)
                 elif deadline < earliest:
                     earliest = deadline
+            for request in overdue:
+                request.deadline = None  # released once
+                waiter = request.waiter
+                assert waiter is not None
+                if not isinstance(waiter, trio.Event):
+                    # A pipeline's countdown stands for many requests: this one is abandoned now, so that
+                    # its late answer does not count it down a second time.
+                    self._protocol.abandon(request)
+                waiter.set()
             self._next = earliest
             self._wake = trio.Event()
             with trio.move_on_at(earliest):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from .errors import ProtocolError, TransactionConflict
 from .events import WatchEvent
@@ -25,6 +25,7 @@ __all__ = [
     "ClientProtocol",
     "DirectoryParts",
     "Request",
+    "Waker",
     "WatchSink",
 ]
 
@@ -50,6 +51,12 @@ def _op_name(op: int) -> str:
         return f"op {op}"
 
 
+class Waker(Protocol):
+    """What wakes a request's caller: a ``trio.Event``, or a pipeline's countdown."""
+
+    def set(self) -> None: ...
+
+
 class Request:
     """One request on the wire. ``reply`` is set when its answer (the reply or an ERROR frame) arrived.
 
@@ -65,7 +72,7 @@ class Request:
         self.tx_id = tx_id
         self.path = path
         self.reply: Frame | None = None
-        self.waiter: object = None
+        self.waiter: Waker | None = None
         self.deadline: float | None = None
         self.timeout: float | None = None
 

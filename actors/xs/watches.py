@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 import trio
@@ -34,7 +34,10 @@ class WatchOperations:
     async def _wait(self, request: Request, path: str | None) -> bytes:
         raise NotImplementedError
 
-    def _enqueue(self, make: Callable[[], Request]) -> Request:
+    def _ready(self) -> None:
+        raise NotImplementedError
+
+    def _armed(self, request: Request) -> Request:
         raise NotImplementedError
 
     async def capabilities(self) -> Capabilities:
@@ -61,7 +64,8 @@ class WatchOperations:
             raise PayloadTooLarge("watch path and token exceed the payload limit")
         if self._protocol.has_watch(token):  # taken while the capabilities were probed
             raise TokenInUse(path=path)
-        request = self._enqueue(lambda: self._protocol.watch(raw, token, sink, depth, label=path))
+        self._ready()
+        request = self._armed(self._protocol.watch(raw, token, sink, depth, label=path))
         try:
             await self._wait(request, path)
         except BaseException:

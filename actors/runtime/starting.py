@@ -1,0 +1,181 @@
+"""The runtime's own requests for its domain actors (each starting actor's name, each actor's per-domain
+watches), pipelined for many actors at once.
+
+32,751 domains announced at once start 32,751 actors, and each asks the daemon for its name and registers its
+watches. One request at a time per actor costs each request a trio event, a park and a wake-up, more than the
+wire does; here an actor hands its requests to :class:`StartRequests` and parks once, while a worker task sends
+the requests of up to ``BATCH`` actors in one :class:`~actors.xs.pipeline.Pipeline` and wakes them all when
+their answers are in. Two workers, so that one batch's answers are handled while the next is on the wire; the
+in-flight requests are bounded by the batches (this is also what bounds the memory a boot storm costs).
+
+What each actor gets is what it would get asking alone: its name or None (absent, refused, connection down);
+each watch registered, or skipped with a warning if refused, or nothing on a lost connection (the reconnect
+attaches again). A watch registration runs under the domain's :class:`~.watches.Registrations` turn, taken when
+the batch is sent, so an actor's detach (stop, failure) waits for it and then undoes it; an actor whose wait is
+cancelled before its batch is sent is left out of the batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Final, Protocol
+
+import trio
+from loguru import logger
+
+from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.pipeline import Answer, Pipeline
+from .watches import Poster, Registrations, Sink, Watch
+
+if TYPE_CHECKING:
+    from ..xs.client import XenStore
+
+__all__ = ["StartRequests"]
+
+BATCH: Final = 512  # actors per pipeline
+WORKERS: Final = 2
+
+
+class Starting(Poster, Protocol):
+    """What the start requests need of a domain actor (:class:`~.domain.Starting`)."""
+
+    domid: int
+    name: str | None
+    watches: Registrations
+
+    @property
+    def may_attach(self) -> bool: ...
+
+
+class _Job:
+    __slots__ = ("actor", "attach", "cancelled", "generation", "name", "yours")
+
+    def __init__(self, actor: Starting, name: bool, attach: bool) -> None:
+        self.actor = actor
+        self.name = name
+        self.attach = attach
+        self.generation = actor.generation
+        self.cancelled = False
+        self.yours = False  # the watches are the actor's to register: another attach or detach held the turn
+
+
+class _Batch:
+    __slots__ = ("done", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: list[_Job] = []
+        self.done = trio.Event()
+
+
+class _Sent:
+    """One job's requests in a pipeline: the name's READ, and each watch's WATCH with what it registers."""
+
+    __slots__ = ("job", "name", "watches")
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.name: Answer[bytes] | None = None
+        self.watches: list[tuple[Watch, str, str, Answer[None]]] = []
+
+
+class StartRequests:
+    """See the module docstring. :meth:`run` is a task of the runtime's root nursery."""
+
+    def __init__(self, watches: Callable[[], list[Watch]]) -> None:
+        self._watches_of = watches
+        self._batches: deque[_Batch] = deque()
+        self._wake = trio.Event()
+
+    async def ask(self, actor: Starting, *, name: bool, attach: bool) -> bool:
+        """Read the actor's name (into ``actor.name``) and/or register its missing per-domain watches. False if
+        the watches are left to the caller (``actor.watches.attach``): another attach or detach of the domain
+        held its turn when the batch was sent (rare)."""
+        batches = self._batches
+        if not batches or len(batches[-1].jobs) >= BATCH:
+            batches.append(_Batch())
+            self._wake.set()
+        batch = batches[-1]
+        job = _Job(actor, name, attach)
+        batch.jobs.append(job)
+        try:
+            await batch.done.wait()
+        except BaseException:
+            job.cancelled = True  # not sent yet: left out; sent: its registrations are undone by the detach
+            raise
+        return not job.yours
+
+    async def run(self, connection: Callable[[], XenStore | None]) -> None:
+        """The workers, forever (cancelled with the runtime). ``connection()`` is the runtime's current one."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(WORKERS):
+                nursery.start_soon(self._work, connection)
+
+    async def _work(self, connection: Callable[[], XenStore | None]) -> None:
+        while True:
+            while not self._batches:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            batch = self._batches.popleft()
+            try:
+                await self._send(connection(), batch.jobs)
+            except Exception:  # a bug here must not leave actors waiting forever, nor end the runtime
+                logger.opt(exception=True).critical("the runtime's start requests failed: a bug in mtwatch")
+            finally:
+                batch.done.set()
+
+    async def _send(self, xs: XenStore | None, jobs: list[_Job]) -> None:
+        if xs is None or xs.is_lost:
+            for job in jobs:
+                if job.name:
+                    job.actor.name = None
+            return
+        pipe = xs.pipeline()
+        watches = self._watches_of()
+        sent = [self._queue(xs, pipe, job, watches) for job in jobs if not job.cancelled]
+        try:
+            # Lost: every answer not in holds it: no name, nothing registered (the reconnect attaches).
+            with suppress(ConnectionLost):
+                await pipe.send()
+        finally:
+            for item in sent:
+                if item is not None:
+                    self._settle(xs, item)
+
+    def _queue(self, xs: XenStore, pipe: Pipeline, job: _Job, watches: list[Watch]) -> _Sent | None:
+        """Add the job's requests to ``pipe``; the watches only with the domain's registrations' turn taken."""
+        actor, item = job.actor, _Sent(job)
+        if job.name:
+            item.name = pipe.read(f"/local/domain/{actor.domid}/name")
+        if job.attach and actor.generation == job.generation and actor.may_attach:
+            registrations = actor.watches
+            missing = registrations.missing(xs, watches)
+            if missing and registrations.take_turn():
+                domid, generation = actor.domid, job.generation
+                for watch in missing:
+                    path, token = watch.path(domid), watch.token(domid, generation)
+                    answer = pipe.watch(path, token, Sink(actor, watch, generation, path))
+                    item.watches.append((watch, path, token, answer))
+            elif missing:
+                job.yours = True
+        return item if item.name is not None or item.watches else None
+
+    @staticmethod
+    def _settle(xs: XenStore, item: _Sent) -> None:
+        actor = item.job.actor
+        if item.name is not None:
+            name = item.name
+            actor.name = None if name.failed else name.result().decode(errors="replace")
+        if not item.watches:
+            return
+        registrations = actor.watches
+        try:
+            for watch, path, token, answer in item.watches:
+                error = answer.error
+                if error is None:
+                    registrations.record(watch, xs, path, token)
+                elif isinstance(error, XenStoreError) and not isinstance(error, ConnectionLost):
+                    logger.bind(domid=actor.domid).warning("cannot watch {}: {}", path, error)
+        finally:
+            registrations.give_turn()
