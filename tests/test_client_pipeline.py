@@ -60,15 +60,21 @@ async def test_domains_and_bad_input(xs: actors.XenStore, xenstored: object) -> 
 
 async def test_watches_take_or_leave_nothing(xs: actors.XenStore) -> None:
     events: list[WatchEvent] = []
+    written = trio.Event()
+
+    def sink(event: WatchEvent) -> None:
+        events.append(event)
+        if [e.path for e in events].count("/w/a") == 2:  # the registration's event, then the write's
+            written.set()
+
     pipe = xs.pipeline()
-    first = pipe.watch("/w/a", "tok-a", events.append)
+    first = pipe.watch("/w/a", "tok-a", sink)
     pipe.watch("/w/b", "tok-b", events.append)
     await pipe.send()
     assert first.result() is None
     await xs.write("/w/a", "x")
     with trio.fail_after(5):
-        while [e.path for e in events].count("/w/a") < 2:  # the registration's event, then the write's
-            await trio.sleep(0.01)
+        await written.wait()
     again = xs.pipeline()
     taken = again.watch("/w/c", "tok-a", events.append)  # the token is in use: nothing sent
     await again.send()

@@ -32,12 +32,16 @@ class Recorder:
         self.proxy: FaultProxy | None = None  # if set, its request count at each report is kept in ``at``
         self.at: list[int] = []
         self.live: dict[int, bytes] | None = None
+        self.early: dict[int, bytes] = {}  # what the first listing reported as it went
         self.reports: list[tuple[int, bytes | None]] = []
         self.changed = trio.Event()
 
     def full(self, domains: dict[int, bytes]) -> None:
         self.live = dict(domains)
         self._wake()
+
+    def some(self, domains: dict[int, bytes]) -> None:
+        self.early.update(domains)
 
     def one(self, domid: int, identity: bytes | None) -> None:
         assert self.live is not None

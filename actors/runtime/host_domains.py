@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from contextlib import suppress
 
 import trio
@@ -58,7 +59,16 @@ from ..xs.errors import (
 )
 from ..xs.wire import check_domid
 from .host_release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
-from .source import LifecycleSink, Skipped, Untrusted, ask_trusted, gather_bounded, patiently, trusted_read
+from .source import (
+    LifecycleSink,
+    Skipped,
+    Untrusted,
+    ask_trusted,
+    gather_bounded,
+    in_chunks,
+    patiently,
+    trusted_read,
+)
 
 __all__ = ["DomainsSource"]
 
@@ -188,10 +198,23 @@ class DomainsSource:
             return None
         return await self._listed(xs, domids)
 
-    async def _listed(self, xs: XenStore, domids: list[int]) -> dict[int, bytes]:
+    async def _listed(
+        self, xs: XenStore, domids: list[int], early: Callable[[dict[int, bytes]], None] | None = None
+    ) -> dict[int, bytes]:
         """The introduced ones of ``domids`` with their identities; one the daemon would not tell about keeps
-        the identity the sink was last told, if any, and is asked about again later."""
-        found, unknown = await self._examine(xs, domids)
+        the identity the sink was last told, if any, and is asked about again later. Examined a part at a
+        time; each part's live domains go to ``early`` as it is done."""
+        found: dict[int, bytes | None] = {}
+        unknown: set[int] = set()
+
+        async def examine(part: list[int]) -> None:
+            found_here, unknown_here = await self._examine(xs, part)
+            found.update(found_here)
+            unknown.update(unknown_here)
+            if early is not None and found_here:
+                early({domid: vm or b"" for domid, vm in found_here.items()})
+
+        await in_chunks(domids, examine)
         listed = {domid: vm or b"" for domid, vm in found.items()}
         for domid in unknown:
             if domid in self._live:
@@ -209,7 +232,7 @@ class DomainsSource:
             # The listing's reply came after the watches' initial events, and after any event of a change made
             # before the daemon listed: the listing covers them all.
             pending.take()
-            found = await self._listed(xs, domids)
+            found = await self._listed(xs, domids, sink.some)
             self._live.clear()
             self._live.update(found)
             sink.full(found)

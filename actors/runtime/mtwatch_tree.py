@@ -10,6 +10,7 @@ and its permissions; a domain whose node becomes writable (SET_PERMS fires the w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import trio
@@ -24,6 +25,7 @@ from .source import (
     LifecycleSink,
     Skipped,
     Untrusted,
+    in_chunks,
     patiently,
     trusted_read,
     trusted_reads,
@@ -136,7 +138,7 @@ class MtwatchSource:
         if isinstance(names, Skipped):
             self._skipped()
             return
-        live, complete = await self._listing(xs, names)
+        live, complete = await self._listing(xs, names, sink.some)
         if complete:
             self._retry_in = None
         else:
@@ -153,19 +155,30 @@ class MtwatchSource:
             names = []
         return (await self._listing(xs, names))[0]
 
-    async def _listing(self, xs: XenStore, names: list[str]) -> tuple[dict[int, bytes], bool]:
+    async def _listing(
+        self, xs: XenStore, names: list[str], early: Callable[[dict[int, bytes]], None] | None = None
+    ) -> tuple[dict[int, bytes], bool]:
+        """Examined a part at a time; each part's live domains go to ``early`` as it is done."""
         for gone in set(self._warned) - set(names):
             del self._warned[gone]
         named = [(name, domid) for name in names if (domid := self._domid(name)) is not None]
-        values = await trusted_reads(xs, [f"{self.root}/{name}" for name, _ in named])
         live: dict[int, bytes] = {}
         skipped: list[int] = []
-        for (name, domid), value in zip(named, values, strict=True):
-            identity = self._judged(name, value)
-            if isinstance(identity, Skipped):
-                skipped.append(domid)
-            elif identity is not None:
-                live[domid] = identity
+
+        async def examine(part: list[tuple[str, int]]) -> None:
+            values = await trusted_reads(xs, [f"{self.root}/{name}" for name, _ in part])
+            found: dict[int, bytes] = {}
+            for (name, domid), value in zip(part, values, strict=True):
+                identity = self._judged(name, value)
+                if isinstance(identity, Skipped):
+                    skipped.append(domid)
+                elif identity is not None:
+                    found[domid] = identity
+            live.update(found)
+            if early is not None and found:
+                early(found)
+
+        await in_chunks(named, examine)
         for domid in skipped:
             if domid in self._reported:
                 live[domid] = self._reported[domid]

@@ -260,6 +260,11 @@ class Runtime(Messaging, Observing):
         if self._one(domid, identity):
             self._changed()
 
+    def some(self, domains: dict[int, bytes]) -> None:
+        for domid, identity in domains.items():
+            self._one(domid, identity)
+        self._changed()
+
     def _one(self, domid: int, identity: bytes | None) -> bool:
         """The registry's word on one domain; True if an actor was made (the caller says ``changed``)."""
         if self._closing:

@@ -30,6 +30,7 @@ __all__ = [
     "Untrusted",
     "ask_trusted",
     "gather_bounded",
+    "in_chunks",
     "one_connection_lost",
     "owner_of",
     "patiently",
@@ -48,6 +49,10 @@ class LifecycleSink(Protocol):
 
     def one(self, domid: int, identity: bytes | None) -> None:
         """This domain is live with this identity (or, with None, gone)."""
+
+    def some(self, domains: dict[int, bytes]) -> None:
+        """These domains are live, with these identities: a part of a listing still under way (its
+        :meth:`full` report follows), so that their actors start while the daemon answers for the rest."""
 
 
 class LifecycleSource(Protocol):
@@ -78,6 +83,16 @@ async def gather_bounded(items: Iterable[T], fn: Callable[[T], Awaitable[object]
         async with trio.open_nursery() as nursery:
             for item in items:
                 nursery.start_soon(one, item)
+
+
+CHUNK: Final = 256  # the domains of a listing examined (pipelined) and reported together
+
+
+async def in_chunks(items: list[T], fn: Callable[[list[T]], Awaitable[object]], size: int = CHUNK) -> None:
+    """``fn`` for every ``size`` items of ``items``, two parts at a time: while one part's answers are
+    handled (and its domains reported), the next one's requests are with the daemon."""
+    parts = [items[start : start + size] for start in range(0, len(items), size)]
+    await gather_bounded(parts, fn, 2)
 
 
 @contextmanager

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StartRequests"]
 
-BATCH: Final = 512  # actors per pipeline
+BATCH: Final = 128  # actors per pipeline
 WORKERS: Final = 2
 
 

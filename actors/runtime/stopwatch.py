@@ -4,6 +4,9 @@ cancellation, e.g. one that catches ``trio.Cancelled`` in a loop; the warning is
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import traceback
 
 import trio
@@ -20,33 +23,45 @@ def task_stack(task: trio.lowlevel.Task) -> str:
 
 
 class StopWatch:
-    """One per runtime: one task that sleeps while no domain stops, whatever the number of domains."""
+    """One per runtime: one task that sleeps while no domain stops, whatever the number of domains. The stopping
+    actors are kept in a heap by when each is due a warning: 32,000 actors stopping at once (the runtime's
+    shutdown) cost a push each and one look at the earliest, not a scan of all of them at every wake-up."""
 
     def __init__(self, deadline: float, every: float) -> None:
         self.deadline = deadline
         self.every = every
-        self._stopping: dict[DomainActor, float] = {}  # actor -> when to warn next
+        self._due: dict[DomainActor, float] = {}  # actor -> when to warn next (its entry in the heap)
+        self._heap: list[tuple[float, int, DomainActor]] = []  # (due, order of adding, actor); stale ones too
+        self._order = itertools.count()
         self._wake = trio.Event()
 
     def add(self, actor: DomainActor) -> None:
         """``actor`` has begun to stop now."""
-        self._stopping[actor] = trio.current_time() + self.deadline
+        self._push(actor, trio.current_time() + self.deadline)
         self._wake.set()
 
+    def _push(self, actor: DomainActor, due: float) -> None:
+        self._due[actor] = due
+        heapq.heappush(self._heap, (due, next(self._order), actor))
+
     async def run(self) -> None:
+        heap = self._heap
         while True:
-            if not self._stopping:
-                self._wake = trio.Event()
-                await self._wake.wait()
             now = trio.current_time()
-            for actor, due in list(self._stopping.items()):
+            while heap and heap[0][0] <= now:
+                due, _, actor = heapq.heappop(heap)
+                if self._due.get(actor) != due:
+                    continue  # stale: added again since, or done
                 if actor.stopping_since is None or actor.state is not State.STOPPING:
-                    del self._stopping[actor]
-                elif due <= now:
-                    self.warn(actor, now)
-                    self._stopping[actor] = now + self.every
-            if self._stopping:
-                await trio.sleep_until(min(self._stopping.values()))
+                    del self._due[actor]
+                    continue
+                self.warn(actor, now)
+                self._push(actor, now + self.every)
+            if not heap:
+                self._due.clear()
+            self._wake = trio.Event()
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._wake.wait()
 
     @staticmethod
     def warn(actor: DomainActor, now: float) -> None:

@@ -17,7 +17,7 @@ import trio
 
 from .errors import PayloadTooLarge, ProtocolError, RequestTimeout, TokenInUse
 from .protocol import ClientProtocol, Request, Waker, WatchSink
-from .wire import PAYLOAD_MAX, Op, check_domid, check_path, check_watch_path, join, split
+from .wire import PAYLOAD_MAX, Op, check_domid, check_path, check_watch_path, split
 
 
 class Connection(Protocol):
@@ -35,6 +35,7 @@ class Connection(Protocol):
     def _ready(self) -> None: ...
 
     def _armed(self, request: Request, waiter: Waker | None = None) -> Request: ...
+
 
 __all__ = ["Answer", "Pipeline"]
 
@@ -136,7 +137,8 @@ def _same(payload: bytes) -> bytes:
 
 
 class Pipeline:
-    """Requests added with :meth:`read`, :meth:`get_perms`, :meth:`is_domain_introduced` and :meth:`watch`
+    """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced` and
+    :meth:`watch`
     (each returns its :class:`Answer`, nothing sent yet), then sent with ``await pipeline.send()``.
 
     ``send`` returns once every request has its answer (or its RequestTimeout); it raises ConnectionLost if
@@ -163,18 +165,23 @@ class Pipeline:
     def read(self, path: str) -> Answer[bytes]:
         return self._add(Answer(Op.READ, check_path(path) + b"\0", path, _same))
 
+    def write(self, path: str, value: bytes | str) -> Answer[None]:
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        return self._add(Answer(Op.WRITE, check_path(path) + b"\0" + data, path, _nothing))
+
     def get_perms(self, path: str) -> Answer[list[str]]:
         return self._add(Answer(Op.GET_PERMS, check_path(path) + b"\0", path, _texts))
 
     def is_domain_introduced(self, domid: int) -> Answer[bool]:
-        return self._add(Answer(Op.IS_DOMAIN_INTRODUCED, join(str(check_domid(domid))), None, _boolean))
+        return self._add(Answer(Op.IS_DOMAIN_INTRODUCED, b"%d\0" % check_domid(domid), None, _boolean))
 
     def watch(self, path: str, token: str, sink: WatchSink) -> Answer[None]:
         """A WATCH (no depth) whose events go to ``sink`` once sent, as :meth:`~actors.xs.client.XenStore.
         add_watch` does; an error reply (or TokenInUse, with nothing sent) leaves no watch behind."""
-        if len(join(check_watch_path(path), token)) > PAYLOAD_MAX:
+        raw = check_watch_path(path)
+        if len(raw) + len(token.encode()) + 2 > PAYLOAD_MAX:
             raise PayloadTooLarge("watch path and token exceed the payload limit")
-        return self._add(Answer(Op.WATCH, check_watch_path(path), path, _nothing, (token, sink)))
+        return self._add(Answer(Op.WATCH, raw, path, _nothing, (token, sink)))
 
     async def send(self) -> None:
         xs = self._xs

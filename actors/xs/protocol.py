@@ -152,8 +152,8 @@ class ClientProtocol:
     ) -> Request:
         """Register ``sink`` for ``token`` and queue the WATCH. The sink is in place before the request goes
         out: the registration event may come before the reply. The caller checks the token is free."""
-        payload = join(path, token) if depth is None else join(path, token, str(depth))
         key = token.encode()
+        payload = path + b"\0" + key + b"\0" if depth is None else join(path, key, str(depth))
         self._watches[key] = _Watch(token, sink, path)
         try:
             return self.request(Op.WATCH, payload, 0, label)

@@ -184,8 +184,11 @@ class FrameDecoder:
 
 def join(*parts: bytes | str, terminate: bool = True) -> bytes:
     """NUL-join ``parts``; with ``terminate`` every part ends with NUL (``path\\0token\\0``)."""
-    raw = [p.encode() if isinstance(p, str) else p for p in parts]
-    out = b"\0".join(raw)
+    if len(parts) == 1:  # most requests: no list, no comprehension
+        (part,) = parts
+        out = part.encode() if isinstance(part, str) else part
+    else:
+        out = b"\0".join([p.encode() if isinstance(p, str) else p for p in parts])
     return out + b"\0" if terminate else out
 
 
@@ -219,7 +222,7 @@ def check_path(path: bytes | str) -> bytes:
     Characters ``[A-Za-z0-9_/@-]``, no empty path, no trailing ``/`` (but ``/`` itself), no ``//``;
     absolute paths up to 3072 bytes, relative ones up to 2048 (pyxs 0.4.1 gives both 3072).
     """
-    raw = _as_bytes(path, "path")
+    raw = path if type(path) is bytes else _as_bytes(path, "path")
     # pyxs's check_path, stricter and without its posixpath.abspath (a quarter of a request's cost): its
     # pattern ends in "$", which lets a trailing newline through, and it gives relative paths 3072 bytes.
     if not _PATH_RE.fullmatch(raw) or (len(raw) > 1 and raw.endswith(b"/")) or b"//" in raw:
