@@ -47,6 +47,7 @@ class DomainActor(Serving):
     __slots__ = (
         "_changed_at",
         "_log",
+        "_prestarted",
         "_reload_requested",
         "_reset_requested",
         "_wake",
@@ -102,6 +103,14 @@ class DomainActor(Serving):
         self._reset_requested = False
         self._reload_requested = False
         self._changed_at = 0.0  # when ``desired`` last changed: the stop deadline counts from there
+        self._prestarted: bytes | None = None  # see prestart()
+
+    def prestart(self) -> None:
+        """Before its task starts: its first incarnation's name and watches are the runtime's to get (see
+        :meth:`.starting.StartRequests.prestart`), for generation 1; events that arrive meanwhile wait in the
+        mailbox (the watches' initial events: the first resync)."""
+        self.generation = 1
+        self._prestarted = self.identity
 
     @property
     def log(self) -> Logger:
@@ -223,6 +232,8 @@ class DomainActor(Serving):
         try:
             while (identity := self.desired) is not None:
                 await self._live(identity)
+            if not self.watches.empty:  # prestarted, and gone before its task began
+                await self.detach()
         except Exception:
             logger.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
         finally:
@@ -301,8 +312,13 @@ class DomainActor(Serving):
     async def _incarnation(self, identity: bytes) -> HandlerFailed | None:
         """Start, then serve until asked to stop (stop, then return None) or until something in the domain's
         scope fails (return the failure)."""
-        self.generation += 1
-        self._purge()
+        prestarted = self._prestarted == identity
+        self._prestarted = None
+        if not prestarted:
+            if not self.watches.empty:  # prestarted for an identity it no longer has
+                await self.detach()
+            self.generation += 1
+            self._purge()
         self.failure = None
         self._reload_requested = False
         self._set_state(State.STARTING)
@@ -311,7 +327,7 @@ class DomainActor(Serving):
                 async with trio.open_nursery() as nursery:
                     self.scope, self.nursery = nursery.cancel_scope, nursery
                     ctx = DomainContext(self.domid, identity, self.rt, None, nursery, run_task)
-                    if await self._start(ctx, identity):
+                    if await self._start(ctx, identity, prestarted):
                         await self._serve(ctx, identity)
                     self._begin_stop()
                     nursery.cancel_scope.cancel(reason=self._stop_reason(identity))
@@ -340,20 +356,23 @@ class DomainActor(Serving):
             return "shutdown" if self.rt.closing else "retired"
         return "restart"
 
-    async def _start(self, ctx: DomainContext, identity: bytes) -> bool:
+    async def _start(self, ctx: DomainContext, identity: bytes, prestarted: bool) -> bool:
         """The name, on_start hooks, watches; True if the actor runs now (False: asked to stop meanwhile).
         (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)
 
         The name's READ and the watches' WATCHes go in the runtime's pipelines with other starting actors'
-        (see :mod:`.starting`): one wait for both when there are no on_start hooks, which run in between."""
+        (see :mod:`.starting`): done before this task began for a new actor (``prestarted``), else one wait
+        for both when there are no on_start hooks, which run in between."""
         hooks = self.rt.start_hooks()
-        if not await self.rt.starts.ask(self, name=True, attach=not hooks and self.may_attach):
+        if not prestarted and not await self.rt.starts.ask(
+            self, name=True, attach=not hooks and self.may_attach
+        ):
             await self._attach_alone()
         for hook in hooks:
             await call_hook(ctx, hook, "on_start hook")
         if self.desired != identity or self._reload_requested:
             return False
-        if hooks:
+        if hooks or prestarted:  # (prestarted: nothing left to register, unless the connection was lost)
             await self.attach()
         self._set_state(State.RUNNING)
         return True

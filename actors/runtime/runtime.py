@@ -26,7 +26,7 @@ from .observing import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
 from .source import first_leaf
-from .starting import StartRequests
+from .starting import Starting, StartRequests
 from .stopwatch import StopWatch
 from .supervisor import ReconnectPolicy
 from .watchdog import Watchdog
@@ -61,7 +61,7 @@ class Runtime(Messaging, Observing):
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self.message_handler: MessageHandler | None = None
         self._workers = trio.CapacityLimiter(options.worker_threads)
-        self.starts = StartRequests(self.domain_watches)
+        self.starts = StartRequests(self.domain_watches, self._spawn)
         self._watchdog: Watchdog | None = None
         self._closing = False
 
@@ -275,13 +275,21 @@ class Runtime(Messaging, Observing):
         elif identity is not None:
             actor = DomainActor(self, domid, identity)
             self._actors[domid] = actor
-            # The task copies this context as it is spawned: every log line of the actor's task carries the
-            # domid, with nothing per actor kept alive for it but the context's value (no context manager
-            # held open for the actor's whole life).
-            with logger.contextualize(domid=domid):
-                self._nursery.start_soon(actor.run, name=f"mtwatch-{domid}")
+            if self._start_hooks:
+                self._spawn(actor)
+            else:  # its name and watches first, then its task (see StartRequests.prestart)
+                actor.prestart()
+                self.starts.prestart(actor)
             return True
         return False
+
+    def _spawn(self, actor: Starting) -> None:
+        assert isinstance(actor, DomainActor)
+        # The task copies this context as it is spawned: every log line of the actor's task carries the domid,
+        # with nothing per actor kept alive for it but the context's value (no context manager held open for
+        # the actor's whole life).
+        with logger.contextualize(domid=actor.domid):
+            self._nursery.start_soon(actor.run, name=f"mtwatch-{actor.domid}")
 
     # -- the connection ---------------------------------------------------------------------------------
 

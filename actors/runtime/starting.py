@@ -50,12 +50,13 @@ class Starting(Poster, Protocol):
 
 
 class _Job:
-    __slots__ = ("actor", "attach", "cancelled", "generation", "name", "yours")
+    __slots__ = ("actor", "attach", "cancelled", "generation", "name", "spawn", "yours")
 
-    def __init__(self, actor: Starting, name: bool, attach: bool) -> None:
+    def __init__(self, actor: Starting, name: bool, attach: bool, spawn: bool = False) -> None:
         self.actor = actor
         self.name = name
         self.attach = attach
+        self.spawn = spawn  # a new actor whose task is started once its requests are done
         self.generation = actor.generation
         self.cancelled = False
         self.yours = False  # the watches are the actor's to register: another attach or detach held the turn
@@ -83,22 +84,33 @@ class _Sent:
 class StartRequests:
     """See the module docstring. :meth:`run` is a task of the runtime's root nursery."""
 
-    def __init__(self, watches: Callable[[], list[Watch]]) -> None:
+    def __init__(self, watches: Callable[[], list[Watch]], spawn: Callable[[Starting], None]) -> None:
         self._watches_of = watches
+        self._spawn = spawn
         self._batches: deque[_Batch] = deque()
         self._wake = trio.Event()
 
-    async def ask(self, actor: Starting, *, name: bool, attach: bool) -> bool:
-        """Read the actor's name (into ``actor.name``) and/or register its missing per-domain watches. False if
-        the watches are left to the caller (``actor.watches.attach``): another attach or detach of the domain
-        held its turn when the batch was sent (rare)."""
+    def _add(self, job: _Job) -> _Batch:
         batches = self._batches
         if not batches or len(batches[-1].jobs) >= BATCH:
             batches.append(_Batch())
             self._wake.set()
         batch = batches[-1]
-        job = _Job(actor, name, attach)
         batch.jobs.append(job)
+        return batch
+
+    def prestart(self, actor: Starting) -> None:
+        """A new actor without on_start hooks: its name is read and its watches registered (for the generation
+        it already has) first, and its task is started (``spawn``) once they are done, so that it never waits
+        for them. 32,000 actors announced at once then never all wait at once, each with its waiting state."""
+        self._add(_Job(actor, True, True, spawn=True))
+
+    async def ask(self, actor: Starting, *, name: bool, attach: bool) -> bool:
+        """Read the actor's name (into ``actor.name``) and/or register its missing per-domain watches. False if
+        the watches are left to the caller (``actor.watches.attach``): another attach or detach of the domain
+        held its turn when the batch was sent (rare)."""
+        job = _Job(actor, name, attach)
+        batch = self._add(job)
         try:
             await batch.done.wait()
         except BaseException:
@@ -124,6 +136,9 @@ class StartRequests:
                 logger.opt(exception=True).critical("the runtime's start requests failed: a bug in mtwatch")
             finally:
                 batch.done.set()
+                for job in batch.jobs:
+                    if job.spawn:
+                        self._spawn(job.actor)
 
     async def _send(self, xs: XenStore | None, jobs: list[_Job]) -> None:
         if xs is None or xs.is_lost:

@@ -185,6 +185,11 @@ class Registrations:
         registered = self._registered
         return [w for w in watches if (held := registered.get(w.id)) is None or held[0] is not xs]
 
+    @property
+    def empty(self) -> bool:
+        """Nothing registered, nor being registered."""
+        return not self._registered and not self._busy
+
     def take_turn(self) -> bool:
         """Take the turn without waiting (False: another attach or detach has it)."""
         if self._busy:
