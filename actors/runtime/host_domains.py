@@ -167,10 +167,10 @@ class DomainsSource:
         ]
         await pipe.send()
         again: list[int] = []
-        for domid, introduced, judge in asked:
+        for domid, introduced, vm in asked:
             try:
                 if introduced.result():
-                    value = judge()
+                    value = vm.judge()
                     found[domid] = None if value is None else self._identity(domid, value)
             except XenStoreError:
                 again.append(domid)

@@ -27,6 +27,7 @@ __all__ = [
     "LifecycleSink",
     "LifecycleSource",
     "Skipped",
+    "TrustedAnswer",
     "Untrusted",
     "ask_trusted",
     "gather_bounded",
@@ -207,31 +208,40 @@ def _trusted(perms: list[str], value: bytes) -> bytes | Untrusted:
     return value
 
 
-def ask_trusted(pipe: Pipeline, path: str) -> Callable[[], bytes | Untrusted | None]:
-    """Add a node's GET_PERMS and READ to ``pipe``; once it is sent, the returned function judges the answers
-    as :func:`trusted_read` does (None: the node does not exist), or raises the error of a request the daemon
-    refused (or that timed out): ask that node again the patient way, with :func:`trusted_read`."""
-    perms, value = pipe.get_perms(path), pipe.read(path)
+class TrustedAnswer:
+    """A node's GET_PERMS and READ in a pipeline (see :func:`ask_trusted`)."""
 
-    def judge() -> bytes | Untrusted | None:
+    __slots__ = ("_perms", "_value")
+
+    def __init__(self, pipe: Pipeline, path: str) -> None:
+        self._perms, self._value = pipe.get_perms(path), pipe.read(path)
+
+    def judge(self) -> bytes | Untrusted | None:
+        """Once the pipeline is sent: the answers judged as :func:`trusted_read` does (None: the node does not
+        exist); the error of a request the daemon refused (or that timed out) is raised: ask that node again
+        the patient way, with :func:`trusted_read`."""
+        perms, value = self._perms, self._value
         if isinstance(perms.error, NotFound) or isinstance(value.error, NotFound):
             return None
         return _trusted(perms.result(), value.result())
 
-    return judge
+
+def ask_trusted(pipe: Pipeline, path: str) -> TrustedAnswer:
+    """Add a node's GET_PERMS and READ to ``pipe``: judge them with ``.judge()`` once it is sent."""
+    return TrustedAnswer(pipe, path)
 
 
 async def trusted_reads(xs: XenStore, paths: list[str]) -> list[bytes | Skipped | Untrusted | None]:
     """:func:`trusted_read` of many nodes, pipelined (None where a node does not exist); the few the daemon
     refused are asked again one by one, with retries. ConnectionLost and ValueError are raised."""
     pipe = xs.pipeline()
-    judges = [ask_trusted(pipe, path) for path in paths]
+    asked = [TrustedAnswer(pipe, path) for path in paths]
     await pipe.send()
     results: list[bytes | Skipped | Untrusted | None] = []
     again: list[int] = []
-    for index, judge in enumerate(judges):
+    for index, answer in enumerate(asked):
         try:
-            results.append(judge())
+            results.append(answer.judge())
         except XenStoreError:
             results.append(SKIPPED)
             again.append(index)

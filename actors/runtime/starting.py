@@ -39,7 +39,7 @@ WORKERS: Final = 2
 
 
 class Starting(Poster, Protocol):
-    """What the start requests need of a domain actor (:class:`~.domain.Starting`)."""
+    """What the start requests need of a domain actor (:class:`~.domain.DomainActor`)."""
 
     domid: int
     name: str | None
@@ -50,7 +50,20 @@ class Starting(Poster, Protocol):
 
 
 class _Job:
-    __slots__ = ("actor", "attach", "cancelled", "generation", "name", "spawn", "yours")
+    """One actor's requests: what to ask, then (in a pipeline) the name's READ and each watch's WATCH with what
+    it registers."""
+
+    __slots__ = (
+        "actor",
+        "asked_name",
+        "asked_watches",
+        "attach",
+        "cancelled",
+        "generation",
+        "name",
+        "spawn",
+        "yours",
+    )
 
     def __init__(self, actor: Starting, name: bool, attach: bool, spawn: bool = False) -> None:
         self.actor = actor
@@ -60,6 +73,8 @@ class _Job:
         self.generation = actor.generation
         self.cancelled = False
         self.yours = False  # the watches are the actor's to register: another attach or detach held the turn
+        self.asked_name: Answer[bytes] | None = None
+        self.asked_watches: list[tuple[Watch, str, str, Answer[None]]] | None = None
 
 
 class _Batch:
@@ -68,17 +83,6 @@ class _Batch:
     def __init__(self) -> None:
         self.jobs: list[_Job] = []
         self.done = trio.Event()
-
-
-class _Sent:
-    """One job's requests in a pipeline: the name's READ, and each watch's WATCH with what it registers."""
-
-    __slots__ = ("job", "name", "watches")
-
-    def __init__(self, job: _Job) -> None:
-        self.job = job
-        self.name: Answer[bytes] | None = None
-        self.watches: list[tuple[Watch, str, str, Answer[None]]] = []
 
 
 class StartRequests:
@@ -148,45 +152,47 @@ class StartRequests:
             return
         pipe = xs.pipeline()
         watches = self._watches_of()
-        sent = [self._queue(xs, pipe, job, watches) for job in jobs if not job.cancelled]
+        sent = [job for job in jobs if not job.cancelled and self._queue(xs, pipe, job, watches)]
         try:
             # Lost: every answer not in holds it: no name, nothing registered (the reconnect attaches).
             with suppress(ConnectionLost):
                 await pipe.send()
         finally:
-            for item in sent:
-                if item is not None:
-                    self._settle(xs, item)
+            for job in sent:
+                self._settle(xs, job)
 
-    def _queue(self, xs: XenStore, pipe: Pipeline, job: _Job, watches: list[Watch]) -> _Sent | None:
-        """Add the job's requests to ``pipe``; the watches only with the domain's registrations' turn taken."""
-        actor, item = job.actor, _Sent(job)
+    def _queue(self, xs: XenStore, pipe: Pipeline, job: _Job, watches: list[Watch]) -> bool:
+        """Add the job's requests to ``pipe`` (True if any); the watches only with the domain's registrations'
+        turn taken."""
+        actor = job.actor
         if job.name:
-            item.name = pipe.read(f"/local/domain/{actor.domid}/name")
+            job.asked_name = pipe.read(f"/local/domain/{actor.domid}/name")
         if job.attach and actor.generation == job.generation and actor.may_attach:
             registrations = actor.watches
             missing = registrations.missing(xs, watches)
             if missing and registrations.take_turn():
                 domid, generation = actor.domid, job.generation
+                job.asked_watches = asked = []
                 for watch in missing:
                     path, token = watch.path(domid), watch.token(domid, generation)
                     answer = pipe.watch(path, token, Sink(actor, watch, generation, path))
-                    item.watches.append((watch, path, token, answer))
+                    asked.append((watch, path, token, answer))
             elif missing:
                 job.yours = True
-        return item if item.name is not None or item.watches else None
+        return job.asked_name is not None or job.asked_watches is not None
 
     @staticmethod
-    def _settle(xs: XenStore, item: _Sent) -> None:
-        actor = item.job.actor
-        if item.name is not None:
-            name = item.name
+    def _settle(xs: XenStore, job: _Job) -> None:
+        actor = job.actor
+        if job.asked_name is not None:
+            name, job.asked_name = job.asked_name, None
             actor.name = None if name.failed else name.result().decode(errors="replace")
-        if not item.watches:
+        if job.asked_watches is None:
             return
+        asked, job.asked_watches = job.asked_watches, None
         registrations = actor.watches
         try:
-            for watch, path, token, answer in item.watches:
+            for watch, path, token, answer in asked:
                 error = answer.error
                 if error is None:
                     registrations.record(watch, xs, path, token)
