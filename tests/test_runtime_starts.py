@@ -6,17 +6,21 @@ xenstored over a real socket; a lifecycle source driven by the test (a custom so
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
+import pytest
 import trio
 import trio.testing
 
 import actors
 from actors import DomainContext, State, WatchEvent
 from actors.runtime.source import LifecycleSink
+from actors.runtime.watches import Handler
 from actors.xenstored import open_xenstored
 from actors.xs.wire import Frame, Op
-from harness.faultproxy import fault_proxy, path_of
+from harness.faultproxy import FaultProxy, fault_proxy, path_of
 
 
 class Driven:
@@ -37,36 +41,67 @@ def tokens_of(xs: actors.XenStore, domid: int) -> set[str]:
     return {token for token in xs._sinks if token.startswith(f"mtw/{domid}/")}
 
 
-async def test_gone_before_its_task_began_leaves_no_watch(
-    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
-) -> None:
+@asynccontextmanager
+async def runtime_through_proxy(
+    workdir: str, when: str, domid: int, change: bytes | None, handler: Handler
+) -> AsyncIterator[tuple[actors.Runtime, actors.XenStore, Driven, FaultProxy]]:
+    """A runtime (through a fault proxy, on the embedded xenstored) whose registry says ``domid`` is live, then
+    ``change`` for it: at once (``when="before"``: before the runtime's pipeline goes out), or as the proxy
+    passes the domain's WATCH (``when="during"``: its requests are out, its task not started yet)."""
+    path = os.path.join(workdir, "socket")
     source = Driven()
+    async with open_xenstored(path), actors.connect(path) as xs, fault_proxy(path) as proxy:
+        await xs.write(f"/local/domain/{domid}/name", f"guest-{domid}")
+
+        def rule(frame: Frame) -> str | None:
+            if when == "during" and frame.op == Op.WATCH and path_of(frame) == f"/local/domain/{domid}/data":
+                assert source.sink is not None
+                source.sink.one(domid, change)
+            return None
+
+        proxy.rule = rule
+        async with (
+            actors.connect(proxy.path) as proxied,
+            actors.open_runtime(proxied, lifecycle=source) as rt,
+        ):
+            rt.watch("/local/domain/{domid}/data", handler)
+            await rt.ready.wait()
+            assert source.sink is not None
+            source.sink.one(domid, b"first")  # prestarted: its requests queued, its task not started
+            if when == "before":
+                source.sink.one(domid, change)
+            yield rt, xs, source, proxy
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+async def test_gone_before_its_task_began_leaves_no_watch(
+    workdir: str, autojump_clock: trio.testing.MockClock, when: str
+) -> None:
     handled: list[int] = []
 
     async def handler(ctx: DomainContext, event: WatchEvent) -> None:
         handled.append(ctx.domid)
 
-    async with actors.open_runtime(xs, lifecycle=source) as rt:
-        rt.watch("/local/domain/{domid}/data", handler)
-        await rt.ready.wait()
-        assert source.sink is not None
-        source.sink.one(5, b"uuid-5")  # prestarted: its requests queued, its task not started
-        source.sink.one(5, None)  # gone before the runtime's pipeline even went out
+    async with runtime_through_proxy(workdir, when, 5, None, handler) as (rt, _xs, source, proxy):
         with trio.fail_after(10):
             await rt.wait_domain(5, None)
         await trio.testing.wait_all_tasks_blocked()
         assert tokens_of(rt.xs, 5) == set()
         assert handled == []
+        asked = [path_of(frame) for frame in proxy.requests if frame.op in (Op.WATCH, Op.READ)]
+        if when == "before":  # nothing asked for a domain gone before its requests went out
+            assert not [path for path in asked if path.startswith("/local/domain/5/")]
+        assert source.sink is not None
         source.sink.one(6, b"uuid-6")  # and the next one starts as ever
         with trio.fail_after(10):
             await rt.wait_domain(6, State.RUNNING)
         assert len(tokens_of(rt.xs, 6)) == 1
 
 
+@pytest.mark.parametrize("when", ["before", "during"])
 async def test_renamed_before_its_task_began_watches_for_the_new_identity(
-    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+    workdir: str, autojump_clock: trio.testing.MockClock, when: str
 ) -> None:
-    source = Driven()
     seen: list[tuple[int, bytes, str]] = []
     written = trio.Event()
 
@@ -75,19 +110,14 @@ async def test_renamed_before_its_task_began_watches_for_the_new_identity(
         if event.path.endswith("/data/x"):
             written.set()
 
-    await xs.write("/local/domain/7/name", "guest-seven")
-    async with actors.open_runtime(xs, lifecycle=source) as rt:
-        rt.watch("/local/domain/{domid}/data", handler)
-        await rt.ready.wait()
-        assert source.sink is not None
-        source.sink.one(7, b"first")
-        source.sink.one(7, b"second")  # a reused domid, before the first actor's task began
+    async with runtime_through_proxy(workdir, when, 7, b"second", handler) as (rt, xs, _, _proxy):
         with trio.fail_after(10):
+            while rt.domains.get(7) is None or rt.domains[7].identity != b"second":  # noqa: ASYNC110
+                await trio.sleep(0.01)
             await rt.wait_domain(7, State.RUNNING)
             await xs.write("/local/domain/7/data/x", "1")
             await written.wait()
-        assert rt.domains[7].identity == b"second"
-        assert rt.domains[7].name == "guest-seven"
+        assert rt.domains[7].name == "guest-7"
         assert all(identity == b"second" for _, identity, _ in seen)
         (token,) = tokens_of(rt.xs, 7)
         assert token.startswith("mtw/7/2/")  # the first incarnation's watch (generation 1) was undone

@@ -43,6 +43,8 @@ class Starting(Poster, Protocol):
 
     domid: int
     name: str | None
+    identity: bytes
+    desired: bytes | None
     watches: Registrations
 
     @property
@@ -165,6 +167,8 @@ class StartRequests:
         """Add the job's requests to ``pipe`` (True if any); the watches only with the domain's registrations'
         turn taken."""
         actor = job.actor
+        if job.spawn and actor.desired != actor.identity:
+            return False  # gone or renamed before its task began: the task sees to it (nothing to register)
         if job.name:
             job.asked_name = pipe.read(f"/local/domain/{actor.domid}/name")
         if job.attach and actor.generation == job.generation and actor.may_attach:

@@ -204,6 +204,9 @@ class Pipeline:
             await trio.lowlevel.checkpoint()  # a checkpoint even when nothing was waited for
         finally:
             self._settle(xs, answers[:sent])
+            if xs.is_lost:
+                for answer in answers[sent:]:  # never sent: the connection went first
+                    answer._error = answer._error or xs._lost_error()
         if xs.is_lost and any(a._request is not None and a._request.reply is None for a in answers[:sent]):
             raise xs._lost_error()
 
