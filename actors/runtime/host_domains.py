@@ -157,29 +157,38 @@ class DomainsSource:
         """Of ``domids``: the introduced ones with their ``vm`` (None: there is none), and those the daemon
         would not tell about. The rest are not introduced.
 
-        One pipeline asks IS_DOMAIN_INTRODUCED and the ``vm`` node's permissions and value of every domain at
-        once; a domain whose answers hold an error reply is asked again one request at a time, with retries."""
+        One pipeline asks IS_DOMAIN_INTRODUCED of every domain, a second one the ``vm`` node's permissions and
+        value of the introduced ones (nothing is asked of a domain already gone); a domain whose answers hold
+        an error reply is asked again one request at a time, with retries."""
         found: dict[int, bytes | None] = {}
         unknown: set[int] = set()
-        pipe = xs.pipeline()
-        asked = [
-            (domid, pipe.is_domain_introduced(domid), ask_trusted(pipe, self._vm(domid))) for domid in domids
-        ]
-        await pipe.send()
         again: list[int] = []
-        for domid, introduced, vm in asked:
+        pipe = xs.pipeline()
+        asked = [(domid, pipe.is_domain_introduced(domid)) for domid in domids]
+        await pipe.send()
+        introduced: list[int] = []
+        for domid, answer in asked:
             try:
-                if introduced.result():
-                    value = vm.judge()
-                    found[domid] = None if value is None else self._identity(domid, value)
+                if answer.result():
+                    introduced.append(domid)
             except XenStoreError:
                 again.append(domid)
+        pipe = xs.pipeline()
+        vms = [(domid, ask_trusted(pipe, self._vm(domid))) for domid in introduced]
+        await pipe.send()
+        for domid, vm in vms:
+            try:
+                value = vm.judge()
+            except XenStoreError:
+                again.append(domid)
+            else:
+                found[domid] = None if value is None else self._identity(domid, value)
 
         async def examine(domid: int) -> None:
-            introduced = await self._introduced(xs, domid)
-            if introduced is None:
+            said = await self._introduced(xs, domid)
+            if said is None:
                 unknown.add(domid)
-            elif introduced:
+            elif said:
                 identity = await self.identity(xs, domid)
                 if isinstance(identity, Skipped):
                     unknown.add(domid)

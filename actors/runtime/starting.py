@@ -3,10 +3,15 @@ watches), pipelined for many actors at once.
 
 32,751 domains announced at once start 32,751 actors, and each asks the daemon for its name and registers its
 watches. One request at a time per actor costs each request a trio event, a park and a wake-up, more than the
-wire does; here an actor hands its requests to :class:`StartRequests` and parks once, while a worker task sends
-the requests of up to ``BATCH`` actors in one :class:`~actors.xs.pipeline.Pipeline` and wakes them all when
-their answers are in. Two workers, so that one batch's answers are handled while the next is on the wire; the
-in-flight requests are bounded by the batches (this is also what bounds the memory a boot storm costs).
+wire does; here a worker task sends the requests of up to ``BATCH`` actors in one
+:class:`~actors.xs.pipeline.Pipeline`. Two workers, so that one batch's answers are handled while the next is on
+the wire; the in-flight requests are bounded by the batches (this also bounds the memory a boot storm costs).
+
+A new actor (without on_start hooks) is *prestarted*: its requests go first and its task is started once they
+are done (:meth:`StartRequests.prestart`), so that 32,000 new actors never all wait at once, each holding its
+waiting state (which the garbage collector would promote, then collect in full). Any other start, and every
+later attach (a reconnect, a new watch rule, the end of a throttle), hands its requests over and parks once
+(:meth:`StartRequests.ask`) until its batch's answers are in.
 
 What each actor gets is what it would get asking alone: its name or None (absent, refused, connection down);
 each watch registered, or skipped with a warning if refused, or nothing on a lost connection (the reconnect
