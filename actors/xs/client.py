@@ -227,12 +227,12 @@ class XenStore(
         if not self._protocol.pending:
             self._stall.requests_began()
 
-    def _armed(self, request: Request, waiter: Waker | None = None) -> Request:
+    def _armed(self, request: Request, waiter: Waker | None = None, now: float | None = None) -> Request:
         """A request just queued, for :meth:`_wait` (or, with ``waiter``, for a pipeline): its waiter, and its
-        deadline from ``request_timeout``."""
+        deadline from ``request_timeout`` (counted from ``now`` if given: the trio clock)."""
         request.waiter = trio.Event() if waiter is None else waiter
         if self.request_timeout is not None:
-            self._deadlines.arm(request, self.request_timeout)
+            self._deadlines.arm(request, self.request_timeout, now)
         return request
 
     async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:

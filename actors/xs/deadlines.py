@@ -23,9 +23,10 @@ class RequestDeadlines:
         self._next = math.inf  # when run() wakes next (inf: when a request is armed)
         self._wake = trio.Event()
 
-    def arm(self, request: Request, timeout: float) -> None:
+    def arm(self, request: Request, timeout: float, now: float | None = None) -> None:
+        """``now``: the trio clock, when the caller has it (a pipeline arms many requests at one moment)."""
         request.timeout = timeout
-        request.deadline = deadline = trio.current_time() + timeout
+        request.deadline = deadline = (trio.current_time() if now is None else now) + timeout
         if deadline < self._next:
             self._wake.set()
 

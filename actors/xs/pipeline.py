@@ -34,7 +34,7 @@ class Connection(Protocol):
 
     def _ready(self) -> None: ...
 
-    def _armed(self, request: Request, waiter: Waker | None = None) -> Request: ...
+    def _armed(self, request: Request, waiter: Waker | None = None, now: float | None = None) -> Request: ...
 
 
 __all__ = ["Answer", "Pipeline"]
@@ -189,10 +189,14 @@ class Pipeline:
         countdown = Countdown()
         window, half = self._window, self._window // 2
         sent = 0
+        now = 0.0
         try:
             while sent < len(answers) or countdown.remaining:
+                if sent < len(answers) and countdown.remaining < window:
+                    xs._ready()  # once per window: lost? the stall detector told requests begin
+                    now = trio.current_time()
                 while sent < len(answers) and countdown.remaining < window:
-                    self._queue(xs, answers[sent], countdown)
+                    self._queue(xs, answers[sent], countdown, now)
                     sent += 1
                 xs._outbox_ready.set()
                 countdown.low = half if sent < len(answers) else 0
@@ -211,19 +215,18 @@ class Pipeline:
             raise xs._lost_error()
 
     @staticmethod
-    def _queue(xs: Connection, answer: Answer[object], countdown: Countdown) -> None:
+    def _queue(xs: Connection, answer: Answer[object], countdown: Countdown, now: float) -> None:
         protocol = xs._protocol
         token, sink = answer._token, answer._sink
         if token is not None and protocol.has_watch(token):
             answer._error = TokenInUse(path=answer._path)
             return
-        xs._ready()
         if token is not None:
             assert sink is not None
             request = protocol.watch(answer._payload, token, sink, label=answer._path)
         else:
             request = protocol.request(answer._op, answer._payload, 0, answer._path)
-        answer._request = xs._armed(request, countdown)
+        answer._request = xs._armed(request, countdown, now)
         countdown.remaining += 1
 
     @staticmethod

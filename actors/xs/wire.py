@@ -205,6 +205,9 @@ def split(payload: bytes) -> list[bytes]:
 
 _PERM_RE: Final = re.compile(rb"[nrwb](0|[1-9][0-9]{0,4})")
 _PATH_RE: Final = re.compile(rb"[A-Za-z0-9_/@-]+")
+# A node path in one match: "/" alone, or names of those characters joined by single "/", perhaps with a
+# leading one (no empty name: no "//", no trailing "/").
+_NODE_PATH_RE: Final = re.compile(rb"/|/?[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*")
 
 
 def _as_bytes(value: bytes | str, what: str) -> bytes:
@@ -222,10 +225,16 @@ def check_path(path: bytes | str) -> bytes:
     Characters ``[A-Za-z0-9_/@-]``, no empty path, no trailing ``/`` (but ``/`` itself), no ``//``;
     absolute paths up to 3072 bytes, relative ones up to 2048 (pyxs 0.4.1 gives both 3072).
     """
-    raw = path if type(path) is bytes else _as_bytes(path, "path")
+    if isinstance(path, str):
+        try:
+            raw = path.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidPath(f"path {path!r} is not ASCII") from None
+    else:
+        raw = bytes(path)
     # pyxs's check_path, stricter and without its posixpath.abspath (a quarter of a request's cost): its
     # pattern ends in "$", which lets a trailing newline through, and it gives relative paths 3072 bytes.
-    if not _PATH_RE.fullmatch(raw) or (len(raw) > 1 and raw.endswith(b"/")) or b"//" in raw:
+    if not _NODE_PATH_RE.fullmatch(raw):
         raise InvalidPath(f"invalid path {path!r}")
     limit = ABS_PATH_MAX if raw.startswith(b"/") else REL_PATH_MAX
     if len(raw) > limit:
