@@ -261,12 +261,17 @@ async def test_pipelined_requests_left_unanswered_are_abandoned(autojump_clock: 
         await trio.sleep_forever()
 
     async with scripted(script) as path, actors.connect(path, request_timeout=1) as xs:
-        calls = [(Op.READ, b"/a\0", "/a"), (Op.READ, b"/b\0", "/b"), (Op.READ, b"/c\0", "/c")]
-        with pytest.raises(RequestTimeout):
-            await xs._pipelined(calls)
+        pipe = xs.pipeline()
+        answers = [pipe.request(Op.READ, f"/{name}\0".encode(), f"/{name}") for name in "abc"]
+        await pipe.send()
+        for answer in answers:
+            with pytest.raises(RequestTimeout):
+                answer.result()
         assert not xs._protocol._pending  # all abandoned: their late replies are discarded
-        with trio.move_on_after(1) as scope:
-            await xs._pipelined(calls)
+        for name in "abc":
+            pipe.request(Op.READ, f"/{name}\0".encode(), f"/{name}")
+        with trio.move_on_after(0.5) as scope:
+            await pipe.send()
         assert scope.cancelled_caught
         assert not xs._protocol._pending
 

@@ -18,7 +18,7 @@ import trio
 
 from .daemon import Capabilities, DaemonOperations
 from .deadlines import RequestDeadlines
-from .errors import ConnectionLost, ConnectionStalled, ErrorReply, ProtocolError, RequestTimeout
+from .errors import ConnectionLost, ConnectionStalled, ProtocolError, RequestTimeout
 from .operations import Operations
 from .pipeline import WINDOW, Pipeline
 from .protocol import ClientProtocol, Request, Waker, WatchSink
@@ -235,28 +235,6 @@ class XenStore(
             self._deadlines.arm(request, self.request_timeout, now)
         return request
 
-    async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
-        """Requests queued at once (one write on a socket), then their answers in order: a payload or the
-        error reply. Other errors (lost, timeout) are raised."""
-        requests: list[tuple[Request, str | None]] = []
-        answers: list[bytes | ErrorReply] = []
-        try:
-            for op, payload, path in calls:
-                requests.append((self._queue(op, payload, 0, path), path))
-            for request, path in requests:
-                try:
-                    answers.append(await self._wait(request, path))
-                except ErrorReply as exc:
-                    answers.append(exc)
-        finally:
-            # Left early (timeout, cancellation, a payload too large): the requests not waited for are abandoned
-            # too, as _wait() abandons its own, or they would stay in the pending table until a reply that may
-            # never come (the abandoned ones are bounded).
-            for request, _ in requests[len(answers) :]:
-                self._protocol.abandon(request)
-            self._outbox_ready.set()  # what was queued before a failure to queue goes out all the same
-        return answers
-
     async def _wait(self, request: Request, path: str | None) -> bytes:
         protocol = self._protocol
         done = request.waiter
@@ -273,10 +251,7 @@ class XenStore(
         if answer is None:
             if self._lost is not None:
                 raise self._lost_error()
-            where = f" on {path!r}" if path is not None else ""
-            raise RequestTimeout(
-                f"{op_name}{where}: no reply within {request.timeout} s from xenstored ({self.name})"
-            )
+            raise RequestTimeout.of(op_name, path, request.timeout, self.name)
         if answer.op == Op.ERROR:
             error = answer.error(path, op_name)
             assert error is not None

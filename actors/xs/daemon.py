@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import overload
 
 from .errors import ErrorReply, ProtocolError, Unsupported
-from .wire import Op, check_domid, join, split
+from .pipeline import WINDOW, Answer, Pipeline
+from .wire import Op, check_domid, introduced, join, split
 
 __all__ = ["Capabilities", "DaemonOperations", "Feature"]
 
@@ -46,6 +47,13 @@ class Capabilities:
     feature_ops: bool = False
 
 
+def _payload_or_error_reply(answer: Answer[bytes]) -> bytes | ErrorReply:
+    """The answer's payload, or its error reply (an answer of its own to the probe); anything else (a lost
+    connection, a timeout) is raised."""
+    error = answer.error
+    return error if isinstance(error, ErrorReply) else answer.result()
+
+
 def _number(reply: bytes, what: str) -> int:
     text = reply.rstrip(b"\0")
     if not text.isdigit() or len(text) > 20:
@@ -59,7 +67,7 @@ class DaemonOperations:
     async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
         raise NotImplementedError
 
-    async def _pipelined(self, calls: list[tuple[Op, bytes, str | None]]) -> list[bytes | ErrorReply]:
+    def pipeline(self, window: int = WINDOW) -> Pipeline:
         raise NotImplementedError
 
     async def capabilities(self) -> Capabilities:
@@ -71,13 +79,14 @@ class DaemonOperations:
         GET_FEATURE goes out with an empty payload, and oxenstored reads a frame with an empty payload only
         when more bytes follow: in the same write, DIRECTORY does.
         """
-        part, feature, root = await self._pipelined(
-            [
-                (Op.DIRECTORY_PART, join("/", "0"), "/"),
-                (Op.GET_FEATURE, b"", None),
-                (Op.DIRECTORY, join("/"), "/"),
-            ]
-        )
+        pipe = self.pipeline()
+        asked = [
+            pipe.request(Op.DIRECTORY_PART, join("/", "0"), "/"),
+            pipe.request(Op.GET_FEATURE, b""),
+            pipe.request(Op.DIRECTORY, join("/"), "/"),
+        ]
+        await pipe.send()  # queued at once: one write
+        part, feature, root = (_payload_or_error_reply(answer) for answer in asked)
         # ENOSYS: the op does not exist; any other answer (a guest may be refused "/") says it does.
         directory_part = not isinstance(part, Unsupported)
         feature_ops = not isinstance(feature, Unsupported)
@@ -109,10 +118,7 @@ class DaemonOperations:
         await self._request(Op.RELEASE, join(str(check_domid(domid))))
 
     async def is_domain_introduced(self, domid: int) -> bool:
-        reply = (await self._request(Op.IS_DOMAIN_INTRODUCED, join(str(check_domid(domid))))).rstrip(b"\0")
-        if reply not in (b"T", b"F"):
-            raise ProtocolError(f"IS_DOMAIN_INTRODUCED: expected T or F, got {reply[:80]!r}")
-        return reply == b"T"
+        return introduced(await self._request(Op.IS_DOMAIN_INTRODUCED, join(str(check_domid(domid)))))
 
     async def resume(self, domid: int) -> None:
         await self._request(Op.RESUME, join(str(check_domid(domid))))

@@ -14,9 +14,9 @@ __all__ = ["RequestDeadlines"]
 
 
 class RequestDeadlines:
-    """Releases the wait of every request whose deadline passed before its reply came (its waiter is set with
-    ``reply`` still None: the caller raises RequestTimeout and abandons it). :meth:`run` is the connection's
-    task; :meth:`arm` gives a request its deadline as it is queued."""
+    """Releases the wait of every request whose deadline passed before its reply came: it is abandoned (a late
+    reply is discarded) and its waiter set with ``reply`` still None (the caller raises RequestTimeout).
+    :meth:`run` is the connection's task; :meth:`arm` gives a request its deadline as it is queued."""
 
     def __init__(self, protocol: ClientProtocol) -> None:
         self._protocol = protocol
@@ -46,14 +46,12 @@ class RequestDeadlines:
                 elif deadline < earliest:
                     earliest = deadline
             for request in overdue:
-                request.deadline = None  # released once
-                waiter = request.waiter
-                assert waiter is not None
-                if not isinstance(waiter, trio.Event):
-                    # A pipeline's countdown stands for many requests: this one is abandoned now, so that
-                    # its late answer does not count it down a second time.
-                    self._protocol.abandon(request)
-                waiter.set()
+                # Abandoned now (its late answer is discarded), then its waiter released once: a pipeline's
+                # countdown, which stands for many requests, is never counted down twice for one.
+                request.deadline = None
+                self._protocol.abandon(request)
+                assert request.waiter is not None
+                request.waiter.set()
             self._next = earliest
             self._wake = trio.Event()
             with trio.move_on_at(earliest):

@@ -182,6 +182,12 @@ class RequestTimeout(XenStoreError):
     """The request's deadline (``XenStore.request_timeout``) passed before its reply came; the connection is
     kept and a late reply is discarded. The request may or may not have taken effect."""
 
+    @classmethod
+    def of(cls, op: str, path: str | None, timeout: float | None, daemon: str) -> RequestTimeout:
+        """``READ on '/x': no reply within 30 s from xenstored (/run/xenstored/socket)``."""
+        where = f" on {path!r}" if path is not None else ""
+        return cls(f"{op}{where}: no reply within {timeout} s from xenstored ({daemon})")
+
 
 class XenStoreUnavailable(XenStoreError, OSError):
     """No daemon could be reached at the path tried (missing socket, refused connection, no device)."""

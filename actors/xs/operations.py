@@ -8,7 +8,7 @@ from typing import Protocol
 from .daemon import Capabilities
 from .errors import NotFound, QuotaExceeded, Unsupported
 from .protocol import DirectoryParts
-from .wire import DOMID_ANY, Op, check_path, check_perms, join, split
+from .wire import DOMID_ANY, Op, check_path, check_perms, join, texts
 
 
 class Connection(Protocol):
@@ -68,7 +68,7 @@ class Operations:
             if exc.errno_name != "E2BIG":
                 raise
             return await self._ls_parts(raw, path)
-        return [_text(name) for name in split(reply)]
+        return texts(reply)
 
     async def _ls_parts(self, raw: bytes, path: str) -> list[str]:
         parts = DirectoryParts(raw, label=path)
@@ -86,7 +86,7 @@ class Operations:
 
     async def get_perms(self, path: str) -> list[str]:
         """Permissions as strings like ``["n0", "r5"]``: the first names the owner and everybody's default."""
-        return [_text(p) for p in split(await self._call(Op.GET_PERMS, join(check_path(path)), path))]
+        return texts(await self._call(Op.GET_PERMS, join(check_path(path)), path))
 
     async def set_perms(self, path: str, perms: Iterable[str]) -> None:
         """Set the node's permissions. DOMID_ANY (``r32757``: every domain) needs a daemon with that feature

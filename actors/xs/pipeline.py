@@ -15,9 +15,9 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
-from .errors import PayloadTooLarge, ProtocolError, RequestTimeout, TokenInUse
+from .errors import PayloadTooLarge, RequestTimeout, TokenInUse
 from .protocol import ClientProtocol, Request, Waker, WatchSink
-from .wire import PAYLOAD_MAX, Op, check_domid, check_path, check_watch_path, split
+from .wire import PAYLOAD_MAX, Op, check_domid, check_path, check_watch_path, introduced, texts
 
 
 class Connection(Protocol):
@@ -117,17 +117,6 @@ class Answer(Generic[T]):
         return self._decode(request.reply.payload)
 
 
-def _texts(payload: bytes) -> list[str]:
-    return [part.decode("utf-8", "surrogateescape") for part in split(payload)]
-
-
-def _boolean(payload: bytes) -> bool:
-    reply = payload.rstrip(b"\0")
-    if reply not in (b"T", b"F"):
-        raise ProtocolError(f"IS_DOMAIN_INTRODUCED: expected T or F, got {reply[:80]!r}")
-    return reply == b"T"
-
-
 def _nothing(payload: bytes) -> None:
     return None
 
@@ -137,9 +126,9 @@ def _same(payload: bytes) -> bytes:
 
 
 class Pipeline:
-    """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced` and
-    :meth:`watch`
-    (each returns its :class:`Answer`, nothing sent yet), then sent with ``await pipeline.send()``.
+    """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced`,
+    :meth:`watch` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
+    ``await pipeline.send()``.
 
     ``send`` returns once every request has its answer (or its RequestTimeout); it raises ConnectionLost if
     the connection is lost first (the requests not answered then have ConnectionLost as their error too).
@@ -170,10 +159,14 @@ class Pipeline:
         return self._add(Answer(Op.WRITE, check_path(path) + b"\0" + data, path, _nothing))
 
     def get_perms(self, path: str) -> Answer[list[str]]:
-        return self._add(Answer(Op.GET_PERMS, check_path(path) + b"\0", path, _texts))
+        return self._add(Answer(Op.GET_PERMS, check_path(path) + b"\0", path, texts))
 
     def is_domain_introduced(self, domid: int) -> Answer[bool]:
-        return self._add(Answer(Op.IS_DOMAIN_INTRODUCED, b"%d\0" % check_domid(domid), None, _boolean))
+        return self._add(Answer(Op.IS_DOMAIN_INTRODUCED, b"%d\0" % check_domid(domid), None, introduced))
+
+    def request(self, op: Op, payload: bytes, path: str | None = None) -> Answer[bytes]:
+        """Any request, its payload already made (the capabilities probe's, say): the answer's payload as it is."""
+        return self._add(Answer(op, payload, path, _same))
 
     def watch(self, path: str, token: str, sink: WatchSink) -> Answer[None]:
         """A WATCH (no depth) whose events go to ``sink`` once sent, as :meth:`~actors.xs.client.XenStore.
@@ -242,9 +235,6 @@ class Pipeline:
                 if xs.is_lost:
                     answer._error = xs._lost_error()
                 else:
-                    answer._error = RequestTimeout(
-                        f"{answer._op.name} on {answer._path!r}: no reply within {request.timeout} s"
-                        f" from xenstored ({xs.name})"
-                    )
+                    answer._error = RequestTimeout.of(answer._op.name, answer._path, request.timeout, xs.name)
             if answer._token is not None and answer.error is not None:
                 protocol.unwatch(answer._token, answer._sink)

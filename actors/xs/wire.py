@@ -41,8 +41,10 @@ __all__ = [
     "check_perms",
     "check_watch_path",
     "encode",
+    "introduced",
     "join",
     "split",
+    "texts",
 ]
 
 PAYLOAD_MAX: Final = 4096  # XENSTORE_PAYLOAD_MAX
@@ -201,6 +203,19 @@ def split(payload: bytes) -> list[bytes]:
     return payload.split(b"\0")
 
 
+def texts(payload: bytes) -> list[str]:
+    """The NUL-terminated strings of a payload as text (names, permissions; bytes past UTF-8 kept)."""
+    return [part.decode("utf-8", "surrogateescape") for part in split(payload)]
+
+
+def introduced(payload: bytes) -> bool:
+    """IS_DOMAIN_INTRODUCED's answer: ``T`` or ``F`` (ProtocolError for anything else)."""
+    reply = payload.rstrip(b"\0")
+    if reply not in (b"T", b"F"):
+        raise ProtocolError(f"IS_DOMAIN_INTRODUCED: expected T or F, got {reply[:80]!r}")
+    return reply == b"T"
+
+
 # -- validation ----------------------------------------------------------------------------------------------
 
 _PERM_RE: Final = re.compile(rb"[nrwb](0|[1-9][0-9]{0,4})")
@@ -225,13 +240,7 @@ def check_path(path: bytes | str) -> bytes:
     Characters ``[A-Za-z0-9_/@-]``, no empty path, no trailing ``/`` (but ``/`` itself), no ``//``;
     absolute paths up to 3072 bytes, relative ones up to 2048 (pyxs 0.4.1 gives both 3072).
     """
-    if isinstance(path, str):
-        try:
-            raw = path.encode("ascii")
-        except UnicodeEncodeError:
-            raise InvalidPath(f"path {path!r} is not ASCII") from None
-    else:
-        raw = bytes(path)
+    raw = _as_bytes(path, "path")
     # pyxs's check_path, stricter and without its posixpath.abspath (a quarter of a request's cost): its
     # pattern ends in "$", which lets a trailing newline through, and it gives relative paths 3072 bytes.
     if not _NODE_PATH_RE.fullmatch(raw):
