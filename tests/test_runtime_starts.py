@@ -179,3 +179,26 @@ async def test_a_lost_connection_under_a_start_is_made_good_by_the_reconnect(
                 while rt.reconnects < 1 or any(not tokens_of(rt.xs, d) for d in range(1, 201)):  # noqa: ASYNC110
                     await trio.sleep(0.1)
             assert cuts == 1
+
+
+async def test_an_attach_that_finds_the_turn_taken_waits_for_it_and_asks_again(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A watch rule removed and another added at once: each domain's detach (UNWATCH) and attach (WATCH) contend
+    for the domain's turn; whichever comes second waits for it. Every domain ends with the new watch alone."""
+    source = Driven()
+    async with actors.open_runtime(xs, lifecycle=source) as rt:
+        old = rt.watch("/local/domain/{domid}/data", lambda ctx, event: None)
+        await rt.ready.wait()
+        assert source.sink is not None
+        domids = range(1, 201)
+        for domid in domids:
+            source.sink.one(domid, b"id")
+        with trio.fail_after(30):
+            for domid in domids:
+                await rt.wait_domain(domid, State.RUNNING)
+        rt.unwatch(old)
+        new = rt.watch("/local/domain/{domid}/other", lambda ctx, event: None)
+        with trio.fail_after(30):
+            while any(tokens_of(rt.xs, d) != {f"mtw/{d}/1/{new.id}"} for d in domids):  # noqa: ASYNC110
+                await trio.sleep(0.01)

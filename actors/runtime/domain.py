@@ -199,18 +199,20 @@ class DomainActor(Serving):
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet (not while
-        throttled: the throttle's end does it), in one of the runtime's pipelines with other actors'."""
-        xs = self.rt.connection
-        if not self.may_attach or xs is None or xs.is_lost:
-            return
-        if not self.watches.busy and not self.watches.missing(xs, self.rt.domain_watches()):
-            return  # nothing to register (the second attach of a start): no wait
-        if not await self.rt.starts.ask(self, name=False, attach=True):
-            await self._attach_alone()
-
-    async def _attach_alone(self) -> None:
-        # Another attach or detach held the domain's turn: wait for it, one request at a time.
-        await self.watches.attach(self.rt.connection, self.rt.domain_watches(), self.generation, self)
+        throttled: the throttle's end does it), in one of the runtime's pipelines with other actors'. Another
+        attach or detach holding the domain's turn is waited for, then what is still missing is asked again.
+        A lost connection ends it quietly (the reconnect attaches again)."""
+        while self.may_attach:
+            xs = self.rt.connection
+            if xs is None or xs.is_lost:
+                return
+            if self.watches.busy:
+                await self.watches.wait_turn()
+                continue
+            if not self.watches.missing(xs, self.rt.domain_watches()):
+                return  # nothing to register (the second attach of a start): no wait
+            if await self.rt.starts.ask(self, name=False, attach=True):
+                return
 
     async def detach(self, only: Watch | None = None) -> None:
         """Unregister this actor's watches (or one of them); bounded in time, safe under cancellation. At the
@@ -367,7 +369,7 @@ class DomainActor(Serving):
         if not prestarted and not await self.rt.starts.ask(
             self, name=True, attach=not hooks and self.may_attach
         ):
-            await self._attach_alone()
+            await self.attach()  # another attach or detach held the turn: wait for it, then ask again
         for hook in hooks:
             await call_hook(ctx, hook, "on_start hook")
         if self.desired != identity or self._reload_requested:

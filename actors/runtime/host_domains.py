@@ -63,11 +63,11 @@ from .source import (
     LifecycleSink,
     Skipped,
     Untrusted,
-    ask_trusted,
     gather_bounded,
     in_chunks,
     patiently,
     trusted_read,
+    trusted_reads,
 )
 
 __all__ = ["DomainsSource"]
@@ -157,9 +157,9 @@ class DomainsSource:
         """Of ``domids``: the introduced ones with their ``vm`` (None: there is none), and those the daemon
         would not tell about. The rest are not introduced.
 
-        One pipeline asks IS_DOMAIN_INTRODUCED of every domain, a second one the ``vm`` node's permissions and
-        value of the introduced ones (nothing is asked of a domain already gone); a domain whose answers hold
-        an error reply is asked again one request at a time, with retries."""
+        One pipeline asks IS_DOMAIN_INTRODUCED of every domain, then :func:`trusted_reads` the ``vm`` node of
+        the introduced ones (nothing is asked of a domain already gone); a domain whose IS_DOMAIN_INTRODUCED
+        the daemon refused is asked again one request at a time, with retries."""
         found: dict[int, bytes | None] = {}
         unknown: set[int] = set()
         again: list[int] = []
@@ -173,14 +173,10 @@ class DomainsSource:
                     introduced.append(domid)
             except XenStoreError:
                 again.append(domid)
-        pipe = xs.pipeline()
-        vms = [(domid, ask_trusted(pipe, self._vm(domid))) for domid in introduced]
-        await pipe.send()
-        for domid, vm in vms:
-            try:
-                value = vm.judge()
-            except XenStoreError:
-                again.append(domid)
+        values = await trusted_reads(xs, [self._vm(domid) for domid in introduced])
+        for domid, value in zip(introduced, values, strict=True):
+            if isinstance(value, Skipped):
+                unknown.add(domid)  # refused even after retries (logged)
             else:
                 found[domid] = None if value is None else self._identity(domid, value)
 

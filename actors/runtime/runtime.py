@@ -293,7 +293,6 @@ class Runtime(Messaging, Observing):
         return False
 
     def _spawn(self, actor: Starting) -> None:
-        assert isinstance(actor, DomainActor)
         # The task copies this context as it is spawned: every log line of the actor's task carries the domid,
         # with nothing per actor kept alive for it but the context's value (no context manager held open for
         # the actor's whole life).

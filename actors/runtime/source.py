@@ -27,9 +27,7 @@ __all__ = [
     "LifecycleSink",
     "LifecycleSource",
     "Skipped",
-    "TrustedAnswer",
     "Untrusted",
-    "ask_trusted",
     "gather_bounded",
     "in_chunks",
     "one_connection_lost",
@@ -208,8 +206,8 @@ def _trusted(perms: list[str], value: bytes) -> bytes | Untrusted:
     return value
 
 
-class TrustedAnswer:
-    """A node's GET_PERMS and READ in a pipeline (see :func:`ask_trusted`)."""
+class _TrustedAnswer:
+    """A node's GET_PERMS and READ in a pipeline (see :func:`trusted_reads`)."""
 
     __slots__ = ("_perms", "_value")
 
@@ -226,16 +224,11 @@ class TrustedAnswer:
         return _trusted(perms.result(), value.result())
 
 
-def ask_trusted(pipe: Pipeline, path: str) -> TrustedAnswer:
-    """Add a node's GET_PERMS and READ to ``pipe``: judge them with ``.judge()`` once it is sent."""
-    return TrustedAnswer(pipe, path)
-
-
 async def trusted_reads(xs: XenStore, paths: list[str]) -> list[bytes | Skipped | Untrusted | None]:
     """:func:`trusted_read` of many nodes, pipelined (None where a node does not exist); the few the daemon
     refused are asked again one by one, with retries. ConnectionLost and ValueError are raised."""
     pipe = xs.pipeline()
-    asked = [TrustedAnswer(pipe, path) for path in paths]
+    asked = [_TrustedAnswer(pipe, path) for path in paths]
     await pipe.send()
     results: list[bytes | Skipped | Untrusted | None] = []
     again: list[int] = []

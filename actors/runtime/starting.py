@@ -55,6 +55,8 @@ class Starting(Poster, Protocol):
     @property
     def may_attach(self) -> bool: ...
 
+    async def run(self) -> None: ...
+
 
 class _Job:
     """One actor's requests: what to ask, then (in a pipeline) the name's READ and each watch's WATCH with what
@@ -118,8 +120,8 @@ class StartRequests:
 
     async def ask(self, actor: Starting, *, name: bool, attach: bool) -> bool:
         """Read the actor's name (into ``actor.name``) and/or register its missing per-domain watches. False if
-        the watches are left to the caller (``actor.watches.attach``): another attach or detach of the domain
-        held its turn when the batch was sent (rare)."""
+        another attach or detach of the domain held its turn when the batch was sent (rare): the caller waits
+        for the turn and asks again (see ``DomainActor.attach``)."""
         job = _Job(actor, name, attach)
         batch = self._add(job)
         try:

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
-from loguru import logger
 
-from ..xs.errors import ConnectionLost, XenStoreError
+from ..xs.errors import XenStoreError
 from ..xs.subscription import WatchEvent
 from ..xs.wire import check_watch_path
 
@@ -116,69 +115,25 @@ class Registrations:
         self._busy = False  # an attach or detach is under way
         self._free: trio.Event | None = None  # made only when a second one has to wait (rare)
 
-    async def _acquire(self) -> None:
-        """Attach and detach run one at a time, each between ``_acquire`` and ``_release``. (Not a trio.Lock:
-        one made and dropped at every start of 32,000 actors, for a contention that hardly ever happens.)"""
+    async def wait_turn(self) -> None:
+        """Wait until no attach or detach holds the domain's turn (without taking it). Attach and detach run one
+        at a time. (Not a trio.Lock: one made and dropped at every start of 32,000 actors, for a contention that
+        hardly ever happens.)"""
         while self._busy:
             if self._free is None:
                 self._free = trio.Event()
             await self._free.wait()
+
+    async def _acquire(self) -> None:
+        await self.wait_turn()
         self._busy = True
-
-    def _release(self) -> None:
-        self._busy = False
-        if (
-            self._free is not None
-        ):  # every waiter wakes; the first to run takes its turn, the others wait again
-            self._free.set()
-            self._free = None
-
-    def _all_on(self, xs: XenStore, watches: list[Watch]) -> bool:
-        registered = self._registered
-        for watch in watches:
-            held = registered.get(watch.id)
-            if held is None or held[0] is not xs:
-                return False
-        return True
-
-    async def attach(
-        self,
-        xs: XenStore | None,
-        watches: list[Watch],
-        generation: int,
-        poster: Poster,
-    ) -> None:
-        """Register on ``xs`` every watch of ``watches`` not registered on it yet, with its token for
-        ``generation``, its events posted to ``poster``. A lost connection ends it quietly (the
-        reconnect attaches again); an error reply is logged and that watch skipped."""
-        if xs is None or xs.is_lost or (self._all_on(xs, watches) and not self.busy):
-            return  # nothing to register (the second and third attach of a start): no lock, no checkpoint
-        await self._acquire()
-        try:
-            if xs.is_lost or poster.generation != generation:
-                return  # lost, or the incarnation ended while this waited its turn: the next one attaches
-            for watch in watches:
-                held = self._registered.get(watch.id)
-                if held is not None and held[0] is xs:
-                    continue
-                path, token = watch.path(self.domid), watch.token(self.domid, generation)
-                try:
-                    await xs.add_watch(path, token, Sink(poster, watch, generation, path))
-                except ConnectionLost:
-                    return
-                except XenStoreError as exc:
-                    logger.bind(domid=self.domid).warning("cannot watch {}: {}", path, exc)
-                    continue
-                self._registered[watch.id] = (xs, path, token)
-        finally:
-            self._release()
 
     @property
     def busy(self) -> bool:
         """Is an attach or detach under way (holding the lock)?"""
         return self._busy
 
-    # -- for the runtime's pipelined attach (see .starting): the same steps, the requests sent elsewhere --
+    # -- attaching: the requests go in the runtime's pipelines (see .starting), under the domain's turn --
 
     def missing(self, xs: XenStore, watches: list[Watch]) -> list[Watch]:
         """The watches of ``watches`` not registered on ``xs``."""
@@ -202,7 +157,12 @@ class Registrations:
         self._registered[watch.id] = (xs, path, token)
 
     def give_turn(self) -> None:
-        self._release()
+        self._busy = False
+        if (
+            self._free is not None
+        ):  # every waiter wakes; the first to run takes its turn, the others wait again
+            self._free.set()
+            self._free = None
 
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
@@ -223,4 +183,4 @@ class Registrations:
                         with suppress(XenStoreError):
                             await xs.remove_watch(path, token)
             finally:
-                self._release()
+                self.give_turn()
