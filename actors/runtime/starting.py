@@ -161,12 +161,15 @@ class StartRequests:
             return
         pipe = xs.pipeline()
         watches = self._watches_of()
-        sent = [job for job in jobs if not job.cancelled and self._queue(xs, pipe, job, watches)]
+        sent: list[_Job] = []
         try:
+            for job in jobs:
+                if not job.cancelled and self._queue(xs, pipe, job, watches):
+                    sent.append(job)
             # Lost: every answer not in holds it: no name, nothing registered (the reconnect attaches).
             with suppress(ConnectionLost):
                 await pipe.send()
-        finally:
+        finally:  # every turn taken is given back, whatever happened
             for job in sent:
                 self._settle(xs, job)
 
@@ -184,10 +187,15 @@ class StartRequests:
             if missing and registrations.take_turn():
                 domid, generation = actor.domid, job.generation
                 job.asked_watches = asked = []
-                for watch in missing:
-                    path, token = watch.path(domid), watch.token(domid, generation)
-                    answer = pipe.watch(path, token, Sink(actor, watch, generation, path))
-                    asked.append((watch, path, token, answer))
+                try:
+                    for watch in missing:
+                        path, token = watch.path(domid), watch.token(domid, generation)
+                        answer = pipe.watch(path, token, Sink(actor, watch, generation, path))
+                        asked.append((watch, path, token, answer))
+                except BaseException:
+                    job.asked_watches = None
+                    registrations.give_turn()
+                    raise
             elif missing:
                 job.yours = True
         return job.asked_name is not None or job.asked_watches is not None
@@ -204,10 +212,9 @@ class StartRequests:
         registrations = actor.watches
         try:
             for watch, path, token, answer in asked:
-                error = answer.error
-                if error is None:
+                if not answer.failed:  # (failed: refused, timed out, lost, or never sent)
                     registrations.record(watch, xs, path, token)
-                elif isinstance(error, XenStoreError) and not isinstance(error, ConnectionLost):
-                    logger.bind(domid=actor.domid).warning("cannot watch {}: {}", path, error)
+                elif isinstance(answer.error, XenStoreError) and not isinstance(answer.error, ConnectionLost):
+                    logger.bind(domid=actor.domid).warning("cannot watch {}: {}", path, answer.error)
         finally:
             registrations.give_turn()
