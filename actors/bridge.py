@@ -1,7 +1,7 @@
 """``mtwatch domain bridge``: the mtwatch protocol on a stock Xen host.
 
 libxl as shipped writes no mtwatch nodes (the seed was an RFC that was never merged). The bridge follows the
-host's domains as the ``domains`` lifecycle does (see :mod:`actors.runtime.host_domains`: the daemon's word on
+host's domains as the ``domains`` lifecycle does (see :mod:`actors.runtime.lifecycle.domains`: the daemon's word on
 liveness, a ``vm`` identity only when the guest cannot write it) and announces and retires
 ``/local/domain/0/mtwatch/<domid>`` on the toolstack's behalf, so every mtwatch consumer works there.
 """
@@ -12,7 +12,9 @@ import trio
 from loguru import logger
 from trio_util import AsyncValue
 
-from .runtime.lifecycle import MTWATCH_ROOT, DomainsSource, MtwatchSource
+from .runtime.lifecycle.domains import DomainsSource
+from .runtime.lifecycle.mtwatch import MtwatchSource
+from .runtime.lifecycle.protocol import MTWATCH_ROOT
 from .toolstack import announce_domain, retire_domain
 from .xs.client import XenStore
 

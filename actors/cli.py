@@ -192,7 +192,8 @@ async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
 
 def _domain(args: argparse.Namespace) -> int:
     from . import toolstack
-    from .runtime.lifecycle import MTWATCH_ROOT, MtwatchSource
+    from .runtime.lifecycle.mtwatch import MtwatchSource
+    from .runtime.lifecycle.protocol import MTWATCH_ROOT
     from .xs.client import connect
     from .xs.wire import check_domid
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from .runtime.source import MTWATCH_ROOT
+from .runtime.lifecycle.protocol import MTWATCH_ROOT
 from .xs.client import Transaction, XenStore
 from .xs.errors import ConflictDeadline, NotFound
 from .xs.wire import check_domid

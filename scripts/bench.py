@@ -61,7 +61,7 @@ import bench_stream
 from bench_stream import cpu_seconds, daemon_process
 
 import actors
-from actors.runtime.mailbox import Envelope, Mailbox
+from actors.runtime.domain.mailbox import Envelope, Mailbox
 from actors.xs.coalesce import CoalescingQueue
 
 Scenario = Callable[[argparse.Namespace], Awaitable[dict[str, object]]]

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 import actors
-from actors.runtime.lifecycle import MTWATCH_ROOT
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 
 HERE = Path(__file__).resolve()
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -11,8 +11,8 @@ import pytest
 
 from actors.agent.config import Config, ConfigError, Overrides, load_config, parse_config
 from actors.agent.schema import DEFAULT_TIMEOUT, component_route, parse_listen
-from actors.runtime.lifecycle import MTWATCH_ROOT
-from actors.runtime.supervisor import RestartPolicy
+from actors.runtime.domain.supervisor import RestartPolicy
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 
 FULL = """
 [xenstore]

@@ -11,7 +11,7 @@ import trio
 
 import actors
 from actors.xenstored import XenStored, open_xenstored
-from actors.xs.daemon import Feature
+from actors.xs.capabilities import Feature
 from actors.xs.errors import Unsupported
 from actors.xs.events import WatchEvent
 from actors.xs.wire import DOMID_ANY

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import actors
-from actors.xs.daemon import Feature
+from actors.xs.capabilities import Feature
 from actors.xs.errors import Unsupported
 from actors.xs.events import WatchEvent
 from actors.xs.transport import connect_unix

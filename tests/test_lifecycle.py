@@ -12,7 +12,8 @@ import trio
 import actors
 from actors import State
 from actors.bridge import run_bridge
-from actors.runtime.lifecycle import MTWATCH_ROOT, MtwatchSource
+from actors.runtime.lifecycle.mtwatch import MtwatchSource
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 from conftest import Embedded, Server
 from harness.stockhost import create_domain, destroy_domain
 

@@ -8,7 +8,8 @@ from loguru import logger
 
 import actors
 from actors import State
-from actors.runtime.lifecycle import MTWATCH_ROOT, AutoSource
+from actors.runtime.lifecycle.auto import AutoSource
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 from conftest import Server
 from harness.stockhost import create_domain, destroy_domain
 

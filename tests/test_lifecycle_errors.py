@@ -9,7 +9,8 @@ import trio
 
 import actors
 from actors import State
-from actors.runtime.lifecycle import MTWATCH_ROOT, gather_bounded
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
+from actors.runtime.lifecycle.requests import gather_bounded
 from actors.xs.wire import Frame, Op
 from conftest import Embedded, Server
 from harness.faultproxy import fault_proxy, path_of

@@ -7,8 +7,10 @@ from __future__ import annotations
 import trio
 
 import actors
-from actors.runtime.lifecycle import DomainsSource, MtwatchSource
-from actors.runtime.source import CHUNK, MTWATCH_ROOT
+from actors.runtime.lifecycle.domains import DomainsSource
+from actors.runtime.lifecycle.mtwatch import MtwatchSource
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
+from actors.runtime.lifecycle.requests import CHUNK
 
 COUNT = CHUNK + 50  # two parts
 

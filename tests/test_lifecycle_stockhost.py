@@ -17,7 +17,7 @@ import trio.testing
 
 import actors
 from actors import State
-from actors.runtime.lifecycle import DomainsSource
+from actors.runtime.lifecycle.domains import DomainsSource
 from actors.xenstored import open_xenstored
 from actors.xs.wire import Op
 from conftest import Embedded, Server

@@ -9,8 +9,8 @@ import trio
 
 import actors
 from actors import State
-from actors.runtime.lifecycle import MTWATCH_ROOT
-from actors.runtime.source import untrusted_because
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
+from actors.runtime.lifecycle.trust import untrusted_because
 from conftest import Server
 from harness.stockhost import create_domain, warnings_logged
 

@@ -17,7 +17,7 @@ import trio.testing
 
 import actors
 from actors import DomainContext, RestartPolicy, State, WatchEvent
-from actors.runtime.lifecycle import MTWATCH_ROOT
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 from conftest import Embedded
 
 FAST_RESTARTS = RestartPolicy(max_restarts=3, period=60, backoff_initial=1, backoff_max=30)

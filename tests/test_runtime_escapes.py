@@ -10,8 +10,8 @@ import trio.testing
 
 import actors
 from actors import DomainContext, State, WatchEvent
-from actors.runtime.mailbox import Envelope, Mailbox
-from actors.runtime.messages import Message
+from actors.runtime.domain.mailbox import Envelope, Mailbox
+from actors.runtime.domain.messages import Message
 
 
 async def test_a_default_actor_task_that_raises_ends_neither_the_runtime_nor_the_default_actor(

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 import actors
-from actors.runtime.mailbox import Envelope, Item, Mailbox
-from actors.runtime.messages import DomainNotRunning, Message, Reply
+from actors.runtime.domain.mailbox import Envelope, Item, Mailbox
+from actors.runtime.domain.messages import DomainNotRunning, Message, Reply
 from actors.xs.coalesce import Interrupted
 
 

@@ -16,8 +16,8 @@ import trio.testing
 
 import actors
 from actors import DomainContext, State, WatchEvent
-from actors.runtime.source import LifecycleSink
-from actors.runtime.watches import Handler
+from actors.runtime.lifecycle.protocol import LifecycleSink
+from actors.runtime.watch_rules import Handler
 from actors.xenstored import open_xenstored
 from actors.xs.wire import Frame, Op
 from harness.faultproxy import FaultProxy, fault_proxy, path_of

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from ..runtime.context import State
+from ..runtime.domain.context import State
 from ..runtime.runtime import Runtime, open_runtime
 from ..xs.client import XenStore, connect
 from ..xs.errors import XenStoreUnavailable

@@ -28,7 +28,7 @@ from prometheus_client import Counter as MetricCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
-from ..runtime.context import State
+from ..runtime.domain.context import State
 from .exits import NOT_READY
 from .status import health
 

@@ -26,12 +26,12 @@ from ..xs.errors import NotFound
 from .schema import WatchRule
 
 if TYPE_CHECKING:
-    from ..runtime.context import DomainContext
+    from ..runtime.domain.context import DomainContext
     from ..runtime.runtime import Runtime
-    from ..runtime.watches import Watch
+    from ..runtime.watch_rules import Watch
     from ..xs.subscription import WatchEvent
 
-from ..runtime.calls import HandlerError
+from ..runtime.domain.calls import HandlerError
 
 __all__ = ["CommandFailed", "RuleSet", "RunHandler", "handler_for"]
 

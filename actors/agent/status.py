@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import __version__
-from ..runtime.context import DomainSnapshot, State
+from ..runtime.domain.context import DomainSnapshot, State
 from .exits import NOT_READY, Exit
 
 if TYPE_CHECKING:

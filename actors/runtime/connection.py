@@ -10,13 +10,13 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 import trio
-from loguru import logger
 
+from .._log import logger
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, XenStoreError
-from .lifecycle import LifecycleSink, LifecycleSource
-from .source import first_leaf
-from .supervisor import ReconnectPolicy
+from .domain.supervisor import ReconnectPolicy
+from .exception_groups import first_leaf
+from .lifecycle.protocol import LifecycleSink, LifecycleSource
 
 __all__ = ["ConnectionFactory", "ConnectionHost", "follow_lifecycle", "keep_connected"]
 

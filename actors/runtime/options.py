@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lifecycle import MTWATCH_ROOT, LifecycleSource
-from .supervisor import ReconnectPolicy, RestartPolicy
+from .domain.supervisor import ReconnectPolicy, RestartPolicy
+from .lifecycle.protocol import MTWATCH_ROOT, LifecycleSource
 
 __all__ = ["RuntimeOptions"]
 

@@ -13,12 +13,11 @@ import functools
 from contextlib import suppress
 from typing import TYPE_CHECKING, Protocol
 
-from loguru import logger
-
+from .._log import logger
 from ..xs.errors import ConnectionLost, TokenInUse, XenStoreError
 from ..xs.subscription import WatchEvent
-from .default import DefaultActor
-from .watches import Watch
+from .default_actor import DefaultActor
+from .watch_rules import Watch
 
 if TYPE_CHECKING:
     from ..xs.client import XenStore

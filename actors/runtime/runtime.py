@@ -9,28 +9,32 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from loguru import logger
 from trio_util import AsyncBool, RepeatedEvent
 
+from .._log import logger
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
-from .calls import HandlerFailed
 from .connection import ConnectionFactory, follow_lifecycle, keep_connected
-from .context import DomainSnapshot, State
-from .default import DefaultActor
-from .domain import DomainActor
-from .host import MessageHandler
-from .lifecycle import AutoSource, DomainsSource, LifecycleSource, MtwatchSource, gather_bounded
-from .mailing import Messaging
-from .observing import Observer, Observing
+from .default_actor import DefaultActor
+from .domain.actor import DomainActor
+from .domain.calls import HandlerFailed
+from .domain.context import DomainSnapshot, State
+from .domain.owner import MessageHandler
+from .domain.supervisor import ReconnectPolicy
+from .exception_groups import first_leaf
+from .lifecycle.auto import AutoSource
+from .lifecycle.domains import DomainsSource
+from .lifecycle.mtwatch import MtwatchSource
+from .lifecycle.protocol import LifecycleSource
+from .lifecycle.requests import gather_bounded
+from .messaging import Messaging
+from .observers import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
-from .source import first_leaf
 from .starting import Starting, StartRequests
 from .stopwatch import StopWatch
-from .supervisor import ReconnectPolicy
+from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import Watchdog
-from .watches import Handler, Hook, Route, Watch
 
 __all__ = ["Runtime", "open_runtime"]
 

@@ -15,7 +15,7 @@ later attach (a reconnect, a new watch rule, the end of a throttle), hands its r
 
 What each actor gets is what it would get asking alone: its name or None (absent, refused, connection down);
 each watch registered, or skipped with a warning if refused, or nothing on a lost connection (the reconnect
-attaches again). A watch registration runs under the domain's :class:`~.watches.Registrations` turn, taken when
+attaches again). A watch registration runs under the domain's :class:`~.domain.registrations.Registrations` turn, taken when
 the batch is sent, so an actor's detach (stop, failure) waits for it and then undoes it; an actor whose wait is
 cancelled before its batch is sent is left out of the batch.
 """
@@ -28,11 +28,12 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
-from loguru import logger
 
+from .._log import logger
 from ..xs.errors import ConnectionLost, XenStoreError
 from ..xs.pipeline import Answer, Pipeline
-from .watches import Poster, Registrations, Sink, Watch
+from .domain.registrations import Poster, Registrations, Sink
+from .watch_rules import Watch
 
 if TYPE_CHECKING:
     from ..xs.client import XenStore
@@ -44,7 +45,7 @@ WORKERS: Final = 2
 
 
 class Starting(Poster, Protocol):
-    """What the start requests need of a domain actor (:class:`~.domain.DomainActor`)."""
+    """What the start requests need of a domain actor (:class:`~.domain.actor.DomainActor`)."""
 
     domid: int
     name: str | None

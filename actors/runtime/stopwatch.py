@@ -11,8 +11,8 @@ import traceback
 
 import trio
 
-from .context import State
-from .domain import DomainActor
+from .domain.actor import DomainActor
+from .domain.context import State
 
 __all__ = ["StopWatch", "task_stack"]
 

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from types import FrameType
 
 import trio
-from loguru import logger
 
-from .context import DomainContext
-from .default import DefaultActor
-from .domain import DomainActor
+from .._log import logger
+from .default_actor import DefaultActor
+from .domain.actor import DomainActor
+from .domain.context import DomainContext
 
 __all__ = ["LoopBlocked", "Watchdog"]
 

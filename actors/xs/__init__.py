@@ -13,9 +13,9 @@ from .._lazy import lazy_face
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "Capabilities": "actors.xs.daemon",
+    "Capabilities": "actors.xs.capabilities",
     "ClientProtocol": "actors.xs.protocol",
-    "Feature": "actors.xs.daemon",
+    "Feature": "actors.xs.capabilities",
     "Subscription": "actors.xs.subscription",
     "Transaction": "actors.xs.client",
     "WatchEvent": "actors.xs.events",
@@ -31,12 +31,12 @@ __getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:
+    from .capabilities import Capabilities as Capabilities
+    from .capabilities import Feature as Feature
     from .client import Transaction as Transaction
     from .client import XenStore as XenStore
     from .client import connect as connect
     from .client import open_xenstore as open_xenstore
-    from .daemon import Capabilities as Capabilities
-    from .daemon import Feature as Feature
     from .events import WatchEvent as WatchEvent
     from .protocol import ClientProtocol as ClientProtocol
     from .subscription import Subscription as Subscription

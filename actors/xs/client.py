@@ -16,7 +16,7 @@ from typing import TypedDict, Unpack
 
 import trio
 
-from .daemon import Capabilities, DaemonOperations
+from .capabilities import Capabilities, DaemonOperations
 from .deadlines import RequestDeadlines
 from .errors import ConnectionLost, ConnectionStalled, ProtocolError, RequestTimeout
 from .operations import Operations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from .daemon import Capabilities
+from .capabilities import Capabilities
 from .errors import NotFound, QuotaExceeded, Unsupported
 from .protocol import DirectoryParts
 from .wire import DOMID_ANY, Op, check_path, check_perms, join, texts

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from .daemon import Capabilities
+from .capabilities import Capabilities
 from .errors import PayloadTooLarge, TokenInUse, Unsupported, XenStoreError
 from .protocol import ClientProtocol, Request, WatchSink
 from .subscription import Subscription

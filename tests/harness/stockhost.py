@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from loguru import logger
 
 import actors
-from actors.runtime.lifecycle import MTWATCH_ROOT
+from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 
 __all__ = ["create_domain", "destroy_domain", "mtwatch_node", "warnings_logged"]
 

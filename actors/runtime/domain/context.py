@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from loguru import logger
+
+from ..._log import logger
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from ..xs.client import XenStore
+    from ...xs.client import XenStore
 
 __all__ = ["DomainContext", "DomainSnapshot", "State", "TaskRunner"]
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loguru import logger
-
-from .calls import HandlerFailed, log_failure
-from .default import DefaultActor
-from .domain import DomainActor
+from .._log import logger
+from .default_actor import DefaultActor
+from .domain.actor import DomainActor
+from .domain.calls import HandlerFailed, log_failure
 from .watchdog import LoopBlocked
 
 __all__ = ["Observer", "Observing"]

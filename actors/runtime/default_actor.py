@@ -6,14 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from loguru import logger
 
+from .._log import logger
 from ..xs.subscription import WatchEvent
-from .calls import HandlerFailed, call_handler, failure_of, log_failure, run_task
-from .context import DomainContext
-from .mailbox import Envelope, Mailbox
+from .domain.calls import HandlerFailed, call_handler, failure_of, log_failure, run_task
+from .domain.context import DomainContext
+from .domain.mailbox import Envelope, Mailbox
 from .options import RuntimeOptions
-from .watches import Watch
+from .watch_rules import Watch
 
 if TYPE_CHECKING:
     from ..xs.client import XenStore

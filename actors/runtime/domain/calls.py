@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from ..xs.errors import ConnectionLost, RequestTimeout
-from ..xs.subscription import WatchEvent
+from ...xs.errors import ConnectionLost, RequestTimeout
+from ...xs.subscription import WatchEvent
+from ..exception_groups import first_leaf
+from ..watch_rules import Hook, Watch
 from .context import DomainContext
-from .source import first_leaf
-from .watches import Hook, Watch
 
 if TYPE_CHECKING:
     from loguru import Logger

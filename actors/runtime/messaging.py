@@ -7,10 +7,10 @@ from typing import Any
 
 import trio
 
-from .context import State
-from .domain import DomainActor
-from .host import MessageHandler
-from .messages import AskTimeout, DomainNotRunning, MailboxFull, Message, MessageError, Reply
+from .domain.actor import DomainActor
+from .domain.context import State
+from .domain.messages import AskTimeout, DomainNotRunning, MailboxFull, Message, MessageError, Reply
+from .domain.owner import MessageHandler
 from .options import RuntimeOptions
 
 __all__ = ["Messaging"]

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 import trio
 
-from ..xs.coalesce import CoalescingQueue, Interrupted
-from ..xs.subscription import WatchEvent
+from ...xs.coalesce import CoalescingQueue, Interrupted
+from ...xs.subscription import WatchEvent
 from .messages import Message
 
 __all__ = ["Envelope", "Item", "Mailbox"]

@@ -20,7 +20,7 @@ no guest's write reaches the registry. The first report on each connection is a 
 - Without (4.17, oxenstored, the xenbus device), the events name no domain: an introduction costs one listing
   of ``/local/domain`` (DIRECTORY, or a few DIRECTORY_PART rounds) and requests for the new names only. A
   release is looked for among the *dying* domains first, then by one round of IS_DOMAIN_INTRODUCED over the
-  live domains, sent a few at a time while nothing else waits (see :mod:`.host_release`). A domain is dying
+  live domains, sent a few at a time while nothing else waits (see :mod:`.release`). A domain is dying
   once its ``vm`` node is gone while it is still introduced: each live domain's ``vm`` is watched (a guest
   cannot write, remove or re-permission it, nor the directory above it: no guest makes that watch fire), and
   libxl removes the domain's directory before it destroys the domain. A toolstack that releases first is
@@ -43,11 +43,11 @@ from collections.abc import Callable
 from contextlib import suppress
 
 import trio
-from loguru import logger
 
-from ..xs.client import XenStore
-from ..xs.daemon import Feature
-from ..xs.errors import (
+from ..._log import logger
+from ...xs.capabilities import Feature
+from ...xs.client import XenStore
+from ...xs.errors import (
     ConnectionLost,
     InvalidArgument,
     InvalidDomid,
@@ -57,18 +57,11 @@ from ..xs.errors import (
     Unsupported,
     XenStoreError,
 )
-from ..xs.wire import check_domid
-from .host_release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
-from .source import (
-    LifecycleSink,
-    Skipped,
-    Untrusted,
-    gather_bounded,
-    in_chunks,
-    patiently,
-    trusted_read,
-    trusted_reads,
-)
+from ...xs.wire import check_domid
+from .protocol import LifecycleSink
+from .release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
+from .requests import Skipped, gather_bounded, in_chunks, patiently
+from .trust import Untrusted, trusted_read, trusted_reads
 
 __all__ = ["DomainsSource"]
 

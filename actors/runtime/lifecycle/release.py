@@ -1,4 +1,4 @@
-"""What the ``domains`` lifecycle (:mod:`.host_domains`) was told and still has to look at: the events of its
+"""What the ``domains`` lifecycle (:mod:`.domains`) was told and still has to look at: the events of its
 watches since it last looked (:class:`Pending`), and, without watch depth, the release round
 (:class:`ReleaseRound`): the dying domains to check first, the live ones still to check, and the ones whose
 ``vm`` is still to be watched."""
@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import trio
 
-from ..xs.errors import InvalidDomid
-from ..xs.subscription import WatchEvent
-from ..xs.wire import check_domid
+from ...xs.errors import InvalidDomid
+from ...xs.subscription import WatchEvent
+from ...xs.wire import check_domid
 
 __all__ = ["BATCH", "FAN_OUT", "INTRODUCE", "RELEASE", "Pending", "ReleaseRound", "Said"]
 

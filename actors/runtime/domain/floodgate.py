@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ..xs.errors import XenStoreError
-from ..xs.subscription import WatchEvent
-from .options import RuntimeOptions
+from ...xs.errors import XenStoreError
+from ...xs.subscription import WatchEvent
+from ..options import RuntimeOptions
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from .host import ActorHost
+    from .owner import ActorHost
 
 __all__ = ["FloodGate"]
 

@@ -1,12 +1,12 @@
 """Where the set of live guest domains comes from: the lifecycle sources.
 
-- ``mtwatch`` (:mod:`.mtwatch_tree`): the xenwatch-multithreading nodes under ``/local/domain/0/mtwatch``.
-- ``domains`` (:mod:`.host_domains`): a stock Xen host's domains, as its daemon knows them.
+- ``mtwatch`` (:mod:`.mtwatch`): the xenwatch-multithreading nodes under ``/local/domain/0/mtwatch``.
+- ``domains`` (:mod:`.domains`): a stock Xen host's domains, as its daemon knows them.
 - ``auto`` (:class:`AutoSource`, the default): ``mtwatch`` whenever its root node exists (a toolstack that
   speaks the protocol, or ``mtwatch domain bridge``, made it), ``domains`` otherwise; it switches when the root
   appears or goes.
 
-The protocol between a source and the registry, and the tools sources share, are in :mod:`.source`.
+The protocol between a source and the registry, and the tools sources share, are in :mod:`.protocol` and :mod:`.requests`.
 """
 
 from __future__ import annotations
@@ -14,24 +14,17 @@ from __future__ import annotations
 from contextlib import suppress
 
 import trio
-from loguru import logger
 
-from ..xs.client import XenStore
-from ..xs.errors import XenStoreError
-from ..xs.subscription import WatchEvent
-from .host_domains import DomainsSource
-from .mtwatch_tree import MtwatchSource
-from .source import (
-    MTWATCH_ROOT,
-    LifecycleSink,
-    LifecycleSource,
-    Skipped,
-    gather_bounded,
-    one_connection_lost,
-    owner_of,
-    patiently,
-    until_watched,
-)
+from ..._log import logger
+from ...xs.client import XenStore
+from ...xs.errors import XenStoreError
+from ...xs.subscription import WatchEvent
+from ..exception_groups import one_connection_lost
+from .domains import DomainsSource
+from .mtwatch import MtwatchSource
+from .protocol import MTWATCH_ROOT, LifecycleSink, LifecycleSource
+from .requests import Skipped, gather_bounded, patiently, until_watched
+from .trust import owner_of
 
 __all__ = [
     "MTWATCH_ROOT",

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..options import RuntimeOptions
+from ..starting import StartRequests
+from ..watch_rules import Hook, Watch
 from .context import DomainContext
-from .options import RuntimeOptions
-from .starting import StartRequests
-from .watches import Hook, Watch
 
 if TYPE_CHECKING:
-    from ..xs.client import XenStore
+    from ...xs.client import XenStore
 
 __all__ = ["ActorHost", "MessageHandler"]
 

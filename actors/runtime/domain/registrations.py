@@ -1,83 +1,25 @@
-"""Watch rules: a path template, a handler, and where its events go."""
+"""A domain's per-domain watches as registered with the daemon, and the sink that hands each of their events
+to the domain actor."""
 
 from __future__ import annotations
 
-import inspect
-import itertools
-import string
-from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ..xs.errors import XenStoreError
-from ..xs.subscription import WatchEvent
-from ..xs.wire import check_watch_path
+from ...xs.errors import XenStoreError
+from ...xs.subscription import WatchEvent
 
 if TYPE_CHECKING:
-    from ..xs.client import XenStore
-    from .context import DomainContext
+    from ...xs.client import XenStore
 
-__all__ = ["Handler", "Hook", "Registrations", "Route", "Watch"]
+from ..watch_rules import Watch
+
+__all__ = ["Poster", "Registrations", "Sink"]
+
 
 _UNWATCH_DEADLINE = 2.0
-
-Handler = Callable[["DomainContext", WatchEvent], Awaitable[None] | None]
-"""``async def handler(ctx, event)``, or a plain ``def`` one, run in a worker thread (bounded pool)."""
-Hook = Callable[["DomainContext"], Awaitable[None]]
-
-
-class Route(Protocol):
-    """``route(path) -> domid | None``: which domain owns an event of a global watch (mtwatch's get_domid)."""
-
-    def __call__(self, path: str, /) -> int | None: ...
-
-
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Watch:
-    """One watch rule. With ``{domid}`` in its template it is registered once per live domain, while that
-    domain's actor runs; without, it is one watch whose events go to the default actor, or to the domain
-    ``route(path)`` names."""
-
-    template: str
-    handler: Handler
-    timeout: float | None = None
-    route: Route | None = None
-    name: str = ""
-    id: int = field(default_factory=lambda: next(_ids))
-    active: bool = True
-    limiter: trio.CapacityLimiter | None = None  # the worker threads of a plain def handler
-    abandoned: int = 0  # threads of this watch's handler left running past its timeout
-
-    def __post_init__(self) -> None:
-        # A plain def function or method runs in a worker thread; anything else is called and awaited.
-        handler = self.handler
-        plain = inspect.isfunction(handler) or inspect.ismethod(handler)
-        self.threaded = plain and not inspect.iscoroutinefunction(handler)
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
-        if fields - {"domid"}:
-            raise ValueError(f"watch template {self.template!r}: only {{domid}} may be filled in")
-        self.per_domain = "domid" in fields
-        if self.per_domain and self.route is not None:
-            raise ValueError("route= is for global watches; a {domid} template is per domain already")
-        check_watch_path(self.path(1))  # InvalidPath now rather than at the daemon
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if not self.name:
-            self.name = self.template
-
-    def path(self, domid: int) -> str:
-        return self.template.format(domid=domid) if self.per_domain else self.template
-
-    def token(self, domid: int | None, generation: int) -> str:
-        if domid is None:
-            return f"mtw/g/{self.id}"
-        return f"mtw/{domid}/{generation}/{self.id}"
 
 
 class Poster(Protocol):

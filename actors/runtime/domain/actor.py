@@ -18,16 +18,17 @@ import math
 from typing import TYPE_CHECKING
 
 import trio
-from loguru import logger
 
+from ..._log import logger
+from ..watch_rules import Watch
 from .calls import HandlerFailed, call_hook, failure_of, log_failure, run_task
 from .context import DomainContext, DomainSnapshot, State
-from .flood import FloodGate
-from .host import ActorHost
+from .floodgate import FloodGate
 from .mailbox import Mailbox
+from .owner import ActorHost
+from .registrations import Registrations
 from .serving import ACCEPTING, Serving
 from .supervisor import RestartTracker
-from .watches import Registrations, Watch
 
 if TYPE_CHECKING:
     from loguru import Logger

@@ -1,4 +1,4 @@
-"""A domain actor's mailbox side (mixed into :class:`~.domain.DomainActor`): events and messages posted in (with
+"""A domain actor's mailbox side (mixed into :class:`~.actor.DomainActor`): events and messages posted in (with
 flood control on the way), and the serving
 loop that takes the events and messages out one at a time, in the order they came, in the actor's own task;
 and the count of what is dropped when it cannot take them."""
@@ -9,15 +9,15 @@ from typing import cast
 
 import trio
 
-from ..xs.coalesce import Interrupted
-from ..xs.subscription import WatchEvent
+from ...xs.coalesce import Interrupted
+from ...xs.subscription import WatchEvent
+from ..watch_rules import Watch
 from .calls import HandlerFailed, call_handler, excused_since, is_connection_loss
 from .context import DomainContext, State
-from .flood import Flooded, FloodGate
-from .host import ActorHost
+from .floodgate import Flooded, FloodGate
 from .mailbox import Envelope, Item, Mailbox
 from .messages import Message
-from .watches import Watch
+from .owner import ActorHost
 
 __all__ = ["ACCEPTING", "Serving"]
 

@@ -3,7 +3,7 @@
 operation when it destroys it.
 
 A node is the toolstack's word only if no guest can have written it: dom0 owns it and no other domain may write
-it (see :func:`~actors.runtime.source.untrusted_because`). Any other node is refused, with one warning naming it
+it (see :func:`~actors.runtime.lifecycle.trust.untrusted_because`). Any other node is refused, with one warning naming it
 and its permissions; a domain whose node becomes writable (SET_PERMS fires the watch) is stopped.
 """
 
@@ -14,23 +14,15 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import trio
-from loguru import logger
 
-from ..xs.client import XenStore
-from ..xs.errors import InvalidDomid, NotFound
-from ..xs.subscription import Subscription
-from ..xs.wire import check_domid
-from .source import (
-    MTWATCH_ROOT,
-    LifecycleSink,
-    Skipped,
-    Untrusted,
-    in_chunks,
-    patiently,
-    trusted_read,
-    trusted_reads,
-    until_watched,
-)
+from ..._log import logger
+from ...xs.client import XenStore
+from ...xs.errors import InvalidDomid, NotFound
+from ...xs.subscription import Subscription
+from ...xs.wire import check_domid
+from .protocol import MTWATCH_ROOT, LifecycleSink
+from .requests import Skipped, in_chunks, patiently, until_watched
+from .trust import Untrusted, trusted_read, trusted_reads
 
 __all__ = ["MtwatchSource"]
 
