@@ -20,6 +20,7 @@ from .domain.actor import DomainActor
 from .domain.calls import HandlerFailed
 from .domain.context import DomainSnapshot, State
 from .domain.owner import MessageHandler
+from .domain.starting import Starting, StartRequests
 from .domain.supervisor import ReconnectPolicy
 from .exception_groups import first_leaf
 from .lifecycle.auto import AutoSource
@@ -31,7 +32,6 @@ from .messaging import Messaging
 from .observers import Observer, Observing
 from .options import RuntimeOptions
 from .router import Router
-from .starting import Starting, StartRequests
 from .stopwatch import StopWatch
 from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import Watchdog

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..options import RuntimeOptions
-from ..starting import StartRequests
 from ..watch_rules import Hook, Watch
 from .context import DomainContext
+from .starting import StartRequests
 
 if TYPE_CHECKING:
     from ...xs.client import XenStore

@@ -1,0 +1,138 @@
+"""scripts/bench.py runs every scenario at tiny sizes and prints its JSON (a smoke test so the bench cannot rot:
+it asserts no timing, only the shape of the report and that the counts add up)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import trio
+
+from harness.build import PROJECT_ROOT
+
+BENCH = PROJECT_ROOT / "scripts" / "bench.py"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, object]:
+    async def run() -> bytes:
+        with trio.fail_after(280):
+            done = await trio.run_process(
+                [sys.executable, str(BENCH), "--quick"], capture_stdout=True, capture_stderr=True
+            )
+        return done.stdout
+
+    parsed: dict[str, object] = json.loads(trio.run(run))
+    return parsed
+
+
+def section(report: dict[str, object], name: str) -> dict[str, object]:
+    value = report[name]
+    assert isinstance(value, dict)
+    return value
+
+
+def test_events_stream_every_consumer_counts_every_event(report: dict[str, object]) -> None:
+    stream = section(report, "events-stream")
+    for consumer in ("decoder", "pyxs", "client", "client_batch", "runtime"):
+        figures = section(stream, consumer)
+        assert figures["events"] == stream["events"], consumer
+        assert isinstance(figures["events_per_s"], int) and figures["events_per_s"] > 0
+    assert set(section(stream, "ratios")) >= {"runtime_vs_pyxs", "runtime_vs_client"}
+
+
+def test_scale_measures_both_lifecycles_beside_the_floor(report: dict[str, object]) -> None:
+    scale = section(report, "scale")
+    keys = {"seconds_until_all_run", "rss_bytes_per_actor", "heap_bytes_per_actor", "seconds_to_leave"}
+    assert set(section(scale, "floor")) >= keys
+    for lifecycle in ("mtwatch_tree", "stock_host"):
+        side = section(scale, lifecycle)
+        assert set(side) >= keys
+        assert isinstance(side["heap_bytes_per_actor"], int) and side["heap_bytes_per_actor"] > 0
+        assert set(section(side, "ratios")) == {
+            "start_vs_floor",
+            "start_cpu_vs_floor",
+            "rss_vs_floor",
+            "heap_vs_floor",
+        }
+
+
+def test_costs_of_the_watchdog_and_the_nursery_side_by_side(report: dict[str, object]) -> None:
+    costs = section(report, "costs")
+    watchdog = section(costs, "watchdog")
+    for side in ("with", "without"):
+        figures = section(watchdog, side)
+        assert isinstance(figures["heap_bytes_per_actor"], int) and figures["heap_bytes_per_actor"] > 0
+        events = section(figures, "events_stream")
+        assert isinstance(events["events_per_s"], int) and events["events_per_s"] > 0
+    nursery = section(costs, "nursery")
+    assert set(nursery) == {
+        "floor_with_nursery",
+        "floor_without_nursery",
+        "heap_bytes_per_nursery",
+        "rss_bytes_per_nursery",
+    }
+    assert isinstance(nursery["heap_bytes_per_nursery"], int)
+
+
+def test_latency_handles_every_event(report: dict[str, object]) -> None:
+    latency = section(report, "latency")
+    assert latency["handled"] == latency["events"]
+    p50, p99, top = latency["latency_p50_ms"], latency["latency_p99_ms"], latency["latency_max_ms"]
+    assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
+    assert 0 <= p50 <= p99 <= top
+
+
+def test_queues_report_every_kind(report: dict[str, object]) -> None:
+    queues = section(report, "queues")
+    for kind in ("mailbox", "queue", "queue_batch"):
+        assert set(section(queues, kind)) == {"post_ns", "receive_ns"}
+
+
+def test_stock_host_reports_every_daemon(report: dict[str, object]) -> None:
+    stock = section(report, "stock-host")
+    for daemon in ("embedded_4_22_watch_depth", "embedded_4_17"):
+        for figures in section(stock, daemon).values():
+            assert isinstance(figures, dict) and set(figures) == {
+                "create_to_running_ms",
+                "destroy_to_gone_ms",
+                "release_first_to_gone_ms",
+            }
+
+
+def test_xenstored_and_flood_report(report: dict[str, object]) -> None:
+    embedded = section(section(report, "xenstored"), "embedded")
+    assert isinstance(embedded["ops"], int) and embedded["ops"] > 0
+    flood = section(report, "flood")
+    for daemon in ("embedded", "cxenstored"):
+        figures = section(flood, daemon)
+        if "unavailable" in figures:
+            continue
+        for name in ("one_path", "many_paths"):
+            run = section(figures, name)
+            # Lossless: the flooded domain's handler ends up with the last value of every path.
+            assert run["final_value_seen_after_s"] is not None, (daemon, name)
+            assert isinstance(run["others_p99_reader_to_handler_ms"], float), (daemon, name)
+            assert isinstance(run["throttled_at_end"], bool), (daemon, name)
+            # Consistent: a domain throttled at the flood's end was throttled at least once.
+            assert isinstance(run["throttles"], int), (daemon, name)
+            assert run["throttles"] >= int(run["throttled_at_end"]), (daemon, name)
+        floor = section(figures, "unwatched_floor")
+        assert isinstance(floor["others_p99_reader_to_handler_ms"], float), daemon
+
+
+def test_flood_cost_accounts_for_every_event(report: dict[str, object]) -> None:
+    cost = section(report, "flood-cost")
+    events = cost["events"]
+    assert section(cost, "noop")["handled"] == events
+    for mode in ("busy", "busy_unthrottled", "throttled"):
+        figures = section(cost, mode)
+        assert isinstance(figures["us_per_event"], float) and figures["us_per_event"] > 0, mode
+        assert isinstance(figures["within_target"], bool), mode
+    for mode in ("busy", "throttled"):  # flood control on: every event handled, folded in or dropped
+        figures = section(cost, mode)
+        accounted = ("handled", "coalesced", "dropped_by_runtime", "dropped_by_client")
+        assert sum(figures[key] for key in accounted) == events, (mode, figures)  # type: ignore[misc]
+        assert figures["throttled"] is True, mode
