@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
             "AutoSource",
             "DomainsSource",
             "MtwatchSource",
+            "NotSettled",
         ],
         "actors.runtime",
     ),
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from .runtime import MailboxFull as MailboxFull
     from .runtime import MessageError as MessageError
     from .runtime import MtwatchSource as MtwatchSource
+    from .runtime import NotSettled as NotSettled
     from .runtime import ReconnectPolicy as ReconnectPolicy
     from .runtime import RestartPolicy as RestartPolicy
     from .runtime import Runtime as Runtime

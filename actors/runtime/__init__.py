@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "MailboxFull": "actors.runtime.domain.messages",
     "MessageError": "actors.runtime.domain.messages",
     "MtwatchSource": "actors.runtime.lifecycle.mtwatch",
+    "NotSettled": "actors.runtime.settling",
     "ReconnectPolicy": "actors.runtime.domain.supervisor",
     "RestartPolicy": "actors.runtime.domain.supervisor",
     "Runtime": "actors.runtime.runtime",
@@ -62,4 +63,5 @@ if TYPE_CHECKING:
     from .options import RuntimeOptions as RuntimeOptions
     from .runtime import Runtime as Runtime
     from .runtime import open_runtime as open_runtime
+    from .settling import NotSettled as NotSettled
     from .watch_rules import Watch as Watch

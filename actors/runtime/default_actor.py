@@ -31,6 +31,8 @@ class DefaultHost(Protocol):
 
     def _count_event(self, domid: int) -> None: ...
 
+    def _went_idle(self) -> None: ...
+
     def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
 
     def excused(self, domid: int, start: float) -> bool: ...
@@ -96,6 +98,8 @@ class DefaultActor:
 
     async def _serve(self) -> None:
         while not self._closing:
+            if not len(self.mailbox):
+                self.rt._went_idle()  # about to park: wakes a settle()
             envelope = await self.mailbox.receive()
             if envelope is None or not isinstance(envelope, Envelope) or not envelope.watch.active:
                 continue

@@ -40,6 +40,8 @@ class RouterHost(Protocol):
 
     def live_actor(self, domid: int) -> RoutedActor | None: ...
 
+    def _went_idle(self) -> None: ...
+
 
 class Router:
     """Global watches: registration on the current connection, and delivery of their events."""
@@ -47,6 +49,7 @@ class Router:
     def __init__(self, runtime: RouterHost, default: DefaultActor) -> None:
         self.rt = runtime
         self.default = default
+        self.registering = 0  # global watches whose WATCH is under way (settle() waits for them)
 
     def deliver(self, watch: Watch, event: WatchEvent) -> None:
         """Called from the connection's reader task: constant work, never blocks."""
@@ -71,6 +74,7 @@ class Router:
         xs = self.rt.connection
         if xs is None or xs.is_lost or not watch.active:
             return
+        self.registering += 1
         try:
             await xs.add_watch(watch.template, watch.token(None, 0), functools.partial(self.deliver, watch))
         except ConnectionLost:
@@ -79,6 +83,9 @@ class Router:
             pass  # this watch's own token: the connection's registration and rt.watch() raced, it is watched
         except XenStoreError as exc:
             logger.warning("cannot watch {}: {}", watch.template, exc)
+        finally:
+            self.registering -= 1
+            self.rt._went_idle()
 
     async def unregister(self, watch: Watch) -> None:
         xs = self.rt.connection

@@ -111,6 +111,8 @@ class Serving:
                 continue  # look at desired again
             await self._handle_batch(ctx, identity, batch)
             del batch  # an idle actor keeps no handled event alive
+            if not len(mailbox):
+                self.rt._went_idle()  # about to park: wakes a settle()
 
     async def _handle_batch(self, ctx: DomainContext, identity: bytes, batch: list[Item]) -> None:
         done = 0
