@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_face
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["Sandbox", "SandboxDomain", "sandbox"], "actors.testing.sandbox"),
+    **dict.fromkeys(["Sandbox", "SandboxDomain", "sandbox"], "actors.testing.box"),
     **dict.fromkeys(["NotSettled"], "actors.runtime.settling"),
 }
 
@@ -33,6 +33,6 @@ __getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from ..runtime.settling import NotSettled as NotSettled
-    from .sandbox import Sandbox as Sandbox
-    from .sandbox import SandboxDomain as SandboxDomain
-    from .sandbox import sandbox as sandbox
+    from .box import Sandbox as Sandbox
+    from .box import SandboxDomain as SandboxDomain
+    from .box import sandbox as sandbox
