@@ -142,13 +142,22 @@ class XenStored:
         client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
         if self.core.domains.introduced(domid) is None:
             lifecycle.introduce(self.core, domid)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.handle_stream, server_end, domid)
-            try:
-                yield client_end
-            finally:
-                nursery.cancel_scope.cancel()
-                await trio.aclose_forcefully(client_end)
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.handle_stream, server_end, domid)
+                try:
+                    yield client_end
+                except BaseException as exc:
+                    body_error = exc  # raised again below, outside the nursery: unwrapped
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            # Outside the cancelled nursery: a checkpoint in there, on the way out of a body that raised,
+            # would raise Cancelled in place of the body's exception, and the nursery would swallow it.
+            await trio.aclose_forcefully(client_end)
+        if body_error is not None:
+            raise body_error
 
     def introduce(self, domid: int) -> bool:
         """Introduce guest ``domid`` as INTRODUCE does (fires @introduceDomain); False if it already was."""

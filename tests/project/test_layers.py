@@ -37,7 +37,9 @@ def test_the_testing_kit_is_loaded_only_when_asked_for() -> None:
     # the pytest plugin is imported by every pytest run where mtwatch is installed: only the package faces
     plugin = loaded_after("import actors.testing.pytest_plugin")
     assert not {"trio", "loguru"} & plugin
-    assert not {m for m in plugin if m.startswith(("actors.runtime", "actors.xenstored", "actors.testing.box"))}
+    assert not {
+        m for m in plugin if m.startswith(("actors.runtime", "actors.xenstored", "actors.testing.box"))
+    }
     kit = loaded_after("import actors.testing; actors.testing.sandbox")
     assert {"actors.testing.box", "actors.xenstored.server", "actors.runtime.runtime"} <= kit
     assert not {m for m in kit if m.startswith(("actors.agent", "pytest", "_pytest"))}

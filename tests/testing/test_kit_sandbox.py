@@ -163,3 +163,18 @@ async def test_a_program_that_connects_by_itself(compat: str) -> None:
         await box.create_domain(5)
         async with actors.connect(box.socket) as xs:
             assert await xs.read("/local/domain/5/name") == b"guest-5"
+
+
+async def test_what_a_guest_block_raises_comes_out(compat: str) -> None:
+    # (XenStored.guest() swallowed it: every assertion in such a block passed unseen)
+    async with sandbox(compat=compat) as box:
+        await box.create_domain(5)
+        with pytest.raises(actors.PermissionDenied):
+            async with box.guest(5) as g:
+                await g.write("/local/domain/5/name", "renamed")
+        with pytest.raises(AssertionError, match="seen"):
+            async with box.guest(5):
+                raise AssertionError("seen")
+        with pytest.raises(KeyError):
+            async with box.xenstored.guest(5):
+                raise KeyError("the daemon's own guest() too")
