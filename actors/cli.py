@@ -9,7 +9,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,6 +18,9 @@ from .agent import DEFAULT_CONTROL
 from .agent.exits import Exit, epilog
 from .demo import demo_arguments
 from .xs.errors import XenStoreError
+
+if TYPE_CHECKING:
+    from .agent.config import Config, Overrides
 
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", metavar="LEVEL", help="TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"
     )
     agent.add_argument("--xenstore", metavar="PATH", help="xenstored socket (default: $XENSTORED_PATH, ...)")
+    agent.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration (every error, with its line) and print the rules; exit 0 or 78",
+    )
     agent.set_defaults(control=None)  # None: the configuration's [control] socket
     status = _control(sub.add_parser("status", help="the agent's health and domains (exit 0/1/2/3)"))
     status.add_argument("--json", action="store_true", help="print the agent's status document as JSON")
@@ -71,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
     which.add_argument("--all-failed", action="store_true", help="every failed domain")
+    rules = _common(sub.add_parser("rules", help="try the agent's rules: rules test"))
+    rules_actions = rules.add_subparsers(dest="action", metavar="ACTION", required=True)
+    rules_test = _common(
+        rules_actions.add_parser(
+            "test",
+            help="run the rules a write fires, once, in a sandbox (embedded xenstored), and show what ran",
+        )
+    )
+    rules_test.add_argument("--config", metavar="FILE", required=True, help="the agent's TOML configuration")
+    rules_test.add_argument("--domain", metavar="DOMID", required=True, help="the guest domain to make")
+    rules_test.add_argument(
+        "--write",
+        metavar="PATH=VALUE",
+        action="append",
+        default=[],
+        help="a write to make (as the guest under its own /local/domain/DOMID, as dom0 elsewhere); repeatable",
+    )
     demo_help = "the isolation demo on the embedded xenstored (no Xen, no root)"
     demo_arguments(_common(sub.add_parser("demo", help=demo_help)))
     sub.add_parser("xenstored", help="run the embedded xenstored (mtwatch xenstored --help)", add_help=False)
@@ -91,19 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _agent(args: argparse.Namespace) -> int:
     from loguru import logger
 
-    from .agent.config import ConfigError, ConfigPermissionError, Overrides, load_config
+    from .agent.config import Overrides
     from .agent.daemon import run_agent
     from .agent.logs import configure_logging
 
     overrides = Overrides(args.metrics, args.log_json, args.log_level, args.xenstore, args.control)
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigPermissionError as exc:
-        print(f"mtwatch agent: {exc}", file=sys.stderr)
-        return Exit.NOPERM
-    except ConfigError as exc:
-        print(f"mtwatch agent: configuration error: {exc}", file=sys.stderr)
-        return Exit.CONFIG
+    config = _config("agent", args.config, overrides, located=args.check)
+    if isinstance(config, Exit):
+        return config
+    if args.check:
+        from .agent.dryrun import print_check
+
+        print_check(config, sys.stdout)
+        return Exit.OK
     configure_logging(config.log_format, config.log_level)
     try:
         return trio.run(run_agent, config, overrides)
@@ -113,6 +138,62 @@ def _agent(args: argparse.Namespace) -> int:
     except Exception:
         logger.opt(exception=True).critical("internal error: the agent stops")
         return Exit.SOFTWARE
+
+
+def _config(
+    command: str, path: str | None, overrides: Overrides | None = None, *, located: bool = True
+) -> Config | Exit:
+    """The configuration, or the exit status after printing every error (``located``: as FILE:LINE: key:
+    problem, one a line)."""
+    from .agent.config import ConfigError, ConfigPermissionError, load_config
+
+    try:
+        return load_config(path, overrides)
+    except ConfigPermissionError as exc:
+        print(f"mtwatch {command}: {exc}", file=sys.stderr)
+        return Exit.NOPERM
+    except ConfigError as exc:
+        for error in exc.errors:
+            text = error.located() if located else str(error)
+            print(f"mtwatch {command}: configuration error: {text}", file=sys.stderr)
+        if located:
+            count = len(exc.errors)
+            print(f"mtwatch {command}: {count} error{'' if count == 1 else 's'}", file=sys.stderr)
+        return Exit.CONFIG
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from .agent.dryrun import parse_write, print_runs, test_rules
+    from .xs.wire import check_domid
+
+    try:
+        domid = check_domid(args.domain, guest_only=True)
+        writes = [parse_write(text) for text in args.write]
+    except (ValueError, XenStoreError) as exc:
+        print(f"mtwatch rules test: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    if not writes:
+        print("mtwatch rules test: give at least one --write PATH=VALUE", file=sys.stderr)
+        return Exit.USAGE
+    config = _config("rules test", args.config)
+    if isinstance(config, Exit):
+        return config
+    from loguru import logger
+
+    logger.remove()  # what the rules print is the report; the runtime's own warnings go to stderr
+    logger.add(sys.stderr, level="WARNING", filter=lambda record: "stream" not in record["extra"])
+    try:
+        runs = trio.run(test_rules, config, domid, writes, sys.stdout)
+    except XenStoreError as exc:
+        print(f"mtwatch rules test: {exc}", file=sys.stderr)
+        return Exit.DEGRADED
+    except TimeoutError as exc:
+        print(f"mtwatch rules test: {exc}", file=sys.stderr)
+        return Exit.DEGRADED
+    print_runs(runs, sys.stdout)
+    if not runs:
+        print("mtwatch rules test: no rule ran for these writes", file=sys.stderr)
+    return Exit.OK if runs and all(run.ok for run in runs) else Exit.DEGRADED
 
 
 def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -258,6 +339,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "top": _top,
     "demo": _demo,
     "domain": _domain,
+    "rules": _rules,
 }
 
 

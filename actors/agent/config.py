@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,7 +20,17 @@ from ..runtime.options import RuntimeOptions
 from ..xs.errors import InvalidPath
 from ..xs.wire import check_path
 from . import DEFAULT_CONTROL
-from .schema import ConfigError, ConfigPermissionError, Listen, Table, WatchRule, parse_listen, watch_rule
+from .schema import (
+    ConfigError,
+    ConfigPermissionError,
+    Listen,
+    Problems,
+    Table,
+    WatchRule,
+    parse_listen,
+    watch_rule,
+)
+from .toml_lines import key_lines, line_of
 
 __all__ = ["DEFAULT_CONTROL", "Config", "ConfigError", "ConfigPermissionError", "Overrides", "load_config",
            "parse_config"]  # fmt: skip
@@ -116,13 +127,17 @@ _SECTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 
-def _sections(top: Table) -> dict[str, dict[str, Any]]:
-    """Every section's keys, read and checked as :data:`_SECTIONS` says (unknown keys are errors)."""
+def _sections(top: Table, problems: Problems) -> dict[str, dict[str, Any]]:
+    """Every section's keys, read and checked as :data:`_SECTIONS` says (unknown keys are errors); a key in
+    error is noted in ``problems`` and taken at its default."""
     values = {}
     for name, keys in _SECTIONS.items():
-        table = top.table(name)
-        values[name] = {key: getattr(table, how)(key, *args) for key, (how, *args) in keys.items()}
-        table.done()
+        table = problems.take(Table({}, name), top.table, name)
+        values[name] = {
+            key: problems.take(args[0] if args else (), getattr(table, how), key, *args)
+            for key, (how, *args) in keys.items()
+        }
+        problems.take(None, table.done)
     return values
 
 
@@ -151,8 +166,7 @@ def _level(text: str, key: str) -> str:
     return text.upper()
 
 
-def _values(v: dict[str, dict[str, Any]], overrides: Overrides, fresh: bool, top: Table) -> dict[str, Any]:
-    """The Config fields besides ``options``, with the command line's overrides applied."""
+def _xenstore(v: dict[str, dict[str, Any]], overrides: Overrides) -> tuple[str | None, bool]:
     socket, xenbus = v["xenstore"]["socket"], v["xenstore"]["xenbus"]
     if socket is not None and not socket:
         raise ConfigError("xenstore.socket", "must not be empty")
@@ -162,32 +176,57 @@ def _values(v: dict[str, dict[str, Any]], overrides: Overrides, fresh: bool, top
         if not overrides.xenstore:
             raise ConfigError("--xenstore", "must not be empty")
         socket, xenbus = overrides.xenstore, False
-    level = v["log"]["level"] or ""
+    return socket, xenbus
+
+
+def _log_level(v: dict[str, dict[str, Any]], overrides: Overrides) -> str:
     if overrides.log_level is not None:
-        level = _level(overrides.log_level, "--log-level")
-    listen = v["metrics"]["listen"]
-    metrics = parse_listen(listen) if listen is not None else None
+        return _level(overrides.log_level, "--log-level")
+    return _level(v["log"]["level"] or "", "log.level")
+
+
+def _metrics(v: dict[str, dict[str, Any]], overrides: Overrides) -> Listen | None:
     if overrides.metrics is not None:
-        metrics = parse_listen(overrides.metrics, "--metrics")
-    control = v["control"]["socket"]
+        return parse_listen(overrides.metrics, "--metrics")
+    listen = v["metrics"]["listen"]
+    return parse_listen(listen) if listen is not None else None
+
+
+def _control(v: dict[str, dict[str, Any]]) -> str | None:
+    control: str | None = v["control"]["socket"]
     if control is not None and not control.startswith("/"):
         raise ConfigError("control.socket", f"{control!r} must be an absolute path")
+    return control
+
+
+def _rules(top: Table, fresh: bool, problems: Problems) -> tuple[WatchRule, ...]:
+    raw = top.raw("watch")
+    if raw is not None and not isinstance(raw, list):
+        raise ConfigError("watch", "must be an array of tables: write each rule as [[watch]]")
+    rules = (problems.take(None, watch_rule, i, item, fresh) for i, item in enumerate(raw or []))
+    return tuple(rule for rule in rules if rule is not None)
+
+
+def _values(
+    v: dict[str, dict[str, Any]], overrides: Overrides, fresh: bool, top: Table, problems: Problems
+) -> dict[str, Any]:
+    """The Config fields besides ``options``, with the command line's overrides applied; errors are noted in
+    ``problems`` (the field then at its default)."""
+    socket, xenbus = problems.take((None, False), _xenstore, v, overrides)
     python_path = v["handlers"]["path"]
     for folder in reversed(python_path):  # before site-packages, in the order given
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    raw = top.raw("watch")
-    if raw is not None and not isinstance(raw, list):
-        raise ConfigError("watch", "must be an array of tables: write each rule as [[watch]]")
+    control = problems.take(None, _control, v)
     return {
         "xenstore_socket": socket,
         "xenbus": xenbus,
         "log_format": "json" if overrides.log_json else v["log"]["format"],
-        "log_level": _level(level, "log.level"),
-        "metrics": metrics,
+        "log_level": problems.take("INFO", _log_level, v, overrides),
+        "metrics": problems.take(None, _metrics, v, overrides),
         "control": overrides.control or control,
         "python_path": python_path,
-        "watches": tuple(watch_rule(i, item, fresh) for i, item in enumerate(raw or [])),
+        "watches": problems.take((), _rules, top, fresh, problems),
     }
 
 
@@ -201,16 +240,15 @@ def parse_config(
     """Validate a parsed TOML document (and the command line's overrides) into a :class:`Config`. With
     ``fresh`` (a reload), handler modules whose file changed are imported again."""
     overrides = overrides or Overrides()
-    try:
-        top = Table(dict(data), "")
-        v = _sections(top)
-        options = _options(v["registry"], v["runtime"], v["restart"])
-        values = _values(v, overrides, fresh, top)
-        top.done()
-    except ConfigError as exc:
-        if exc.source is None and source is not None:
-            raise ConfigError(exc.key, exc.problem, source=source) from None
-        raise
+    problems = Problems()
+    top = Table(dict(data), "")
+    v = _sections(top, problems)
+    options = problems.take(_DEFAULTS, _options, v["registry"], v["runtime"], v["restart"])
+    values = _values(v, overrides, fresh, top, problems)
+    problems.take(None, top.done)
+    if problems.errors and source is not None:
+        problems.errors = [error.placed(source, None) for error in problems.errors]
+    problems.check()
     return Config(source=source, options=options, **values)
 
 
@@ -220,7 +258,9 @@ def load_config(path: str | None, overrides: Overrides | None = None, *, fresh: 
         return parse_config({}, overrides)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        text = raw.decode()
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError("", "no such file", source=path) from None
     except PermissionError:
@@ -231,9 +271,16 @@ def load_config(path: str | None, overrides: Overrides | None = None, *, fresh: 
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0)
         raise ConfigError("", f"cannot read: {reason}", source=path) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"invalid TOML: {exc}", source=path) from None
+        at = re.search(r"at line (\d+)", str(exc))
+        raise ConfigError("", f"invalid TOML: {exc}", source=path, line=int(at[1]) if at else None) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             "", f"invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})", source=path
         ) from None
-    return parse_config(data, overrides, source=path, fresh=fresh)
+    try:
+        return parse_config(data, overrides, source=path, fresh=fresh)
+    except ConfigError as exc:
+        lines = key_lines(text)
+        errors = [error.placed(path, line_of(error.key, lines)) for error in exc.errors]
+        errors[0].errors = errors
+        raise errors[0] from None

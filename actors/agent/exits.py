@@ -19,13 +19,16 @@ class Exit(enum.IntEnum):
         return member
 
     OK = 0, "success; status: healthy; agent: stopped by SIGTERM or SIGINT"
-    DEGRADED = 1, "status: degraded (failed or throttled domains); reset, demo: failed"
+    DEGRADED = (
+        1,
+        "status: degraded (failed or throttled domains); reset, demo: failed; rules test: a rule failed or none ran",
+    )
     USAGE = 2, "bad command line; status: not connected to xenstored, or not ready"
     NO_DAEMON = 3, "no agent answers on the control socket; domain: xenstored unreachable"
     SOFTWARE = 70, "internal error (a bug: the log has the traceback)"
     TEMPFAIL = 75, "the metrics address or the control socket is in use or not available"
     NOPERM = 77, "permission denied (xenstored socket, xenbus, metrics port, control socket, config file)"
-    CONFIG = 78, "invalid configuration (the message names the key)"
+    CONFIG = 78, "invalid configuration (the messages name each key and its line)"
     STOP_OVERRUN = 124, "agent: a domain did not stop within the stop deadline plus 2 s (the log names it)"
     INTERRUPTED = 130, "interrupted (Ctrl-C) before it could stop in order"
 

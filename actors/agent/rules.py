@@ -42,7 +42,12 @@ _FIELDS = re.compile(r"\{(domid|path)\}")
 
 class CommandFailed(HandlerError):
     """A rule's command could not be started, exited non-zero or was killed by a signal (an expected failure:
-    the runtime logs it in one line)."""
+    the runtime logs it in one line). ``status`` is its exit status (negative: the signal's number; None: it
+    could not be started)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def kill_process_group(proc: trio.Process) -> None:
@@ -126,7 +131,7 @@ class RunHandler:
                     how = f"was killed by signal {-code}"
             else:
                 how = f"exited with status {code}"
-            raise CommandFailed(f"{self.program} (pid {proc.pid}) {how}")
+            raise CommandFailed(f"{self.program} (pid {proc.pid}) {how}", code)
         log.debug("{}: pid {} exited 0", self.name, proc.pid)
 
     async def _supervise(
@@ -206,9 +211,10 @@ class RuleSet:
     """The rules in force on a runtime. :meth:`apply` adds and removes watches so that the runtime has exactly
     the given rules; rules that did not change keep their watches (their domains are not touched)."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, wrap: Callable[[WatchRule, Handler], Handler] | None = None) -> None:
         self.rt = rt
         self.active: list[tuple[WatchRule, Watch]] = []
+        self.wrap = wrap  # around each rule's handler (the dry run's recorder)
 
     def apply(
         self, rules: tuple[WatchRule, ...] | list[WatchRule]
@@ -226,8 +232,11 @@ class RuleSet:
         for _, watch in remaining:
             self.rt.unwatch(watch)
         for rule in new:
+            handler = handler_for(rule)
+            if self.wrap is not None:
+                handler = self.wrap(rule, handler)
             watch = self.rt.watch(
-                rule.path, handler_for(rule), timeout=rule.timeout, route=rule.route_fn, name=rule.label
+                rule.path, handler, timeout=rule.timeout, route=rule.route_fn, name=rule.label
             )
             kept.append((rule, watch))
         self.active = kept

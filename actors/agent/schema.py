@@ -11,7 +11,7 @@ import string
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ..xs.errors import InvalidDomid, InvalidPath
 from ..xs.wire import check_domid, check_watch_path
@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "ConfigPermissionError",
     "Listen",
+    "Problems",
     "Table",
     "WatchRule",
     "component_route",
@@ -31,22 +32,62 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 5.0
 
+T = TypeVar("T")
+D = TypeVar("D")
+
 Route = Callable[[str], "int | None"]
 
 
 class ConfigError(Exception):
-    """An invalid configuration: ``key`` (dotted, ``""`` for the file itself) and what is wrong with it."""
+    """An invalid configuration: ``key`` (dotted, ``""`` for the file itself) and what is wrong with it;
+    ``line``, where the file has the key (None: not in a file, or not found). ``errors`` is every error found
+    in the file, this one first (validation goes on past the first: see :class:`Problems`)."""
 
-    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
+    def __init__(self, key: str, problem: str, *, source: str | None = None, line: int | None = None) -> None:
         self.key = key
         self.problem = problem
         self.source = source
+        self.line = line
+        self.errors: list[ConfigError] = [self]
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key}: {problem}" if key else f"{where}{problem}")
+
+    def located(self) -> str:
+        """``FILE:LINE: key: problem`` (as compilers write it), with what is known of the place."""
+        place = ":".join(str(part) for part in (self.source, self.line) if part is not None)
+        text = f"{self.key}: {self.problem}" if self.key else self.problem
+        return f"{place}: {text}" if place else text
+
+    def placed(self, source: str | None, line: int | None) -> ConfigError:
+        """This error, in ``source`` at ``line`` (a copy of the same class; unchanged what is known already)."""
+        copy = type(self)(self.key, self.problem, source=self.source or source, line=self.line or line)
+        return copy
 
 
 class ConfigPermissionError(ConfigError):
     """The configuration file exists but may not be read."""
+
+
+class Problems:
+    """The errors found so far: each check runs through :meth:`take`, which notes its error and carries on with
+    a default, so that one validation reports every error at once (:meth:`check` raises them together)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def take(self, default: D, fn: Callable[..., T], *args: Any) -> T | D:
+        try:
+            return fn(*args)
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return default
+
+    def check(self) -> None:
+        """Raise the first error, carrying every one (``errors``), if there is any."""
+        if self.errors:
+            first = self.errors[0]
+            first.errors = list(self.errors)
+            raise first
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,20 +369,25 @@ def _route(table: Table, per_domain: bool, fresh: bool) -> tuple[str | None, Rou
 
 
 def watch_rule(index: int, data: object, fresh: bool) -> WatchRule:
+    """The rule ``watch[index]``; ConfigError carrying every error of the rule (``errors``)."""
     table = Table(data, f"watch[{index}]")
-    path, per_domain = _watch_path(table)
+    problems = Problems()
+    path, per_domain = problems.take(("", False), _watch_path, table)
     has_run, has_call = "run" in table.data, "call" in table.data
     if has_run == has_call:
-        raise ConfigError(
-            table.where,
-            'needs exactly one of run = [...] and call = "module:function"'
-            + (" (both given)" if has_run else ""),
+        problems.errors.append(
+            ConfigError(
+                table.where,
+                'needs exactly one of run = [...] and call = "module:function"'
+                + (" (both given)" if has_run else ""),
+            )
         )
-    run = _run_argv(table) if has_run else None
-    call, handler = _call_handler(table, fresh) if has_call else (None, None)
-    timeout = table.number("timeout", DEFAULT_TIMEOUT)
-    route, route_fn = _route(table, per_domain, fresh)
-    name = table.string("name", "") or ""
-    initial = table.boolean("initial", True)
-    table.done()
+    run = problems.take(None, _run_argv, table) if has_run else None
+    call, handler = problems.take((None, None), _call_handler, table, fresh) if has_call else (None, None)
+    timeout = problems.take(DEFAULT_TIMEOUT, table.number, "timeout", DEFAULT_TIMEOUT)
+    route, route_fn = problems.take((None, None), _route, table, per_domain, fresh)
+    name = problems.take("", table.string, "name", "") or ""
+    initial = problems.take(True, table.boolean, "initial", True)
+    problems.take(None, table.done)
+    problems.check()
     return WatchRule(index, path, run, call, timeout, route, name, initial, handler, route_fn)
