@@ -35,6 +35,9 @@ taking the parsed arguments and returning a JSON-able dict:
   them (no mtwatch node), on the embedded xenstored (a process of its own) and Debian's C xenstored: a domain's
   time from its INTRODUCE to its actor running, and from its destruction to its actor gone (median ms; targets
   <= 60 ms on a 4.17 daemon, <= 10 ms with watch depth). In ``scripts/bench_stock.py``.
+- ``sandbox``: the testing kit: ``actors.testing.sandbox()`` entered and left, a runtime ready on it and a domain
+  made to running (ms: the first in the process, imports included; median and worst of the rest; target: a
+  sandbox starts in under 50 ms). In ``scripts/bench_sandbox.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench_flood as bench_flood_module
 import bench_flood_cost
+import bench_sandbox
 import bench_scale
 import bench_stock
 import bench_stream
@@ -244,6 +248,11 @@ async def flood_cost(args: argparse.Namespace) -> dict[str, object]:
 @scenario("stock-host")
 async def stock_host(args: argparse.Namespace) -> dict[str, object]:
     return await bench_stock.bench(args.quick)
+
+
+@scenario("sandbox")
+async def sandbox(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_sandbox.bench(size(args, 50, 3))
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

@@ -136,3 +136,12 @@ def test_flood_cost_accounts_for_every_event(report: dict[str, object]) -> None:
         accounted = ("handled", "coalesced", "dropped_by_runtime", "dropped_by_client")
         assert sum(figures[key] for key in accounted) == events, (mode, figures)  # type: ignore[misc]
         assert figures["throttled"] is True, mode
+
+
+def test_sandbox_measures_the_kit(report: dict[str, object]) -> None:
+    kit = section(report, "sandbox")
+    assert kit["rounds"] == 3 and kit["target_start_ms"] == 50
+    for part in ("start", "leave", "runtime_ready", "create_domain_to_running"):
+        figures = section(kit, part)
+        assert set(figures) == {"first_ms", "median_ms", "max_ms"}
+        assert all(isinstance(v, float) and v > 0 for v in figures.values()), part
