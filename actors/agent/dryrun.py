@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from loguru import logger
 
-from ..runtime.source import MTWATCH_ROOT
+from ..runtime.lifecycle.protocol import MTWATCH_ROOT
 from .config import Config
 from .rules import CommandFailed, Handler, RuleSet, RunHandler
 from .schema import WatchRule
@@ -25,7 +25,7 @@ from .schema import WatchRule
 if TYPE_CHECKING:
     from loguru import Message
 
-    from ..runtime.context import DomainContext
+    from ..runtime.domain.context import DomainContext
     from ..testing.box import Sandbox
     from ..xs.subscription import WatchEvent
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import trio
 
 from ..runtime.domain.context import State
-from ..runtime.runtime import Runtime, open_runtime
 from ..runtime.lifecycle.protocol import MTWATCH_ROOT
+from ..runtime.runtime import Runtime, open_runtime
 from ..xenstored.domains import Quotas
 from ..xenstored.server import XenStored, open_xenstored
 from ..xs.client import XenStore, connect, open_xenstore
