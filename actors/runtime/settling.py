@@ -1,16 +1,20 @@
 """``rt.settle()``: wait until the runtime has nothing left to do for what happened so far - every mailbox empty,
-no handler running, no actor starting or stopping, no watch being registered - or say who is still busy.
+no handler running, no actor starting or stopping, no watch being registered, no request of the runtime's
+waiting for its answer (the registry examining a domain) - or say who is still busy.
 
-It waits on the runtime's own notifications (an actor changing state, an actor parking on its empty mailbox, a
-global watch registered), never in a polling loop; and it asks the daemon a question first, each round: the
-daemon answers in order, so every watch event it sent before that answer has been handed to a mailbox by then
-(also the events a handler's own writes caused)."""
+Each round asks the daemon a question first: it answers in order, so every watch event it sent before that
+answer has been handed on by then (also the events a handler's own writes caused). Then it lets every other
+task run until all wait (trio's ``wait_all_tasks_blocked``: whoever was woken by those events has acted on them,
+sending its requests), and looks. Busy: it waits on the runtime's own notifications (an actor changing state, an
+actor parking on its empty mailbox, a global watch registered), never in a polling loop. Requests still out
+(nobody busy): another round, whose question is answered after them."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+from trio.testing import wait_all_tasks_blocked  # a scheduler facility (trio keeps it beside its test tools)
 from trio_util import AsyncBool, RepeatedEvent, wait_any
 
 from ..xs.errors import ConnectionLost, RequestTimeout
@@ -29,11 +33,18 @@ class NotSettled(TimeoutError):
     """:meth:`Runtime.settle` timed out; ``busy`` maps each busy domid (0: the default actor) to what it is
     doing (``"handler on /local/domain/5/data/x for 10 s"``, ``"starting"``, ``"3 events waiting"``)."""
 
-    def __init__(self, timeout: float, busy: dict[int, str]) -> None:
+    def __init__(self, timeout: float, busy: dict[int, str], xs: XenStore | None = None) -> None:
         self.timeout = timeout
         self.busy = busy
         named = "; ".join(f"{'default actor' if d == 0 else f'domain {d}'}: {why}" for d, why in busy.items())
-        super().__init__(f"the runtime did not settle within {timeout:g} s: {named or 'no connection'}")
+        if not named:  # nobody busy: what kept it from settling is the connection or the program's own tasks
+            if xs is None or xs.is_lost:
+                named = "not connected to xenstored"
+            elif xs.pending:
+                named = f"{xs.pending} requests of the runtime's connection unanswered"
+            else:
+                named = "the program's tasks never all waited at once"
+        super().__init__(f"the runtime did not settle within {timeout:g} s: {named}")
 
 
 class Settleable(Protocol):
@@ -90,13 +101,16 @@ async def settle(rt: Settleable, timeout: float) -> None:  # noqa: ASYNC109 (see
         while True:
             await rt.connected.wait_value(True)
             xs = rt.connection
+            if xs is None:
+                continue
             try:
-                if xs is not None:
-                    await xs.get_domain_path(0)  # answered after every event sent before it
+                await xs.get_domain_path(0)  # answered after every event sent before it
             except (ConnectionLost, RequestTimeout):
                 continue  # the reconnect's resync events are what to wait for now
+            await wait_all_tasks_blocked()  # those events acted on by whoever they woke
             progress = rt.progress_event()
-            if not busy_report(rt):
+            if busy_report(rt):
+                await wait_any(progress.wait, rt.changed.wait)
+            elif not xs.pending and xs is rt.connection:
                 return
-            await wait_any(progress.wait, rt.changed.wait)
-    raise NotSettled(timeout, busy_report(rt))
+    raise NotSettled(timeout, busy_report(rt), rt.connection)

@@ -120,6 +120,11 @@ class XenStore(
         return Transaction(self, tx_id)
 
     @property
+    def pending(self) -> int:
+        """Requests made on this connection whose answer has not come yet (those whose caller left included)."""
+        return self._protocol.pending
+
+    @property
     def unknown_events(self) -> int:
         """Watch events that arrived for a token with no watch (late ones after an unwatch)."""
         return self._protocol.unknown_events
