@@ -10,6 +10,7 @@ import trio.testing
 
 import actors
 from actors import DomainContext, NotSettled, WatchEvent
+from harness.servers import Server
 
 
 async def test_settle_waits_for_a_domain_to_start(
@@ -65,3 +66,23 @@ async def test_settle_on_a_quiet_runtime_returns_at_once(xs: actors.XenStore) ->
         assert trio.current_time() - start < 1  # one round trip to the daemon
         with pytest.raises(ValueError, match="positive"):
             await rt.settle(timeout=0)
+
+
+async def test_settle_on_every_daemon(server: Server) -> None:
+    # A daemon in a process of its own (C xenstored, oxenstored): its answers come over the socket.
+    seen: list[bytes] = []
+    async with actors.connect(server.socket_path) as xs, actors.open_runtime(xs, lifecycle="mtwatch") as rt:
+
+        async def handler(ctx: DomainContext, event: WatchEvent) -> None:
+            if await ctx.xs.exists(event.path):
+                seen.append(await ctx.xs.read(event.path))
+                await ctx.xs.write(f"/local/domain/{ctx.domid}/answer", "done")
+
+        rt.watch("/local/domain/{domid}/data", handler)
+        await actors.announce_domain(xs, 5)
+        await rt.settle()
+        assert rt.domains[5].state is actors.State.RUNNING
+        await xs.write("/local/domain/5/data", "x")
+        await rt.settle()
+        assert seen == [b"x"]
+        assert await xs.read("/local/domain/5/answer") == b"done"
