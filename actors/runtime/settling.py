@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 import trio
-from trio.testing import wait_all_tasks_blocked  # a scheduler facility (trio keeps it beside its test tools)
 from trio_util import AsyncBool, RepeatedEvent, wait_any
 
 from ..xs.errors import ConnectionLost, RequestTimeout
@@ -97,6 +96,10 @@ async def settle(rt: Settleable, timeout: float) -> None:  # noqa: ASYNC109 (see
     """See :meth:`Runtime.settle`."""
     if not timeout > 0:
         raise ValueError(f"settle timeout must be positive, not {timeout!r}")
+    # A scheduler facility that trio keeps beside its test tools; imported here, as trio.testing loads pytest's
+    # modules where pytest is installed.
+    from trio.testing import wait_all_tasks_blocked
+
     with trio.move_on_after(timeout):
         while True:
             await rt.connected.wait_value(True)

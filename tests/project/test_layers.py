@@ -136,3 +136,9 @@ def test_toolstack_loads_only_what_it_uses() -> None:
     runtime = {m for m in loaded if m.startswith("actors.runtime")}
     assert runtime == {"actors.runtime", "actors.runtime.lifecycle", "actors.runtime.lifecycle.protocol"}
     assert "loguru" not in loaded
+
+
+def test_the_runtime_loads_no_test_tools() -> None:
+    # settle() imports trio.testing (which loads pytest's modules where pytest is installed) when first called
+    loaded = loaded_after("import actors.runtime.runtime, actors.runtime.settling")
+    assert not {m for m in loaded if m.startswith(("trio.testing", "_pytest", "pytest"))}
