@@ -163,7 +163,7 @@ def _config(
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from .agent.dryrun import parse_write, print_runs, test_rules
+    from .agent.dryrun import parse_write, print_runs, try_rules
     from .xs.wire import check_domid
 
     try:
@@ -183,7 +183,7 @@ def _rules(args: argparse.Namespace) -> int:
     logger.remove()  # what the rules print is the report; the runtime's own warnings go to stderr
     logger.add(sys.stderr, level="WARNING", filter=lambda record: "stream" not in record["extra"])
     try:
-        runs = trio.run(test_rules, config, domid, writes, sys.stdout)
+        runs = trio.run(try_rules, config, domid, writes, sys.stdout)
     except XenStoreError as exc:
         print(f"mtwatch rules test: {exc}", file=sys.stderr)
         return Exit.DEGRADED

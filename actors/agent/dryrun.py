@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..testing.box import Sandbox
     from ..xs.subscription import WatchEvent
 
-__all__ = ["Run", "describe_rule", "parse_write", "print_check", "print_runs", "test_rules"]
+__all__ = ["Run", "describe_rule", "parse_write", "print_check", "print_runs", "try_rules"]
 
 SETTLE_MARGIN = 5.0  # seconds past the longest rule timeout that a dry run waits for the rules to finish
 
@@ -140,7 +140,7 @@ async def _write(box: Sandbox, domid: int, path: str, value: str, out: TextIO) -
         print(f"wrote {path} = {value!r} as dom0", file=out)
 
 
-async def test_rules(config: Config, domid: int, writes: list[tuple[str, str]], out: TextIO) -> list[Run]:
+async def try_rules(config: Config, domid: int, writes: list[tuple[str, str]], out: TextIO) -> list[Run]:
     """Make domain ``domid`` in a sandbox, run the configuration's rules on it as the agent does, make the
     writes and return the rule runs they caused. XenStoreError for a write the daemon refuses."""
     from ..testing.box import sandbox  # the kit, loaded only for this command
