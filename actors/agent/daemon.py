@@ -202,7 +202,8 @@ class Agent:
     def _observe(self, kind: str, domid: int, value: float) -> None:
         if kind.startswith("dropped:"):
             reason = kind.partition(":")[2]
-            if self._refusing.get(domid) != reason:
+            # (unwatched: a rule removed while its events waited, not a domain refusing them)
+            if reason != "unwatched" and self._refusing.get(domid) != reason:
                 self._refusing[domid] = reason
                 logger.bind(domid=domid).warning(
                     "domain {} is {}: its events are dropped (mtwatch_events_dropped_total)", domid, reason

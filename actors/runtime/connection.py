@@ -5,7 +5,7 @@ a runtime that can reconnect; exception groups (a loss during a concurrent listi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
@@ -14,6 +14,7 @@ import trio
 from .._log import logger
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost, XenStoreError
+from .domain.owner import Observing
 from .domain.supervisor import ReconnectPolicy
 from .exception_groups import first_leaf
 from .lifecycle.protocol import LifecycleSink, LifecycleSource
@@ -30,11 +31,10 @@ class ConnectionHost(Protocol):
     owns_connection: bool  # the connection now served is the runtime's own (made by connect=), closed with it
 
     @property
+    def observers(self) -> Observing: ...
+
+    @property
     def reconnect_policy(self) -> ReconnectPolicy: ...
-
-    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
-
-    async def _serve_connection(self, xs: XenStore) -> None: ...
 
 
 async def follow_lifecycle(
@@ -60,11 +60,12 @@ async def follow_lifecycle(
 
 async def keep_connected(
     host: ConnectionHost,
+    serve: Callable[[XenStore], Awaitable[None]],
     xs: XenStore | None,
     connect: ConnectionFactory | None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the given connection, then (with ``connect``) every later one; without ``connect``, raise
+    """Serve (``serve(xs)``, until it is lost) the given connection, then (with ``connect``) every later one; without ``connect``, raise
     ConnectionLost once the connection is gone. ``host.reconnects`` counts the connections made after the
     first; failed attempts are logged with the backoff before the next."""
     attempt = 0  # failed attempts since the last good connection
@@ -85,10 +86,10 @@ async def keep_connected(
                 connections += 1
                 if connections > 1:
                     host.reconnects += 1
-                    host._emit("reconnect", 0)
+                    host.observers.emit("reconnect", 0)
                     logger.info("reconnected to xenstored ({})", conn.name)
                 attempt = 0
-                await host._serve_connection(conn)
+                await serve(conn)
             logger.warning("connection to xenstored lost")
         except* (XenStoreError, OSError) as group:  # a loss, a refused connect, a daemon's protocol error
             logger.warning("xenstored unreachable: {}", first_leaf(group))

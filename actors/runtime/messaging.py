@@ -1,46 +1,50 @@
-"""The runtime's face for messages to domain actors: ``rt.on_message``, ``rt.send``, ``rt.ask``."""
+"""Messages to domain actors: what ``rt.on_message``, ``rt.send`` and ``rt.ask`` do."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
-from .domain.actor import DomainActor
 from .domain.context import State
+from .domain.life import ACCEPTING
 from .domain.messages import AskTimeout, DomainNotRunning, MailboxFull, Message, MessageError, Reply
 from .domain.owner import MessageHandler
-from .options import RuntimeOptions
 
-__all__ = ["Messaging"]
+__all__ = ["MessageInbox", "MessageTarget", "Messaging"]
+
+
+class MessageInbox(Protocol):
+    def post_message(self, message: Message) -> bool: ...
+
+
+class MessageTarget(Protocol):
+    """What messaging needs of a domain actor."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def inbox(self) -> MessageInbox: ...
 
 
 class Messaging:
-    """Mixed into :class:`~.runtime.Runtime`."""
+    """The runtime's message handler and the way messages are posted; owned by the runtime, which lends it the
+    lookup of a live actor."""
 
-    _actors: dict[int, DomainActor]
-    options: RuntimeOptions
-    message_handler: MessageHandler | None
-
-    def on_message(self, handler: MessageHandler) -> MessageHandler:
-        """``async def handler(ctx, message)`` handles what :meth:`send` and :meth:`ask` deliver, in the
-        domain's actor, in order with its watch events; usable as a decorator. One per runtime (a second
-        replaces the first). What it raises is a failure of that domain (and the asker's exception)."""
-        self.message_handler = handler
-        return handler
+    def __init__(self, live_actor: Callable[[int], MessageTarget | None], message_limit: int) -> None:
+        self._live_actor = live_actor
+        self._message_limit = message_limit
+        self.handler: MessageHandler | None = None
 
     def send(self, domid: int, message: object) -> None:
-        """Deliver ``message`` to domain ``domid``'s message handler; never blocks. Raises DomainNotRunning
-        (no actor, or not running), MailboxFull (``message_limit`` waiting), MessageError (no handler)."""
-        self._post_message(domid, Message(message, None))
+        self._post(domid, Message(message, None))
 
-    async def ask(self, domid: int, message: object, *, timeout: float | None = 30.0) -> Any:  # noqa: ASYNC109 (the issue asks for timeout=)
-        """Deliver ``message`` like :meth:`send` and return what the handler returns (or raise what it
-        raised). DomainNotRunning if the domain stops before it handles it; AskTimeout past ``timeout``
-        seconds (None: no limit; the message stays queued and is still handled)."""
+    async def ask(self, domid: int, message: object, timeout: float | None) -> Any:  # noqa: ASYNC109 (the issue asks for timeout=)
         reply = Reply()
-        self._post_message(domid, Message(message, reply))
+        self._post(domid, Message(message, reply))
         with trio.move_on_after(math.inf if timeout is None else timeout):
             await reply.wait()
         if not reply.done:
@@ -49,13 +53,13 @@ class Messaging:
             raise reply.error
         return reply.result
 
-    def _post_message(self, domid: int, message: Message) -> None:
-        if self.message_handler is None:
+    def _post(self, domid: int, message: Message) -> None:
+        if self.handler is None:
             raise MessageError("no message handler: register one with rt.on_message")
-        actor = self._actors.get(domid)
+        actor = self._live_actor(domid)
         if actor is None:
             raise DomainNotRunning(f"no domain actor for domid {domid}")
-        if not actor.post_message(message):
-            if actor.state in (State.STARTING, State.RUNNING):
-                raise MailboxFull(f"domain {domid} has {self.options.message_limit} messages waiting")
+        if not actor.inbox.post_message(message):
+            if actor.state in ACCEPTING:
+                raise MailboxFull(f"domain {domid} has {self._message_limit} messages waiting")
             raise DomainNotRunning(f"domain {domid} is {actor.state}")

@@ -22,15 +22,18 @@ from .watch_rules import Watch
 if TYPE_CHECKING:
     from ..xs.client import XenStore
 
-__all__ = ["RoutedActor", "Router", "RouterHost"]
+__all__ = ["RoutedActor", "RoutedInbox", "Router", "RouterHost"]
+
+
+class RoutedInbox(Protocol):
+    def post_routed(self, watch: Watch, watch_path: str, event: WatchEvent) -> None: ...
 
 
 class RoutedActor(Protocol):
     """What the router needs of a domain actor."""
 
-    generation: int
-
-    def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None: ...
+    @property
+    def inbox(self) -> RoutedInbox: ...
 
 
 class RouterHost(Protocol):
@@ -40,7 +43,7 @@ class RouterHost(Protocol):
 
     def live_actor(self, domid: int) -> RoutedActor | None: ...
 
-    def _went_idle(self) -> None: ...
+    def went_idle(self) -> None: ...
 
 
 class Router:
@@ -64,9 +67,7 @@ class Router:
         if domid is not None:
             actor = self.rt.live_actor(domid)
             if actor is not None:
-                actor.post(
-                    watch, actor.generation, watch.template, event
-                )  # refused and counted unless running
+                actor.inbox.post_routed(watch, watch.template, event)  # refused and counted unless running
                 return
         self.default.post(watch, watch.template, event)
 
@@ -85,7 +86,7 @@ class Router:
             logger.warning("cannot watch {}: {}", watch.template, exc)
         finally:
             self.registering -= 1
-            self.rt._went_idle()
+            self.rt.went_idle()
 
     async def unregister(self, watch: Watch) -> None:
         xs = self.rt.connection

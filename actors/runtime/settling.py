@@ -66,10 +66,11 @@ def _actor_busy(actor: DomainActor, xs: XenStore | None, watches: list[Watch], n
         return str(state)
     if state is not State.RUNNING:
         return None  # backoff, failed: nothing runs and the mailbox is purged
-    if not actor.mailbox.receiving:
-        if actor.busy_since is not None:
-            return f"handler on {actor.busy_path} for {now - actor.busy_since:.3g} s"
-        return f"{len(actor.mailbox)} events waiting"
+    inbox = actor.inbox
+    if not inbox.mailbox.receiving:
+        if inbox.busy_since is not None:
+            return f"handler on {inbox.busy_path} for {now - inbox.busy_since:.3g} s"
+        return f"{len(inbox.mailbox)} events waiting"
     if actor.watches.busy or (xs is not None and actor.may_attach and actor.watches.missing(xs, watches)):
         return "registering its watches"
     return None
@@ -80,8 +81,8 @@ def busy_report(rt: Settleable) -> dict[int, str]:
     actors, default, registering, watches = rt.settle_parts()
     now = trio.current_time()
     busy: dict[int, str] = {}
-    if not default.mailbox.receiving and not default.finished.is_set():
-        busy[0] = f"{len(default.mailbox)} events waiting, or a handler running"
+    if not default.inbox.mailbox.receiving and not default.finished.is_set():
+        busy[0] = f"{len(default.inbox.mailbox)} events waiting, or a handler running"
     elif registering:
         busy[0] = f"registering {registering} global watches"
     xs = rt.connection

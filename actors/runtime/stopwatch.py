@@ -8,13 +8,49 @@ import heapq
 import itertools
 import math
 import traceback
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from .domain.actor import DomainActor
 from .domain.context import State
 
-__all__ = ["StopWatch", "task_stack"]
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["StopWatch", "Stopping", "task_stack"]
+
+
+class Busy(Protocol):
+    @property
+    def busy_path(self) -> str | None: ...
+
+    @property
+    def busy_since(self) -> float | None: ...
+
+
+class Stopping(Protocol):
+    """What the stop watch reads of a stopping domain actor (:class:`~.domain.actor.DomainActor`)."""
+
+    @property
+    def domid(self) -> int: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def stopping_since(self) -> float | None: ...
+
+    @property
+    def task(self) -> trio.lowlevel.Task | None: ...
+
+    @property
+    def nursery(self) -> trio.Nursery | None: ...
+
+    @property
+    def inbox(self) -> Busy: ...
+
+    @property
+    def log(self) -> Logger: ...
 
 
 def task_stack(task: trio.lowlevel.Task) -> str:
@@ -30,17 +66,17 @@ class StopWatch:
     def __init__(self, deadline: float, every: float) -> None:
         self.deadline = deadline
         self.every = every
-        self._due: dict[DomainActor, float] = {}  # actor -> when to warn next (its entry in the heap)
-        self._heap: list[tuple[float, int, DomainActor]] = []  # (due, order of adding, actor); stale ones too
+        self._due: dict[Stopping, float] = {}  # actor -> when to warn next (its entry in the heap)
+        self._heap: list[tuple[float, int, Stopping]] = []  # (due, order of adding, actor); stale ones too
         self._order = itertools.count()
         self._wake = trio.Event()
 
-    def add(self, actor: DomainActor) -> None:
-        """``actor`` has begun to stop now."""
-        self._push(actor, trio.current_time() + self.deadline)
+    def add(self, actor: Stopping, deadline: float) -> None:
+        """``actor`` has begun to stop, due by ``deadline`` (its stop's deadline)."""
+        self._push(actor, deadline)
         self._wake.set()
 
-    def _push(self, actor: DomainActor, due: float) -> None:
+    def _push(self, actor: Stopping, due: float) -> None:
         self._due[actor] = due
         heapq.heappush(self._heap, (due, next(self._order), actor))
 
@@ -63,9 +99,9 @@ class StopWatch:
             with trio.move_on_at(heap[0][0] if heap else math.inf):
                 await self._wake.wait()
 
-    @staticmethod
-    def warn(actor: DomainActor, now: float) -> None:
+    def warn(self, actor: Stopping, now: float) -> None:
         since = actor.stopping_since if actor.stopping_since is not None else now
+        inbox = actor.inbox
         tasks = [] if actor.nursery is None else list(actor.nursery.child_tasks)
         if actor.task is not None:
             tasks.insert(0, actor.task)
@@ -74,7 +110,7 @@ class StopWatch:
             "domain {} still stopping after {:.3g} s (deadline {:g} s){}; still running:\n{}",
             actor.domid,
             now - since,
-            actor.rt.options.stop_deadline,
-            f", busy with {actor.busy_path}" if actor.busy_path and actor.busy_since is not None else "",
+            self.deadline,
+            f", busy with {inbox.busy_path}" if inbox.busy_path and inbox.busy_since is not None else "",
             stacks,
         )

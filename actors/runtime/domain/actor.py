@@ -8,8 +8,9 @@ incarnation cancelled, and the actor restarted after a backoff (on_start again, 
 watch makes the daemon fire it once, which is the resync event). Too many failures within the policy's period
 and the actor stays ``failed`` until its identity changes or ``rt.reset(domid)``.
 
-This module is the actor's life: what the runtime asks of it (never blocking), its watches, its supervision, an
-incarnation's start and stop. Its mailbox side (messages in, the serving loop out) is :mod:`.serving`.
+This module is the actor's own task: what the runtime asks of it (never blocking, each an event applied to its
+:class:`~.life.Life`, the state machine), its watches, its supervision, an incarnation's start and stop. It owns
+its :class:`~.serving.Inbox` (events and messages in, the serving loop out) and its life.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from ..._log import logger
 from ..watch_rules import Watch
 from .calls import HandlerFailed, call_hook, failure_of, log_failure, run_task
 from .context import DomainContext, DomainSnapshot, State
-from .floodgate import FloodGate
-from .mailbox import Mailbox
+from .life import ACCEPTING, Action, Asked, Event, Life
 from .owner import ActorHost
 from .registrations import Registrations
-from .serving import ACCEPTING, Serving
+from .serving import Inbox
 from .supervisor import RestartTracker
 
 if TYPE_CHECKING:
@@ -41,77 +41,60 @@ def _log_starting(identity: bytes) -> None:
     logger.info("domain actor starting (identity {!r})", identity)
 
 
-class DomainActor(Serving):
+class DomainActor:
     """Lives from its mtwatch node's appearance to its removal; see the module docstring."""
 
-    # Slots: 32,000 actors each with an instance dict of 30 entries would cost 1.5 KB apiece.
+    # Slots: 32,000 actors each with an instance dict would cost a kilobyte apiece.
     __slots__ = (
-        "_changed_at",
         "_log",
-        "_prestarted",
-        "_reload_requested",
-        "_reset_requested",
-        "_wake",
-        "desired",
         "domid",
-        "failure",
         "failures",
-        "flood",
-        "generation",
-        "identity",
+        "inbox",
         "last_error",
         "last_exception",
-        "mailbox",
+        "life",
         "name",
         "nursery",
         "restarts",
         "rt",
         "scope",
-        "state",
-        "stopping_since",
         "task",
         "tracker",
         "watches",
     )
 
     def __init__(self, runtime: ActorHost, domid: int, identity: bytes) -> None:
-        super().__init__()
         self.rt = runtime
         self.domid = domid
-        self.identity = identity
-        self.desired: bytes | None = identity  # what the registry wants: an identity, or None (gone)
-        self.state = State.STARTING  # waited on through the runtime's `changed` event, not per actor
-        options = runtime.options
-        self.mailbox = Mailbox(options.mailbox_size, options.overflow_limit, options.message_limit)
+        self.life = Life(runtime, domid, identity, runtime.options.stop_deadline)
+        self.inbox = Inbox(domid, runtime, self.life, self)
         self.tracker: RestartTracker | None = None  # made at the first failure: most actors never fail
-        self.generation = 0
         self.failures = 0
         self.restarts = 0
         self.name: str | None = None
-        self.stopping_since: float | None = None
         self.last_error: str | None = None
         self.last_exception: BaseException | None = None
-        self.failure: HandlerFailed | None = None  # the running incarnation's failure, once it has one
         self._log: Logger | None = None  # bound on first use: most actors never log outside their task
         self.scope: trio.CancelScope | None = None  # the running incarnation's nursery's scope
         self.nursery: trio.Nursery | None = None
         self.task: trio.lowlevel.Task | None = None  # the actor's own task, while it runs
         self.watches = Registrations(domid)
-        self.flood = FloodGate(runtime.options)
-        # One task per actor, so a stop request reaches it through these rather than through a watcher task:
-        # _wake exists while the actor waits in backoff or failed.
-        self._wake: trio.Event | None = None
-        self._reset_requested = False
-        self._reload_requested = False
-        self._changed_at = 0.0  # when ``desired`` last changed: the stop deadline counts from there
-        self._prestarted: bytes | None = None  # see prestart()
 
     def prestart(self) -> None:
         """Before its task starts: its first incarnation's name and watches are the runtime's to get (see
         :meth:`.starting.StartRequests.prestart`), for generation 1; events that arrive meanwhile wait in the
-        mailbox (the watches' initial events: the first resync)."""
-        self.generation = 1
-        self._prestarted = self.identity
+        mailbox (the watches' initial events: the first resync). Its task is then run with ``prestarted``."""
+        self.life.generation = 1
+
+    @property
+    def state(self) -> State:
+        state = self.life.state
+        assert state is not None
+        return state
+
+    @property
+    def identity(self) -> bytes:
+        return self.life.identity
 
     @property
     def log(self) -> Logger:
@@ -120,83 +103,86 @@ class DomainActor(Serving):
             self._log = logger.bind(domid=self.domid)
         return self._log
 
+    @property
+    def stopping_since(self) -> float | None:
+        return self.life.since if self.life.state is State.STOPPING else None
+
     def snapshot(self) -> DomainSnapshot:
+        inbox = self.inbox
         return DomainSnapshot(
             domid=self.domid,
             state=self.state,
-            identity=self.identity,
-            mailbox_depth=len(self.mailbox),
-            handled=self.handled,
-            coalesced=self.mailbox.coalesced,
-            dropped=self.dropped,
+            identity=self.life.identity,
+            mailbox_depth=len(inbox.mailbox),
+            handled=inbox.handled,
+            coalesced=inbox.mailbox.coalesced,
+            dropped=inbox.dropped,
             failures=self.failures,
             restarts=self.restarts,
             last_error=self.last_error,
             name=self.name,
-            busy_since=self.busy_since,
-            busy_path=self.busy_path,
-            throttled_since=self.flood.throttled_since,
+            busy_since=inbox.busy_since,
+            busy_path=inbox.busy_path,
+            throttled_since=inbox.flood.throttled_since,
             stopping_since=self.stopping_since,
             last_exception=self.last_exception,
-            dropped_by_reason=dict(self._dropped_by or {}),
+            dropped_by_reason=inbox.dropped_by_reason,
         )
 
-    # -- what the runtime calls (never blocks) ----------------------------------------------------------
+    # -- what the runtime calls (never blocks): events applied to the life ---------------------------
+
+    def set_desired(self, identity: bytes | None, *, stopping: bool = False) -> None:
+        """The registry's word: run with this identity (a change means the domid was reused), or stop (None;
+        ``stopping``: the runtime's own stop).
+
+        An idle actor is woken at once; a running handler or hook has until the stop deadline (the
+        incarnation's scope is due then), then is cancelled, and the on_stop hooks get what is left of it.
+        Asked back to what it runs before it stopped, the actor carries on.
+        """
+        self._act(self.life.announce(identity, stopping=stopping))
 
     def reset(self) -> None:
         """Leave the failed state and start again with a clean restart history."""
-        self._reset_requested = True
-        if self._wake is not None:
-            self._wake.set()
+        self._act(self.life.apply(Event.RESET))
 
     def reload(self) -> None:
         """End the running incarnation (its tasks cancelled with reason ``reload``, on_stop hooks run) and
         start a new one (on_start hooks, watches): not a failure."""
-        if self.state in ACCEPTING:
-            self._reload_requested = True
-            self._request_stop()
-
-    def set_desired(self, identity: bytes | None) -> None:
-        """The registry's word: run with this identity (a change means the domid was reused), or stop (None).
-
-        An idle actor is woken at once; a running handler or hook gets three quarters of the stop deadline to
-        finish (the incarnation's deadline is brought forward), then is cancelled. Asked back to what it
-        runs before it stopped, the actor carries on.
-        """
-        if identity == self.desired:
-            return
-        self.desired = identity
-        self._changed_at = trio.current_time()
-        if self._wake is not None:
-            self._wake.set()
-        if identity == self.identity and self.scope is not None and self.state in ACCEPTING:
-            self.scope.deadline = math.inf  # a stop withdrawn in time
-            return
-        self._request_stop()
-
-    def _request_stop(self) -> None:
-        # Parked on its empty mailbox, it runs nothing a deadline could cut short: the interrupt alone stops it.
-        idle = self.mailbox.receiving
-        self.mailbox.interrupt()  # an idle actor wakes up and sees the change
-        if self.scope is not None and not idle:
-            grace = trio.current_time() + self.rt.options.stop_deadline * 0.75
-            self.scope.deadline = min(self.scope.deadline, grace)
+        self._act(self.life.apply(Event.RELOAD))
 
     def charge(self, failure: HandlerFailed) -> None:
         """A failure that happened for this domain outside its own task (an observer, the watchdog): it ends
         the running incarnation like a handler's failure; between incarnations it is logged and counted."""
-        if self.scope is not None and self.failure is None and self.state in ACCEPTING:
-            self.failure = failure
-            self.scope.cancel(reason="restart")
-        else:
-            self._record(failure)
+        self._act(self.life.apply(Event.FAILURE), failure)
+
+    def _act(self, action: Action, failure: HandlerFailed | None = None) -> None:
+        """Do what the life decided (waking a waiting task is the life's own)."""
+        scope = self.scope
+        if action is Action.END:
+            # Parked on its empty mailbox, it runs nothing a deadline could cut short: the interrupt alone
+            # stops it.
+            mailbox = self.inbox.mailbox
+            idle = mailbox.receiving
+            mailbox.interrupt()  # an idle actor wakes up and sees the change
+            if scope is not None and not idle:
+                scope.deadline = min(scope.deadline, self.life.deadline())
+        elif action is Action.WITHDRAW:
+            if scope is not None:
+                scope.deadline = math.inf  # a stop withdrawn in time
+        elif action is Action.CANCEL or action is Action.RECORD:
+            assert failure is not None
+            if action is Action.CANCEL and scope is not None and self.life.failure is None:
+                self.life.failure = failure
+                scope.cancel(reason="restart")
+            else:  # no incarnation open yet, or it has failed already
+                self._record(failure)
 
     # -- watches ----------------------------------------------------------------------------------------
 
     @property
     def may_attach(self) -> bool:
         """Watches are registered while the actor starts or runs, and not throttled (the throttle's end does)."""
-        return self.state in ACCEPTING and self.flood.throttled_since is None
+        return self.life.state in ACCEPTING and self.inbox.flood.throttled_since is None
 
     async def attach(self) -> None:
         """Register every per-domain watch that is not registered on the current connection yet (not while
@@ -226,58 +212,64 @@ class DomainActor(Serving):
 
     # -- the actor's own task ----------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, prestarted: bool = False) -> None:
         """The whole life of the actor; returns once its node is gone and it has stopped. Raises nothing but
-        Cancelled: a bug here is logged and ends only this actor (the next registry event makes a new one)."""
+        Cancelled: a bug here is logged and ends only this actor (the next registry event makes a new one).
+        ``prestarted``: its first incarnation's name and watches were got before (see :meth:`prestart`)."""
         self.task = trio.lowlevel.current_task()
+        life = self.life
+        first: bytes | None = life.identity if prestarted else None
         # The runtime spawned this task inside ``logger.contextualize(domid=...)``: its log lines (and the
         # handlers') carry the domid.
         try:
-            while (identity := self.desired) is not None:
-                await self._live(identity)
+            while (identity := life.desired) is not None:
+                await self._live(identity, first == identity)
+                first = None
             if not self.watches.empty:  # prestarted, and gone before its task began
                 await self.detach()
         except Exception:
             logger.opt(exception=True).critical("domain actor crashed: a bug in mtwatch")
         finally:
             self.task = None
-            self.rt._forget(self.domid, self)
+            life.move(None)  # gone: the runtime forgets it
 
-    async def _live(self, identity: bytes) -> None:
+    async def _live(self, identity: bytes, prestarted: bool) -> None:
         """Incarnations with this identity, supervised, until ``desired`` changes."""
-        self.identity = identity
+        life = self.life
         self.tracker = None  # a new identity starts with a clean restart history
         _log_starting(identity)
         while True:
             try:
-                failure = await self._incarnation(identity)
+                failure = await self._incarnation(identity, prestarted)
             except Exception as exc:  # a bug in the actor's own code costs only this domain
                 failure = HandlerFailed(exc, "domain actor")
+            prestarted = False
             if failure is not None:
                 self._record(failure)
-            if self.desired != identity:
+            if life.desired != identity:
                 return
             if failure is None:
                 continue  # reloaded, or retired and announced again while it stopped: a fresh incarnation
             if not await self._back_off(identity):
                 return
             self.restarts += 1
-            self.rt._emit("restart", self.domid)
+            self.rt.observers.emit("restart", self.domid)
 
     def _record(self, failure: HandlerFailed) -> None:
         self.failures += 1
         self.last_error = f"{failure.what}: {failure.error!r}"
         self.last_exception = failure.error
         log_failure(self.log, failure)
-        self.rt._emit("failure", self.domid)
+        self.rt.observers.emit("failure", self.domid)
 
     async def _back_off(self, identity: bytes) -> bool:
         """After a failure: wait the backoff, or stay failed until reset. False if ``desired`` changed."""
+        life = self.life
         if self.tracker is None:
             self.tracker = RestartTracker(self.rt.options.restart)
         tracker = self.tracker
         if not tracker.failure_allows_restart(trio.current_time()):
-            self._set_state(State.FAILED)
+            life.move(State.FAILED)
             policy = tracker.policy
             logger.error(
                 "more than {} failures within {:g} s: domain failed; its events are dropped until its"
@@ -285,81 +277,66 @@ class DomainActor(Serving):
                 policy.max_restarts,
                 policy.period,
             )
-            self._reset_requested = False
-            while self.desired == identity and not self._reset_requested:
-                await self._wait_wake()
-            if self.desired == identity:
+            while life.desired == identity and life.asked is not Asked.RESET:
+                await life.wait()
+            if life.desired == identity:
                 logger.info("domain reset")
                 tracker.reset()
-            return self.desired == identity
+            return life.desired == identity
         delay = tracker.next_delay()
-        self._set_state(State.BACKOFF)
+        life.move(State.BACKOFF)
         logger.info("restarting in {:.3g} s", delay)
         with trio.move_on_after(delay):
-            while self.desired == identity:
-                await self._wait_wake()
-        return self.desired == identity
+            while life.desired == identity:
+                await life.wait()
+        return life.desired == identity
 
-    async def _wait_wake(self) -> None:
-        self._wake = trio.Event()
-        try:
-            await self._wake.wait()
-        finally:
-            self._wake = None
-
-    def _set_state(self, state: State) -> None:
-        if state is not self.state:
-            self.state = state
-            self.rt._changed()
-
-    async def _incarnation(self, identity: bytes) -> HandlerFailed | None:
+    async def _incarnation(self, identity: bytes, prestarted: bool) -> HandlerFailed | None:
         """Start, then serve until asked to stop (stop, then return None) or until something in the domain's
         scope fails (return the failure)."""
-        prestarted = self._prestarted == identity
-        self._prestarted = None
+        life = self.life
+        inbox = self.inbox
+        life.incarnate(identity, prestarted)
         if not prestarted:
-            if not self.watches.empty:  # prestarted for an identity it no longer has
+            if not self.watches.empty:  # prestarted for an identity it no longer has, or the last one's
                 await self.detach()
-            self.generation += 1
-            self._purge()
-        self.failure = None
-        self._reload_requested = False
-        self._set_state(State.STARTING)
+            inbox.purge()
         try:
             try:
                 async with trio.open_nursery() as nursery:
                     self.scope, self.nursery = nursery.cancel_scope, nursery
                     ctx = DomainContext(self.domid, identity, self.rt, None, nursery, run_task)
-                    if await self._start(ctx, identity, prestarted):
-                        await self._serve(ctx, identity)
+                    if await self._start(ctx, prestarted):
+                        await inbox.serve(ctx)
+                    reason = self._stop_reason(identity)
                     self._begin_stop()
-                    nursery.cancel_scope.cancel(reason=self._stop_reason(identity))
+                    nursery.cancel_scope.cancel(reason=reason)
             except* Exception as group:
-                if self.failure is None:
-                    self.failure = failure_of(group, "domain actor")
+                if life.failure is None:
+                    life.failure = failure_of(group, "domain actor")
             finally:
                 self.scope = self.nursery = None
-                self.busy_since = self.busy_path = None
-            if self.failure is not None:
-                return self.failure
-            if self.state is not State.STOPPING:  # the stop grace ran out and cancelled a handler or hook
+                inbox.busy_since = inbox.busy_path = None
+            if life.failure is not None:
+                return life.failure
+            if life.state is not State.STOPPING:  # the stop deadline ran out and cancelled a handler or hook
                 self._begin_stop()
             await self._stop(ctx)
             return None
         finally:
-            self.stopping_since = None
-            self.flood.unthrottle(self)
+            inbox.flood.unthrottle(self)
             await self.detach()
-            self._purge()
+            inbox.purge()
 
     def _stop_reason(self, identity: bytes) -> str:
-        if self._reload_requested and self.desired == identity:
+        life = self.life
+        if life.asked is Asked.RELOAD and life.desired == identity:
             return "reload"
-        if self.desired is None:
+        if life.desired is None:
             return "shutdown" if self.rt.closing else "retired"
         return "restart"
 
-    async def _start(self, ctx: DomainContext, identity: bytes, prestarted: bool) -> bool:
+    async def _start(self, ctx: DomainContext, prestarted: bool) -> bool:
         """The name, on_start hooks, watches; True if the actor runs now (False: asked to stop meanwhile).
         (Returns before serving: one coroutine frame less per idle actor than calling serve from here.)
 
@@ -373,32 +350,26 @@ class DomainActor(Serving):
             await self.attach()  # another attach or detach held the turn: wait for it, then ask again
         for hook in hooks:
             await call_hook(ctx, hook, "on_start hook")
-        if self.desired != identity or self._reload_requested:
+        if self.life.ending:
             return False
         if hooks or prestarted:  # (prestarted: nothing left to register, unless the connection was lost)
             await self.attach()
-        self._set_state(State.RUNNING)
+        self.life.move(State.RUNNING)
         return True
 
     def _begin_stop(self) -> None:
-        self._set_state(State.STOPPING)
-        self.stopping_since = trio.current_time()
-        self.rt._stop_begins(self.domid)
+        self.life.move(State.STOPPING)
 
     async def _stop(self, ctx: DomainContext) -> None:
-        """No new events; on_stop hooks within the stop deadline. (A handler that was running had up to three
-        quarters of the deadline to finish, through set_desired, before it was cancelled.)"""
+        """No new events; on_stop hooks within what is left of the stop's deadline (set once, when the stop
+        was asked: a handler that was running had until then to finish)."""
         logger.info("domain actor stopping")
         await self.detach()
-        self._purge()
-        # The whole stop, a running handler's grace included, ends within the deadline of the request; on_stop
-        # gets what the handler left of it, and at least a quarter.
+        self.inbox.purge()
         hooks = self.rt.stop_hooks()
         if not hooks:
             return
-        deadline = self.rt.options.stop_deadline
-        stop_at = max(self._changed_at + deadline, trio.current_time() + deadline * 0.25)
-        with trio.move_on_at(stop_at) as scope:
+        with trio.move_on_at(self.life.deadline()) as scope:
             for hook in hooks:
                 try:
                     await call_hook(ctx, hook, "on_stop hook")

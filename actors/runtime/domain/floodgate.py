@@ -110,7 +110,7 @@ class FloodGate:
             "over the event rate" if reason == "rate" else "mailbox over its high-water mark",
             cooldown,
         )
-        actor.rt._emit("throttled", actor.domid, 1)
+        actor.rt.observers.emit("throttled", actor.domid, 1)
         nursery.start_soon(self._cool_down, actor, cooldown, name=f"flood cool-down of domain {actor.domid}")
 
     async def _cool_down(self, actor: Flooded, cooldown: float) -> None:
@@ -179,7 +179,7 @@ class FloodGate:
             now - since,
             self.cooldown,
         )
-        actor.rt._emit("throttled", actor.domid, 0)
+        actor.rt.observers.emit("throttled", actor.domid, 0)
 
     def check(self, now: float, depth: int) -> str | None:
         """One event arrived at ``now`` with ``depth`` items waiting: the reason to throttle (``"rate"``,

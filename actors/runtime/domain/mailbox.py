@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from ...xs.coalesce import CoalescingQueue, Interrupted
+from ...xs.coalesce import CoalescingQueue
 from ...xs.subscription import WatchEvent
 from .messages import Message
 
@@ -20,7 +20,9 @@ class Envelope(NamedTuple):
     earlier incarnation never gets this far: the actor's sink refuses it by generation.) A named tuple: one is
     made for every event, and a tuple is the cheapest immutable record to make."""
 
-    watch: Any  # the runtime's Watch; only its identity matters here
+    watch: (
+        Any  # the runtime's Watch: its identity keys the coalescing, ``per_domain`` says what a purge keeps
+    )
     event: WatchEvent
     watch_path: str  # the path this watch was registered at (the template filled in)
 
@@ -85,17 +87,15 @@ class Mailbox:
         return self._queue.receiving
 
     def interrupt(self) -> None:
-        """Make a waiting (or the next idle) :meth:`receive` return None, :meth:`receive_batch` raise Interrupted:
-        the receiver looks at its state again. A receiver with items waiting gets them, and is expected to look
-        at its state between items anyway."""
+        """Make a waiting (or the next idle) :meth:`receive` or :meth:`receive_batch` raise
+        :class:`~actors.xs.coalesce.Interrupted`: the receiver looks at its state again. A receiver with items
+        waiting gets them, and is expected to look at its state between items anyway."""
         self._queue.interrupt()
 
-    async def receive(self) -> Item | None:
-        """The next envelope or message, or None after :meth:`interrupt`."""
-        try:
-            return await self._queue.receive()
-        except Interrupted:
-            return None
+    async def receive(self) -> Item:
+        """The next envelope or message. Raises :class:`~actors.xs.coalesce.Interrupted` after
+        :meth:`interrupt`."""
+        return await self._queue.receive()
 
     def receive_batch(self, max_items: int) -> Coroutine[Any, Any, list[Item]]:
         """``await mailbox.receive_batch(n)``: up to ``n`` waiting envelopes and messages in order (waiting for

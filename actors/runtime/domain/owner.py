@@ -8,15 +8,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..options import RuntimeOptions
 from ..watch_rules import Hook, Watch
-from .context import DomainContext
+from .context import DomainContext, State
 from .starting import StartRequests
 
 if TYPE_CHECKING:
     from ...xs.client import XenStore
 
-__all__ = ["ActorHost", "MessageHandler"]
+__all__ = ["ActorHost", "MessageHandler", "Observing"]
 
 MessageHandler = Callable[[DomainContext, Any], Awaitable[Any]]
+
+
+class Observing(Protocol):
+    """The runtime's observers, as the actors report to them (:class:`~actors.runtime.observers.Observers`)."""
+
+    def emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
+
+    def count_event(self, domid: int) -> None: ...
+
+    def observe_latency(self, domid: int, seconds: float) -> None: ...
 
 
 class ActorHost(Protocol):
@@ -24,9 +34,14 @@ class ActorHost(Protocol):
 
     options: RuntimeOptions
     connection: XenStore | None
-    message_handler: MessageHandler | None
     owns_connection: bool
     starts: StartRequests  # the runtime's own requests for actors, pipelined
+
+    @property
+    def observers(self) -> Observing: ...
+
+    @property
+    def message_handler(self) -> MessageHandler | None: ...
 
     @property
     def xs(self) -> XenStore: ...
@@ -40,18 +55,10 @@ class ActorHost(Protocol):
 
     def stop_hooks(self) -> tuple[Hook, ...]: ...
 
-    def _changed(self) -> None: ...
-
-    def _went_idle(self) -> None: ...
-
-    def _emit(self, kind: str, domid: int, value: float = 1.0) -> None: ...
+    def went_idle(self) -> None:
+        """An actor is about to park on its empty mailbox (wakes a ``settle()``)."""
 
     def excused(self, domid: int, start: float) -> bool: ...
 
-    def _count_event(self, domid: int) -> None: ...
-
-    def _observe_latency(self, domid: int, seconds: float) -> None: ...
-
-    def _stop_begins(self, domid: int) -> None: ...
-
-    def _forget(self, domid: int, actor: object) -> None: ...
+    def state_changed(self, domid: int, old: State | None, new: State | None) -> None:
+        """Every move of a domain actor's life (None: no actor), through :meth:`.life.Life.move`."""

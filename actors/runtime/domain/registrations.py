@@ -23,9 +23,7 @@ _UNWATCH_DEADLINE = 2.0
 
 
 class Poster(Protocol):
-    """Where a per-domain watch's events go: the domain actor's way in (never blocks)."""
-
-    generation: int  # the incarnation whose events it takes now
+    """Where a per-domain watch's events go: the domain actor's inbox (never blocks)."""
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent, /) -> None: ...
 

@@ -1,49 +1,100 @@
-"""A domain actor's mailbox side (mixed into :class:`~.actor.DomainActor`): events and messages posted in (with
-flood control on the way), and the serving
-loop that takes the events and messages out one at a time, in the order they came, in the actor's own task;
-and the count of what is dropped when it cannot take them."""
+"""An actor's inbox: events and messages posted in (with flood control on the way), the serving loop that takes
+them out one at a time, in the order they came, in the actor's own task, and the count of what is dropped when
+it cannot take them. A domain actor owns one (:class:`~.actor.DomainActor`), the default actor another (no flood
+control, no messages: a handler's failure is counted and it carries on)."""
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ..._log import logger
 from ...xs.coalesce import Interrupted
 from ...xs.subscription import WatchEvent
 from ..watch_rules import Watch
 from .calls import HandlerFailed, call_handler, excused_since, is_connection_loss
 from .context import DomainContext, State
 from .floodgate import Flooded, FloodGate
+from .life import ACCEPTING
 from .mailbox import Envelope, Item, Mailbox
 from .messages import Message
 from .owner import ActorHost
 
-__all__ = ["ACCEPTING", "Serving"]
+if TYPE_CHECKING:
+    from ..options import RuntimeOptions
 
-ACCEPTING = (State.STARTING, State.RUNNING)  # the states in which an actor takes events and messages
+__all__ = ["DROP_REASONS", "Inbox", "InboxOwner", "Lifeline"]
 
-_REFUSAL = {State.FAILED: "failed", State.BACKOFF: "backoff"}  # any other state refuses as "stopping"
-_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in ("failed", "backoff", "stopping", "throttled")}
+_REFUSAL: dict[State | None, str] = {
+    State.FAILED: "failed",
+    State.BACKOFF: "backoff",
+}  # any other state refuses as "stopping"
+# Why an event or message is dropped: refused (failed, backoff, stopping), purged for a resync (throttled), or
+# its watch removed before it was handled (unwatched).
+DROP_REASONS = ("failed", "backoff", "stopping", "throttled", "unwatched")
+_DROPPED_KIND = {reason: f"dropped:{reason}" for reason in DROP_REASONS}
 
 
-class Serving:
-    """The part of a domain actor that handles what its mailbox holds; see the module docstring."""
+class Lifeline(Protocol):
+    """What an inbox reads of its actor's life (:class:`~.life.Life` for a domain actor)."""
 
-    # What serving changes is kept here (set by the actor's __init__); what it only reads is the actor's.
-    __slots__ = ("_dropped_by", "busy_path", "busy_since", "dropped", "handled", "messages")
+    @property
+    def state(self) -> State | None: ...
 
-    rt: ActorHost
-    domid: int
-    state: State
-    desired: bytes | None
-    mailbox: Mailbox
-    _reload_requested: bool
-    generation: int
-    flood: FloodGate
-    nursery: trio.Nursery | None
+    @property
+    def generation(self) -> int: ...
 
-    def __init__(self) -> None:
+    @property
+    def ending(self) -> bool: ...
+
+
+class InboxOwner(Flooded, Protocol):
+    """What a domain actor's inbox needs of its actor: flood control's way out, a failure's way in."""
+
+    @property
+    def nursery(self) -> trio.Nursery | None: ...
+
+    def charge(self, failure: HandlerFailed) -> None: ...
+
+
+class Inbox:
+    """See the module docstring."""
+
+    __slots__ = (
+        "_dropped_by",
+        "busy_path",
+        "busy_since",
+        "domid",
+        "dropped",
+        "flood",
+        "handled",
+        "life",
+        "mailbox",
+        "messages",
+        "owner",
+        "rt",
+        "survive",
+    )
+
+    def __init__(
+        self,
+        domid: int,
+        runtime: ActorHost,
+        life: Lifeline,
+        owner: InboxOwner | None,
+        *,
+        survive: Callable[[HandlerFailed], None] | None = None,
+    ) -> None:
+        options: RuntimeOptions = runtime.options
+        self.domid = domid
+        self.rt = runtime
+        self.life = life
+        self.owner = owner  # None: the default actor's (no flood control, never posted to but by the router)
+        self.survive = survive  # a handler's failure goes here and serving carries on (None: it is raised)
+        self.mailbox = Mailbox(options.mailbox_size, options.overflow_limit, options.message_limit)
+        self.flood = FloodGate(options)
         self.messages = 0  # messages waiting in the mailbox
         self.handled = 0
         self.dropped = 0
@@ -51,76 +102,98 @@ class Serving:
         self.busy_path: str | None = None
         self._dropped_by: dict[str, int] | None = None
 
-    def _drop(self, reason: str, count: int = 1) -> None:
+    @property
+    def dropped_by_reason(self) -> dict[str, int]:
+        return dict(self._dropped_by or {})
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """The one place a drop is counted: ``dropped``, ``dropped_by_reason`` and the observers'
+        ``dropped:<reason>``."""
         self.dropped += count
         if self._dropped_by is None:
             self._dropped_by = {}
         self._dropped_by[reason] = self._dropped_by.get(reason, 0) + count
-        self.rt._emit(_DROPPED_KIND[reason], self.domid, count)
+        self.rt.observers.emit(_DROPPED_KIND[reason], self.domid, count)
+
+    # -- in: never blocks ---------------------------------------------------------------------------------
 
     def post(self, watch: Watch, generation: int, watch_path: str, event: WatchEvent) -> None:
-        """The router's way in: called from the connection's reader task, never blocks, never raises (a bug
-        here is this domain's failure, not the end of the watch or the connection)."""
+        """The way in of a domain's events: called from the connection's reader task, never blocks, never
+        raises (a bug here is this domain's failure, not the end of the watch or the connection)."""
         try:
-            if generation != self.generation or self.state not in ACCEPTING:
-                self._drop(_REFUSAL.get(self.state, "stopping"))
+            life = self.life
+            state = life.state
+            if generation != life.generation or state not in ACCEPTING:
+                self.drop(_REFUSAL.get(state, "stopping"))
                 return
             flood = self.flood
             throttled = flood.throttled_since is not None
             if throttled and watch.per_domain:
-                self._drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
+                self.drop("throttled")  # in flight before the unwatch: the resync at the end stands for it
                 return
             depth = self.mailbox.post(Envelope(watch, event, watch_path)) - self.messages
             if throttled:
                 return  # a routed global watch's event: kept (no re-watch brings it back), not counted
             reason = flood.check(event.received_at, depth)
-            if reason is not None and self.nursery is not None:
-                flood.throttle(cast("Flooded", self), self.nursery, reason, event.received_at)
+            owner = self.owner
+            if reason is not None and owner is not None and (nursery := owner.nursery) is not None:
+                flood.throttle(owner, nursery, reason, event.received_at)
                 # The re-watch at the cool-down's end is the resync that stands for every waiting event of
                 # the domain's own watches: handling them first would only delay it (messages and events of
                 # routed global watches, which no re-watch would bring back, stay).
-                self._drop("throttled", self.mailbox.purge_events())
+                self.drop("throttled", self.mailbox.purge_events())
         except Exception as exc:
-            self.charge(HandlerFailed(exc, "domain actor, posting an event"))
+            failure = HandlerFailed(exc, "domain actor, posting an event")
+            if self.owner is not None:
+                self.owner.charge(failure)
+            else:
+                logger.opt(exception=exc).critical("posting an event failed: a bug in mtwatch")
 
-    def charge(self, failure: HandlerFailed) -> None:
-        raise NotImplementedError  # the actor's: a failure outside its own task
+    def post_routed(self, watch: Watch, watch_path: str, event: WatchEvent) -> None:
+        """A routed global watch's event (the router's way in): for whatever incarnation runs now."""
+        self.post(watch, self.life.generation, watch_path, event)
 
     def post_message(self, message: Message) -> bool:
         """Queue a message if the actor runs and has room (False otherwise); never blocks."""
-        if self.state not in ACCEPTING or self.messages >= self.rt.options.message_limit:
+        if self.life.state not in ACCEPTING or self.messages >= self.rt.options.message_limit:
             return False
         self.messages += 1
         self.mailbox.post(message)
         return True
 
-    def _purge(self) -> None:
+    def purge(self) -> None:
+        """Drop everything waiting (a message's asker is told the domain did not handle it)."""
         dropped = self.mailbox.purge(self.domid)
         self.messages = 0
         if dropped:
-            self._drop("stopping", dropped)
+            self.drop("stopping", dropped)
 
-    async def _serve(self, ctx: DomainContext, identity: bytes) -> None:
-        """Handle events and messages one at a time, in order, until ``desired`` changes or a reload is
-        asked for. Raises HandlerFailed."""
+    # -- out: the serving loop, in the actor's own task ----------------------------------------------------
+
+    async def serve(self, ctx: DomainContext) -> None:
+        """Handle events and messages one at a time, in order, until the life is ending. Raises HandlerFailed
+        (unless ``survive`` takes it)."""
         mailbox = self.mailbox
-        while self.desired == identity and not self._reload_requested:
+        life = self.life
+        while not life.ending:
+            if not len(mailbox):
+                self.rt.went_idle()  # about to park: wakes a settle()
             try:
                 batch = await mailbox.receive_batch(64)
             except Interrupted:
-                continue  # look at desired again
-            await self._handle_batch(ctx, identity, batch)
+                continue  # look at the life again
+            await self._handle_batch(ctx, batch)
             del batch  # an idle actor keeps no handled event alive
-            if not len(mailbox):
-                self.rt._went_idle()  # about to park: wakes a settle()
 
-    async def _handle_batch(self, ctx: DomainContext, identity: bytes, batch: list[Item]) -> None:
+    async def _handle_batch(self, ctx: DomainContext, batch: list[Item]) -> None:
         done = 0
         clock = trio.lowlevel.current_clock()
         rt = self.rt
+        life = self.life
+        domid = self.domid
         try:
             for item in batch:
-                if self.desired != identity or self._reload_requested:
+                if life.ending:
                     return
                 done += 1
                 if type(item) is Message:
@@ -130,17 +203,24 @@ class Serving:
                 # An event, inline rather than in a coroutine of its own: this runs for every event.
                 watch, event = item.watch, item.event
                 if not watch.active:
-                    self.dropped += 1
+                    self.drop("unwatched")
                     continue
                 now = clock.current_time()
                 self.busy_path = event.path
-                rt._observe_latency(self.domid, now - event.received_at)
+                rt.observers.observe_latency(domid, now - event.received_at)
                 self.busy_since = now
-                completed = await call_handler(ctx, watch, event, now)
+                try:
+                    completed = await call_handler(ctx, watch, event, now)
+                except HandlerFailed as failure:
+                    self.busy_since = None
+                    if self.survive is None:
+                        raise
+                    self.survive(failure)
+                    continue
                 self.busy_since = None
                 if completed:
                     self.handled += 1
-                    rt._count_event(self.domid)
+                    rt.observers.count_event(domid)
                 else:
                     await self._handle_again(ctx, item)
         finally:
@@ -154,7 +234,7 @@ class Serving:
             if type(item) is Message:
                 item.abandon(self.domid)
                 self.messages -= 1
-        self._drop("stopping", len(batch) - index)
+        self.drop("stopping", len(batch) - index)
 
     async def _handle_again(self, ctx: DomainContext, item: Envelope) -> None:
         """An event whose handler the daemon interrupted (its connection lost, or stalled while it ran: not
@@ -169,11 +249,18 @@ class Serving:
                 return
             now = trio.current_time()
             self.busy_since = now
-            completed = await call_handler(ctx, item.watch, item.event, now)
-            self.busy_since = None
+            try:
+                completed = await call_handler(ctx, item.watch, item.event, now)
+            except HandlerFailed as failure:
+                if self.survive is None:
+                    raise
+                self.survive(failure)
+                return
+            finally:
+                self.busy_since = None
             if completed:
                 self.handled += 1
-                self.rt._count_event(self.domid)
+                self.rt.observers.count_event(self.domid)
                 return
 
     async def _handle_message(self, ctx: DomainContext, message: Message) -> None:

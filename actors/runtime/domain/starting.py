@@ -44,19 +44,36 @@ BATCH: Final = 128  # actors per pipeline
 WORKERS: Final = 2
 
 
-class Starting(Poster, Protocol):
-    """What the start requests need of a domain actor (:class:`~.domain.actor.DomainActor`)."""
+class StartingLife(Protocol):
+    """What the start requests read of a domain actor's life (:class:`~.life.Life`)."""
+
+    @property
+    def identity(self) -> bytes: ...
+
+    @property
+    def desired(self) -> bytes | None: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+class Starting(Protocol):
+    """What the start requests need of a domain actor (:class:`~.actor.DomainActor`)."""
 
     domid: int
     name: str | None
-    identity: bytes
-    desired: bytes | None
     watches: Registrations
+
+    @property
+    def life(self) -> StartingLife: ...
+
+    @property
+    def inbox(self) -> Poster: ...
 
     @property
     def may_attach(self) -> bool: ...
 
-    async def run(self) -> None: ...
+    async def run(self, prestarted: bool = False) -> None: ...
 
 
 class _Job:
@@ -80,7 +97,7 @@ class _Job:
         self.name = name
         self.attach = attach
         self.spawn = spawn  # a new actor whose task is started once its requests are done
-        self.generation = actor.generation
+        self.generation = actor.life.generation
         self.cancelled = False
         self.yours = False  # the watches are the actor's to register: another attach or detach held the turn
         self.asked_name: Answer[bytes] | None = None
@@ -178,11 +195,11 @@ class StartRequests:
         """Add the job's requests to ``pipe`` (True if any); the watches only with the domain's registrations'
         turn taken."""
         actor = job.actor
-        if job.spawn and actor.desired != actor.identity:
+        if job.spawn and actor.life.desired != actor.life.identity:
             return False  # gone or renamed before its task began: the task sees to it (nothing to register)
         if job.name:
             job.asked_name = pipe.read(f"/local/domain/{actor.domid}/name")
-        if job.attach and actor.generation == job.generation and actor.may_attach:
+        if job.attach and actor.life.generation == job.generation and actor.may_attach:
             registrations = actor.watches
             missing = registrations.missing(xs, watches)
             if missing and registrations.take_turn():
@@ -191,7 +208,7 @@ class StartRequests:
                 try:
                     for watch in missing:
                         path, token = watch.path(domid), watch.token(domid, generation)
-                        answer = pipe.watch(path, token, Sink(actor, watch, generation, path))
+                        answer = pipe.watch(path, token, Sink(actor.inbox, watch, generation, path))
                         asked.append((watch, path, token, answer))
                 except BaseException:
                     job.asked_watches = None
