@@ -28,16 +28,13 @@ class DefaultActor:
     def __init__(self, runtime: ActorHost) -> None:
         self.rt = runtime
         self.state = State.RUNNING
+        self.ending = False  # the runtime's stop
         self.generation = 0  # one incarnation, the whole runtime's life
         self.inbox = Inbox(0, runtime, self, None, survive=self._fail)
         self.ctx = DomainContext(0, b"", runtime, logger.bind(domid=0))
         self.failures = 0
         self.finished = trio.Event()
         self._scope: trio.CancelScope | None = None
-
-    @property
-    def ending(self) -> bool:
-        return self.state is State.STOPPING
 
     @property
     def handled(self) -> int:
@@ -51,6 +48,7 @@ class DefaultActor:
         """Take no new events; a running handler has until ``deadline`` (trio clock), then is cancelled (and so
         are the default actor's tasks)."""
         self.state = State.STOPPING
+        self.ending = True
         self.inbox.mailbox.interrupt()
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, deadline)

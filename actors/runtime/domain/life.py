@@ -179,6 +179,7 @@ class Life:
         "asked",
         "desired",
         "domid",
+        "ending",
         "failure",
         "generation",
         "identity",
@@ -196,6 +197,7 @@ class Life:
         self.identity = identity  # the identity the actor runs (or last ran)
         self.desired: bytes | None = identity  # what the registry wants: an identity, or None (gone)
         self.asked: Asked | None = None
+        self.ending = False  # a stop or a reload is asked: the running incarnation serves no more
         self.stop_at: float | None = None  # the running stop's deadline, set once per stop
         self.failure: HandlerFailed | None = None  # the running incarnation's failure, once it has one
         self.generation = 0  # incarnations so far: a late event of an earlier one is told apart by it
@@ -213,12 +215,6 @@ class Life:
             return Phase.RESETTING
         assert state is not None
         return _RESTING_PHASE[state]
-
-    @property
-    def ending(self) -> bool:
-        """A stop or a reload is asked: the running incarnation serves no more."""
-        asked = self.asked
-        return asked is not None and asked is not _RESET
 
     def move(self, new: State | None) -> None:
         """The one transition point: every change of state passes here and is told to the owner."""
@@ -239,6 +235,7 @@ class Life:
             return Action.NOTHING  # ended: nothing to decide
         asked, action = DECISIONS[self.phase, event]
         self.asked = asked
+        self.ending = asked is _STOP or asked is _RELOAD  # (an attribute: the serving loop reads it per item)
         if action is Action.END and self.stop_at is None:
             self.stop_at = trio.current_time() + self.stop_deadline
         elif action is Action.WITHDRAW:
@@ -262,6 +259,7 @@ class Life:
         it, no failure, no stop."""
         self.identity = identity
         self.asked = None
+        self.ending = False
         self.failure = None
         self.stop_at = None
         if not prestarted:

@@ -47,7 +47,7 @@ class Lifeline(Protocol):
     def generation(self) -> int: ...
 
     @property
-    def ending(self) -> bool: ...
+    def ending(self) -> bool: ...  # a stop or a reload is asked: serve no more
 
 
 class InboxOwner(Flooded, Protocol):
@@ -188,7 +188,7 @@ class Inbox:
     async def _handle_batch(self, ctx: DomainContext, batch: list[Item]) -> None:
         done = 0
         clock = trio.lowlevel.current_clock()
-        rt = self.rt
+        observers = self.rt.observers
         life = self.life
         domid = self.domid
         try:
@@ -207,7 +207,7 @@ class Inbox:
                     continue
                 now = clock.current_time()
                 self.busy_path = event.path
-                rt.observers.observe_latency(domid, now - event.received_at)
+                observers.observe_latency(domid, now - event.received_at)
                 self.busy_since = now
                 try:
                     completed = await call_handler(ctx, watch, event, now)
@@ -220,7 +220,7 @@ class Inbox:
                 self.busy_since = None
                 if completed:
                     self.handled += 1
-                    rt.observers.count_event(domid)
+                    observers.count_event(domid)
                 else:
                     await self._handle_again(ctx, item)
         finally:
