@@ -69,6 +69,7 @@ class DefaultActor:
                         self._fail(failure_of(group, "default actor"))
             finally:
                 self._scope = None
+                self.inbox.purge()  # what waits at the stop is dropped, and counted
                 self.finished.set()
 
     def _fail(self, failure: HandlerFailed) -> None:
