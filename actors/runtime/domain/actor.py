@@ -105,7 +105,7 @@ class DomainActor:
 
     @property
     def stopping_since(self) -> float | None:
-        return self.life.since if self.life.state is State.STOPPING else None
+        return self.life.stopping_since
 
     def snapshot(self) -> DomainSnapshot:
         inbox = self.inbox

@@ -184,10 +184,10 @@ class Life:
         "generation",
         "identity",
         "owner",
-        "since",
         "state",
         "stop_at",
         "stop_deadline",
+        "stopping_since",
     )
 
     def __init__(self, owner: LifeOwner, domid: int, identity: bytes, stop_deadline: float) -> None:
@@ -201,7 +201,7 @@ class Life:
         self.stop_at: float | None = None  # the running stop's deadline, set once per stop
         self.failure: HandlerFailed | None = None  # the running incarnation's failure, once it has one
         self.generation = 0  # incarnations so far: a late event of an earlier one is told apart by it
-        self.since = trio.current_time()  # when the state was entered
+        self.stopping_since: float | None = None  # when it began to stop, while it stops
         self.state: State | None = None
         self._wake: trio.Event | None = None  # exists while the task waits in backoff or failed
         self.move(State.STARTING)
@@ -224,7 +224,7 @@ class Life:
         if new not in TRANSITIONS[old]:
             raise LifeError(f"domain {self.domid}: no move from {old} to {new}")
         self.state = new
-        self.since = trio.current_time()
+        self.stopping_since = trio.current_time() if new is State.STOPPING else None
         self.owner.state_changed(self.domid, old, new)
 
     def apply(self, event: Event) -> Action:
