@@ -140,6 +140,7 @@ async def test_settle_names_a_hung_handler(compat: str, autojump_clock: trio.tes
         assert isinstance(caught.value, TimeoutError)
         await box.xs.rm("/local/domain/5/data/x")
         rt.reload(5)  # the way out: the hung handler is cancelled; the new incarnation finds nothing to do
+        await rt.wait_domain(5, actors.State.STOPPING)  # (the handler has the stop deadline, 10 s, to end)
         await rt.wait_domain(5, actors.State.RUNNING)
         await rt.settle()
 
