@@ -198,3 +198,34 @@ async def test_on_start_hooks_that_never_end_do_not_hold_up_other_domains_starti
     assert all(rt.domains[domid].state is State.STARTING for domid in hung)
     release.set()
     await until(rt, lambda: all(snapshot.state is State.RUNNING for snapshot in rt.domains.values()))
+
+
+async def test_a_hung_handler_leaves_the_on_stop_hooks_their_share_of_the_stop_deadline(
+    xs: actors.XenStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One stop deadline, shared out in one place: a handler that never returns is cut at three quarters of it,
+    and the on_stop hooks still run within the last quarter."""
+    entered = trio.Event()
+    stopped_at: list[float] = []
+
+    async def hang(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
+        if event.path.endswith("/go"):
+            entered.set()
+            await trio.sleep_forever()
+
+    async with actors.open_runtime(xs, stop_deadline=8) as rt:
+
+        @rt.on_stop
+        async def cleanup(ctx: actors.DomainContext) -> None:
+            stopped_at.append(trio.current_time())
+
+        rt.watch("/local/domain/{domid}/data", hang)
+        await actors.announce_domain(xs, 4, identity="a")
+        await rt.wait_domain(4, actors.State.RUNNING)
+        await xs.write("/local/domain/4/data/go", "1")
+        await entered.wait()
+        retired = trio.current_time()
+        await actors.retire_domain(xs, 4)
+        await rt.wait_domain(4, None)
+    assert len(stopped_at) == 1
+    assert 6 <= stopped_at[0] - retired < 8  # the handler had 6 s of the 8; the hook ran in the last 2

@@ -135,8 +135,9 @@ class DomainActor:
         """The registry's word: run with this identity (a change means the domid was reused), or stop (None;
         ``stopping``: the runtime's own stop).
 
-        An idle actor is woken at once; a running handler or hook has until the stop deadline (the
-        incarnation's scope is due then), then is cancelled, and the on_stop hooks get what is left of it.
+        An idle actor is woken at once; a running handler or hook has the stop deadline less the on_stop hooks'
+        share (the incarnation's scope is due then: :meth:`Life.serve_until`), then is cancelled, and the on_stop
+        hooks get what is left of the deadline, at least their share.
         Asked back to what it runs before it stopped, the actor carries on.
         """
         self._act(self.life.announce(identity, stopping=stopping))
@@ -165,7 +166,7 @@ class DomainActor:
             idle = mailbox.receiving
             mailbox.interrupt()  # an idle actor wakes up and sees the change
             if scope is not None and not idle:
-                scope.deadline = min(scope.deadline, self.life.deadline())
+                scope.deadline = min(scope.deadline, self.life.serve_until())
         elif action is Action.WITHDRAW:
             if scope is not None:
                 scope.deadline = math.inf  # a stop withdrawn in time
@@ -362,14 +363,14 @@ class DomainActor:
 
     async def _stop(self, ctx: DomainContext) -> None:
         """No new events; on_stop hooks within what is left of the stop's deadline (set once, when the stop
-        was asked: a handler that was running had until then to finish)."""
+        was asked), and at least their share of it (:meth:`Life.hooks_until`)."""
         logger.info("domain actor stopping")
         await self.detach()
         self.inbox.purge()
         hooks = self.rt.stop_hooks()
         if not hooks:
             return
-        with trio.move_on_at(self.life.deadline()) as scope:
+        with trio.move_on_at(self.life.hooks_until()) as scope:
             for hook in hooks:
                 try:
                     await call_hook(ctx, hook, "on_stop hook")

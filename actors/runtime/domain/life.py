@@ -13,8 +13,10 @@ gets there, and reads what was asked between events: ``ending`` (serve no more: 
 ``desired`` (the identity the registry wants, None once retired), ``RESET`` while failed.
 
 One stop deadline per stop: the first event that ends an incarnation sets ``stop_at`` (now plus the stop
-deadline), and everything the stop runs (a handler still running, the on_stop hooks) ends by then; withdrawn
-in time (announced back), the stop and its deadline are gone.
+deadline), and everything the stop runs ends by then: what was running (a handler, per-domain tasks) by
+:meth:`Life.serve_until`, the last :data:`HOOKS_SHARE` of the deadline kept for the on_stop hooks
+(:meth:`Life.hooks_until`: at least that share, whatever the running work took). Withdrawn in time (announced
+back), the stop and its deadline are gone.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 ACCEPTING: Final = (State.STARTING, State.RUNNING)  # the states in which an actor takes events and messages
+HOOKS_SHARE: Final = 0.25  # of the stop deadline, kept for the on_stop hooks: a hung handler cannot take it all
 
 
 class Event(enum.Enum):
@@ -272,6 +275,16 @@ class Life:
         if self.stop_at is None:
             self.stop_at = trio.current_time() + self.stop_deadline
         return self.stop_at
+
+    def serve_until(self) -> float:
+        """When what runs in the ending incarnation (a handler, per-domain tasks) is cut short: the stop's
+        deadline less the share kept for the on_stop hooks."""
+        return self.deadline() - self.stop_deadline * HOOKS_SHARE
+
+    def hooks_until(self) -> float:
+        """When the on_stop hooks are cut short: the stop's deadline, but never less than their share from now
+        (the running work may have overrun its part: a task that ignored its cancellation)."""
+        return max(self.deadline(), trio.current_time() + self.stop_deadline * HOOKS_SHARE)
 
     async def wait(self) -> None:
         """Until the next event that wakes a waiting task (see :data:`DECISIONS`)."""
