@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 ACCEPTING: Final = (State.STARTING, State.RUNNING)  # the states in which an actor takes events and messages
-HOOKS_SHARE: Final = 0.25  # of the stop deadline, kept for the on_stop hooks: a hung handler cannot take it all
+HOOKS_SHARE: Final = (
+    0.25  # of the stop deadline, kept for the on_stop hooks: a hung handler cannot take it all
+)
 
 
 class Event(enum.Enum):
