@@ -45,6 +45,9 @@ class RuntimeOptions:
       last value waits at most ``flood_cooldown_max`` plus the probe plus the resync after its end. Until
       the calm period has passed, the rate is counted over a tenth of a second and a mailbox at its
       high-water mark throttles at once. Messages are never throttled.
+    - ``quota_interval``: every this many seconds, each live domain's XenStore quota use and limits are read
+      (``rt.quotas``; None: never); ``quota_threshold``: the share of any limit (0.9: 90%) at which a domain
+      is logged and listed as above its quota threshold.
     """
 
     root: str = MTWATCH_ROOT
@@ -66,18 +69,27 @@ class RuntimeOptions:
     flood_rate: float | None = 1000.0
     flood_cooldown: float = 0.1
     flood_cooldown_max: float = 0.3
+    quota_interval: float | None = 30.0
+    quota_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")
-        optional = ("request_timeout", "stall_limit", "block_threshold", "flood_rate")  # None: off
+        optional = (
+            "request_timeout",
+            "stall_limit",
+            "block_threshold",
+            "flood_rate",
+            "quota_interval",
+        )  # None: off
         seconds = (
             "stop_deadline",
             "stop_warn_every",
             "stall_after",
             "flood_high_water_for",
             "flood_cooldown",
+            "quota_threshold",
         )
         for name in (*seconds, "flood_cooldown_max", *optional):
             value = getattr(self, name)

@@ -31,6 +31,7 @@ from .lifecycle.requests import gather_bounded
 from .messaging import Messaging
 from .observers import Observer, Observers
 from .options import RuntimeOptions
+from .quota import QuotaReport, QuotaTelemetry
 from .router import Router
 from .settling import settle
 from .stopwatch import StopWatch
@@ -72,6 +73,7 @@ class Runtime:
         self._watchdog: Watchdog | None = None
         self._closing = False
         self._progress: trio.Event | None = None  # see progress_event()
+        self._quota = QuotaTelemetry(options.quota_interval, options.quota_threshold, self._actors.keys)
 
     # -- public face ---------------------------------------------------------------------------------------
 
@@ -93,6 +95,16 @@ class Runtime:
     def domains(self) -> Mapping[int, DomainSnapshot]:
         """A snapshot of every domain actor, by domid."""
         return {domid: actor.snapshot() for domid, actor in self._actors.items()}
+
+    @property
+    def quotas(self) -> QuotaReport:
+        """Each live domain's XenStore quota use and limits as the last round read them (every
+        ``quota_interval`` seconds), and the domains above ``quota_threshold``; see QuotaReport."""
+        return self._quota.report()
+
+    async def read_quotas(self) -> QuotaReport:
+        """A quota round now, on the current connection (raises ConnectionLost, RequestTimeout, ...)."""
+        return await self._quota.round(self.xs)
 
     @property
     def default_handled(self) -> int:
@@ -428,6 +440,7 @@ class Runtime:
         nursery.start_soon(self._stopwatch.run, name="mtwatch-stopwatch")
         nursery.start_soon(self.starts.run, lambda: self.connection, name="mtwatch-starts")
         nursery.start_soon(self._announce_changes, name="mtwatch-changes")
+        nursery.start_soon(self._quota.run, lambda: self.connection, name="mtwatch-quota")
         if self.options.block_threshold is not None:
             self._watchdog = Watchdog(self.options.block_threshold, self._loop_blocked)
             self._watchdog.start()

@@ -104,6 +104,11 @@ class Connection:
         return f"<Connection {self.seq} dom{self.domid}{' closed' if self.closed else ''}>"
 
     @property
+    def outstanding(self) -> int:
+        """Requests answered whose replies the peer has not read yet (C: ``nboutstanding``)."""
+        return self._replies
+
+    @property
     def quotas(self) -> Quotas:
         """The quotas that bind this connection: its domain's own (4.22), else the global ones (4.17)."""
         core = self.core

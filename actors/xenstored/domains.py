@@ -73,6 +73,7 @@ class Domain(Generic[C]):
         "features",
         "generation",
         "introduced",
+        "quota_max",
         "quotas",
         "refs",
         "shutdown",
@@ -83,6 +84,7 @@ class Domain(Generic[C]):
         self.domid = domid
         self.features = FEATURES
         self.quotas = quotas
+        self.quota_max: dict[str, int] = {}  # 4.22's CONTROL quota <domid>: the highest use shown
         self.generation = generation  # nodes older than this do not grant it anything (XSA-322)
         self.introduced = False
         self.shutdown = False

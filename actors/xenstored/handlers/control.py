@@ -31,6 +31,19 @@ _HARD_QUOTAS: Final = (
     ("permissions", "permissions", "Max. number of permissions per node"),
 )
 _SOFT_QUOTAS: Final = (("memory", "memory_soft", "Total Xenstore memory per domain (warning level)"),)
+# C 4.22 lists its accounting items (``quota_adm``) in their enum's order, with their own descriptions.
+_HARD_QUOTAS_422: Final = (
+    ("nodes", "nodes", "Nodes per domain"),
+    ("watches", "watches", "Watches per domain"),
+    ("outstanding", "outstanding", "Outstanding requests per domain"),
+    ("memory", "memory", "Total Xenstore memory per domain"),
+    ("transactions", "transactions", "Active transactions per domain"),
+    ("transaction-nodes", "transaction_nodes", "Max. number of accessed nodes per transaction"),
+    ("node-permissions", "permissions", "Max. number of permissions per node"),
+    ("path-max", "path_length", "Max. length of a node path"),
+    ("node-size", "node_size", "Max. size of a node"),
+)
+_SOFT_QUOTAS_422: Final = (("memory", "memory_soft", "Total Xenstore memory per domain"),)
 _COMMANDS: Final = (
     ("check", ""),
     ("log", "on|off"),
@@ -72,20 +85,33 @@ def _memory(core: Core, domid: int, conns: list[Connection]) -> int:
 
 
 def _quota_domain(core: Core, raw: bytes) -> bytes:
+    """``domain_get_quota()``: 4.17 prints five counts; 4.22 every accounting item with the highest value
+    seen (here: the highest seen by these queries, as the embedded daemon keeps no running maximum)."""
     domid = domid_arg(raw)
     domain = core.domains.get(domid)
     if domain is None:
         raise Fail(ENOENT)
     conns = [c for c in core.connections.values() if c.domid == domid]
-    rows = (
-        ("nodes", core.store.count(domid)),
-        ("watches", sum(len(c.watches) for c in conns)),
-        ("transactions", sum(len(c.transactions) for c in conns)),
-        ("outstanding", 0),
-        ("memory", _memory(core, domid, conns)),
-    )
-    text = f"Domain {domid}:\n" + "".join(f"{name:<16s}: {value:8d}\n" for name, value in rows)
-    return text.encode() + b"\0"
+    use = {
+        "nodes": core.store.count(domid),
+        "watches": sum(len(c.watches) for c in conns),
+        "transactions": sum(len(c.transactions) for c in conns),
+        "outstanding": sum(c.outstanding for c in conns),
+        "memory": _memory(core, domid, conns),
+    }
+    if not core.v422:
+        rows = "".join(f"{name:<16s}: {use[name]:8d}\n" for name in _USE_417)
+        return f"Domain {domid}:\n{rows}".encode() + b"\0"
+    seen = domain.quota_max
+    lines = []
+    for name, _, _ in _HARD_QUOTAS_422:
+        value = use.get(name, 0)  # the per-request items are no domain-wide count: 0, as in C
+        seen[name] = max(seen.get(name, 0), value)
+        lines.append(f"{name:<17s}: {value:8d} (max {seen[name]:8d})\n")
+    return f"Domain {domid}:\n{''.join(lines)}".encode() + b"\0"
+
+
+_USE_417: Final = ("nodes", "watches", "transactions", "outstanding", "memory")
 
 
 def do_control(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> bytes:
@@ -121,19 +147,20 @@ def do_control(core: Core, conn: Connection, frame: Frame, tx: Transaction | Non
             raise Fail(EINVAL)
         logger.info("control: {}", rest[0].decode("utf-8", "replace"))
         return OK
+    hard, soft = (_HARD_QUOTAS_422, _SOFT_QUOTAS_422) if core.v422 else (_HARD_QUOTAS, _SOFT_QUOTAS)
     if cmd == b"quota":
         if not rest:
-            return _quota_show(core, _HARD_QUOTAS)
+            return _quota_show(core, hard)
         if rest[0] == b"set":
-            return _quota_set(core, rest[1:], _HARD_QUOTAS)
+            return _quota_set(core, rest[1:], hard)
         if len(rest) != 1:
             raise Fail(EINVAL)
         return _quota_domain(core, rest[0])
     if cmd == b"quota-soft":
         if not rest:
-            return _quota_show(core, _SOFT_QUOTAS)
+            return _quota_show(core, soft)
         if rest[0] == b"set":
-            return _quota_set(core, rest[1:], _SOFT_QUOTAS)
+            return _quota_set(core, rest[1:], soft)
         raise Fail(EINVAL)
     if cmd == b"live-update":  # not supported here; C answers EINVAL to a bare "live-update" too
         raise Fail(EINVAL)
