@@ -208,6 +208,7 @@ def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | 
 
 def _status(args: argparse.Namespace) -> int:
     from .agent import status
+    from .agent.quotas import quota_lines
 
     doc = _ask(args, {"op": "status"})
     if doc is None:
@@ -219,7 +220,9 @@ def _status(args: argparse.Namespace) -> int:
         print(status.COLUMNS.rstrip(), *table, sep="\n")
         return Exit.OK
     else:
-        print(*status.header(doc), "", status.COLUMNS, *table, status.totals(doc), sep="\n")
+        print(
+            *status.header(doc), "", status.COLUMNS, *table, status.totals(doc), *quota_lines(doc), sep="\n"
+        )
     return int(doc["health"]["code"])
 
 

@@ -113,6 +113,8 @@ _SECTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
         "mailbox_size": ("integer", _DEFAULTS.mailbox_size, 1),
         "overflow_limit": ("integer", _DEFAULTS.overflow_limit, 1),
         "stop_deadline": ("number", _DEFAULTS.stop_deadline),
+        "quota_interval": ("number", _DEFAULTS.quota_interval, False),
+        "quota_threshold": ("number", _DEFAULTS.quota_threshold),
     },
     "restart": {
         "max_restarts": ("integer", _R.max_restarts, 0),
@@ -155,6 +157,7 @@ def _options(registry: dict[str, Any], runtime: dict[str, Any], restart: dict[st
             f"({restart['backoff_max']:g}) must not be less than backoff_initial ({restart['backoff_initial']:g})",
         )
     policy = dataclasses.replace(_R, **restart)
+    runtime = {**runtime, "quota_interval": runtime["quota_interval"] or None}  # 0: no quota telemetry
     return RuntimeOptions(
         root=root.rstrip("/") or "/", lifecycle=registry["lifecycle"], restart=policy, **runtime
     )

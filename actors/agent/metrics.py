@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .. import __version__
 from ..runtime.domain.context import State
 from .exits import NOT_READY
+from .quotas import QuotaCollector
 from .status import health
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.rt = rt
         self.registry.register(_RuntimeCollector(rt))
+        self.registry.register(QuotaCollector(rt))
         ProcessCollector(registry=self.registry)
         self.latency = Histogram(
             "mtwatch_event_latency_seconds",

@@ -14,6 +14,7 @@ import trio
 from .. import __version__
 from ..runtime.domain.context import DomainSnapshot, State
 from .exits import NOT_READY, Exit
+from .quotas import add_quota, quota_trouble
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
@@ -75,7 +76,7 @@ def health(rt: Runtime) -> tuple[Exit, str]:
     throttled = sorted(domid for domid, d in rt.domains.items() if d.throttled_since is not None)
     trouble = [
         f"{len(ids)} {what} ({_few(ids)})"
-        for what, ids in (("failed", failed), ("throttled", throttled))
+        for what, ids in (("failed", failed), ("throttled", throttled), ("above a quota", quota_trouble(rt)))
         if ids
     ]
     if stalled:  # requests wait and nothing came back for stall_after seconds (past stall_limit: lost)
@@ -89,7 +90,7 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
     """The status document (JSON-ready): the agent, its connection and health, and every domain."""
     now = trio.current_time()
     code, reason = health(rt)
-    return {
+    doc = {
         "ok": True,
         "version": __version__,
         "pid": os.getpid(),
@@ -107,6 +108,8 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
         "default": {"handled": rt.default_handled, "failures": rt.default_failures},
         "domains": [_domain(d, now) for _, d in sorted(rt.domains.items())],
     }
+    add_quota(doc, rt)
+    return doc
 
 
 # -- the table --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from .control import Connection, ControlUnavailable
 from .exits import Exit
+from .quotas import quota_labels
 from .status import COLUMNS, SORTS, header, rates_between, rows, totals
 
 __all__ = ["run_top"]
@@ -59,7 +60,7 @@ class View:
         title = f"mtwatch top - sort: {self.sort} - {time.strftime('%H:%M:%S')} - {self.path}"
         if self.doc is None:
             return [title, "", "no agent"], []
-        table = rows(self.doc, self.rates, sort=self.sort)
+        table = rows(self.doc, self.rates, labels=quota_labels(self.doc), sort=self.sort)
         return [title, *header(self.doc), totals(self.doc), "", COLUMNS], table
 
     def key(self, key: int, conn: Connection) -> bool:
