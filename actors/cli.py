@@ -1,4 +1,5 @@
-"""The ``mtwatch`` command: one argparse tree for ``agent``, ``status``, ``domains``, ``top``, ``reset``, ``demo``,
+"""The ``mtwatch`` command: one argparse tree for ``agent``, ``status``, ``domains``, ``top``, ``reset``, ``stack``,
+``contrib``, ``demo``,
 ``domain announce|retire|list|bridge`` and ``xenstored`` (whose options are the embedded server's own). Exit
 statuses: :class:`actors.agent.exits.Exit` (``mtwatch --help`` lists them)."""
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _control(sub.add_parser("domains", help="the domain table, plain (for scripts)"))
     top = _control(sub.add_parser("top", help="a live view of the agent's domains (q quits)"))
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    stack = _control(sub.add_parser("stack", help="where each task of a domain waits now, and for how long"))
+    stack.add_argument("domid", type=int, help="the domain")
     reset = _control(sub.add_parser("reset", help="give failed domains a fresh start"))
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
@@ -239,6 +242,19 @@ def _reset(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from .agent.forensics import format_stacks
+
+    answer = _ask(args, {"op": "stack", "domid": args.domid})
+    if answer is None:
+        return Exit.NO_DAEMON
+    if not answer.get("ok"):
+        print(f"mtwatch stack: {answer.get('error')}", file=sys.stderr)
+        return Exit.DEGRADED
+    print(format_stacks(answer))
+    return Exit.OK
+
+
 def _top(args: argparse.Namespace) -> int:
     from .agent.top import run_top
 
@@ -339,6 +355,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _status,
     "domains": _status,
     "reset": _reset,
+    "stack": _stack,
     "top": _top,
     "demo": _demo,
     "domain": _domain,

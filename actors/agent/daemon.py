@@ -29,6 +29,7 @@ from ..xs.errors import XenStoreUnavailable
 from .config import Config, ConfigError, Overrides, load_config
 from .control import ControlInUse, bind_control, serve_control, unlink_if_ours
 from .exits import Exit
+from .forensics import add_busy_stacks, stack_answer
 from .logs import configure_logging
 from .metrics import Metrics, listener_addresses, serve_metrics
 from .notify import Notifier, monotonic_usec
@@ -233,10 +234,13 @@ class Agent:
         assert rt is not None
         if request["op"] == "status":
             doc = describe(rt, started_at=self.started_at, xenstore=self.config.xenstore_text)
+            add_busy_stacks(doc, rt)
             return {**doc, "latency": self.metrics.latency_summary() if self.metrics is not None else None}
         if request["op"] == "reset":
             return self._reset(rt, request)
-        return {"ok": False, "error": f"unknown op {request['op']!r} (status, reset)"}
+        if request["op"] == "stack":
+            return stack_answer(rt, request)
+        return {"ok": False, "error": f"unknown op {request['op']!r} (status, reset, stack)"}
 
     def _reset(self, rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
         domains = rt.domains

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
-from loguru import logger
 
+from .._log import logger
 from ..xs.client import XenStore
 from ..xs.quota import DomainQuota, QuotaSource, quota_source, read_quotas
 
@@ -24,7 +24,7 @@ SLICE = 128  # domains per pipeline: parsing a slice's answers holds the loop we
 class QuotaReport:
     """What the last rounds found (``rt.quotas``).
 
-    ``state``: "off" (``quota_interval`` None), "unknown" (no round yet), "cxenstored" (C xenstored and the
+    ``state``: "off" (``quota_interval`` None and no round asked for), "unknown" (no round yet), "cxenstored" (C xenstored and the
     embedded one: every resource), "oxenstored" (nodes only) or "unsupported" (``why`` says what the daemon
     answered). ``domains``: each live domain's :class:`~actors.xs.quota.DomainQuota` (domains the daemon does
     not know are absent). ``above``: the domains at or over ``threshold`` of some limit: (resource, share) of
@@ -58,12 +58,8 @@ class QuotaTelemetry:
         self.last_round_seconds: float | None = None
 
     def report(self) -> QuotaReport:
-        if self.interval is None:
-            state = "off"
-        elif self._source is None:
-            state = "unknown"
-        else:
-            state = self._source.kind
+        idle = "off" if self.interval is None else "unknown"
+        state = idle if self._source is None else self._source.kind
         return QuotaReport(
             state,
             self.threshold,

@@ -19,6 +19,7 @@ from .default_actor import DefaultActor
 from .domain.actor import DomainActor
 from .domain.calls import HandlerFailed, log_failure
 from .domain.context import DomainSnapshot, State
+from .domain.messages import DomainNotRunning
 from .domain.owner import MessageHandler
 from .domain.starting import Starting, StartRequests
 from .domain.supervisor import ReconnectPolicy
@@ -34,6 +35,7 @@ from .options import RuntimeOptions
 from .quota import QuotaReport, QuotaTelemetry
 from .router import Router
 from .settling import settle
+from .stacks import DomainStacks, domain_stacks
 from .stopwatch import StopWatch
 from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import LoopBlocked, Watchdog
@@ -101,6 +103,15 @@ class Runtime:
         """Each live domain's XenStore quota use and limits as the last round read them (every
         ``quota_interval`` seconds), and the domains above ``quota_threshold``; see QuotaReport."""
         return self._quota.report()
+
+    def stacks(self, domid: int) -> DomainStacks:
+        """Where each task of domain ``domid`` waits now: its actor's own (handlers and hooks run there) and
+        its per-domain tasks, each with what it runs, since when, and its await stack. Nothing is stopped or
+        slowed. DomainNotRunning if the domain has no actor (not announced, or gone)."""
+        actor = self._actors.get(domid)
+        if actor is None:
+            raise DomainNotRunning(f"domain {domid} has no actor (not announced, or gone)")
+        return domain_stacks(actor)
 
     async def read_quotas(self) -> QuotaReport:
         """A quota round now, on the current connection (raises ConnectionLost, RequestTimeout, ...)."""

@@ -113,7 +113,8 @@ def parse_oxenstored(reply: bytes, domid: int) -> tuple[int, int | None]:
 class QuotaSource:
     """How this daemon is asked: ``kind`` is "cxenstored" (CONTROL quota), "oxenstored" (nodes only) or
     "unsupported" (``why`` says what the daemon answered). ``per_domain_limits``: GET_QUOTA gives each
-    domain's own limits (Xen 4.21+). ``limits``: the global ones (what a domain without its own has)."""
+    domain's own limits (Xen 4.21+). ``limits``: the global ones when the source was probed (each
+    :func:`read_quotas` reads them again: CONTROL ``quota set`` changes them)."""
 
     kind: str
     limits: Mapping[str, int] = field(default_factory=dict)
@@ -149,26 +150,19 @@ def _number(answer: Answer[bytes]) -> int | None:
 
 
 async def read_quotas(xs: XenStore, source: QuotaSource, domids: Iterable[int]) -> dict[int, DomainQuota]:
-    """The quotas of ``domids``, pipelined (one CONTROL ``quota <domid>`` each, and on Xen 4.21+ one GET_QUOTA
-    a resource for the domain's own limits). Domains the daemon does not know (ENOENT) are left out; any
+    """The quotas of ``domids``, pipelined: the global limits and one CONTROL ``quota <domid>`` each, then on
+    Xen 4.21+ one GET_QUOTA a resource for the domain's own limits. Domains the daemon does not know (ENOENT) are left out; any
     other error reply raises it. Raises ConnectionLost, RequestTimeout as a request would."""
     if source.kind == "unsupported":
         return {}
     pipe = xs.pipeline()
-    asked: list[tuple[int, Answer[bytes], list[tuple[str, Answer[bytes]]]]] = []
-    for domid in domids:
-        d = str(check_domid(domid))
-        use = _control(pipe, "quota", d)
-        limits = (
-            [(name, pipe.request(Op.GET_QUOTA, join(d, name))) for name in source.limits]
-            if source.per_domain_limits
-            else []
-        )
-        asked.append((domid, use, limits))
+    global_limits = _control(pipe, "quota") if source.kind == "cxenstored" else None
+    asked = [(domid, _control(pipe, "quota", str(check_domid(domid)))) for domid in domids]
     await pipe.send()
+    limits_now = parse_limits(global_limits.result()) if global_limits is not None else {}
     found: dict[int, DomainQuota] = {}
     node_limit: int | None = None
-    for domid, use, limits in asked:
+    for domid, use in asked:
         error = use.error
         if isinstance(error, NotFound):
             continue
@@ -181,8 +175,18 @@ async def read_quotas(xs: XenStore, source: QuotaSource, domids: Iterable[int]) 
             limit = {} if node_limit_here is None else {"nodes": node_limit_here}
             found[domid] = DomainQuota(domid, {"nodes": nodes}, limit)
             continue
-        own = {name: value for name, answer in limits if (value := _number(answer)) is not None}
-        found[domid] = DomainQuota(domid, parse_domain_use(reply, domid), {**source.limits, **own})
+        found[domid] = DomainQuota(domid, parse_domain_use(reply, domid), limits_now)
+    if source.per_domain_limits and found:
+        # Asked only of the domains the daemon knows: GET_QUOTA would make a domain of any domid.
+        pipe = xs.pipeline()
+        own = {
+            domid: [(name, pipe.request(Op.GET_QUOTA, join(str(domid), name))) for name in limits_now]
+            for domid in found
+        }
+        await pipe.send()
+        for domid, answers in own.items():
+            mine = {name: value for name, answer in answers if (value := _number(answer)) is not None}
+            found[domid] = DomainQuota(domid, found[domid].used, {**limits_now, **mine})
     if source.kind == "oxenstored" and node_limit is not None:  # its limit is global: the domains with no
         for domid, quota in found.items():  # node yet ("not set") have it too
             if "nodes" not in quota.limit:
