@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     stack = _control(sub.add_parser("stack", help="where each task of a domain waits now, and for how long"))
     stack.add_argument("domid", type=int, help="the domain")
+    contrib = _common(
+        sub.add_parser("contrib", help="print the Grafana dashboard or the Prometheus alert rules")
+    )
+    contrib.add_argument(
+        "what", choices=sorted(CONTRIB), help="grafana (dashboard JSON) or alerts (rules YAML)"
+    )
     reset = _control(sub.add_parser("reset", help="give failed domains a fresh start"))
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
@@ -255,6 +261,17 @@ def _stack(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+# What ``mtwatch contrib`` prints: package data under actors/agent/contrib/ (scripts/install copies them).
+CONTRIB = {"grafana": "grafana-dashboard.json", "alerts": "prometheus-alerts.yml"}
+
+
+def _contrib(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    sys.stdout.write(files("actors.agent").joinpath("contrib").joinpath(CONTRIB[args.what]).read_text())
+    return Exit.OK
+
+
 def _top(args: argparse.Namespace) -> int:
     from .agent.top import run_top
 
@@ -356,6 +373,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "domains": _status,
     "reset": _reset,
     "stack": _stack,
+    "contrib": _contrib,
     "top": _top,
     "demo": _demo,
     "domain": _domain,

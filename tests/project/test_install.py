@@ -1,6 +1,7 @@
 """``scripts/install`` and ``scripts/uninstall`` into a temporary prefix: a venv with the package (pip from this
 source tree), a unit that ``systemd-analyze verify`` accepts without a word on this host's systemd, the example
-configuration (never overwritten), ``mtwatch`` on the given PATH folder; run twice, then removed."""
+configuration (never overwritten), ``mtwatch`` on the given PATH folder, the Grafana dashboard and the alert rules
+under the prefix's share folder; run twice, then removed."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ async def test_install_verify_reinstall_uninstall(tmp_path: Path) -> None:
             [tool, "verify", str(unit)], capture_stdout=True, stderr=subprocess.STDOUT, check=False
         )
     assert (verify.returncode, verify.stdout.decode()) == (0, "")  # not even a warning
+
+    share = (
+        prefix / "share" / "mtwatch"
+    )  # the dashboard and the alert rules, as `mtwatch contrib` prints them
+    contrib = ROOT / "actors" / "agent" / "contrib"
+    for name in ("grafana-dashboard.json", "prometheus-alerts.yml"):
+        assert (share / name).read_text() == (contrib / name).read_text()
 
     config = etc / "agent.toml"
     assert load_config(str(config)).watches == ()  # the commented example is a valid configuration
