@@ -83,12 +83,13 @@ class Node:
 
 
 class Store:
-    """Path -> node, the global generation counter, and how many nodes each domain owns."""
+    """Path -> node, the global generation counter, and how many nodes (and bytes of them) each domain owns."""
 
     def __init__(self) -> None:
         self.nodes: dict[bytes, Node] = {}
         self.generation = 0
         self.owned: dict[int, int] = {}
+        self.owned_bytes: dict[int, int] = {}  # records and paths: CONTROL quota's memory, without a scan
         # setup_structure(): "/", "/tool" and "/tool/xenstored", owned by dom0 with no access for others.
         perms: Perms = ((NONE, 0),)
         xenstored = Node(b"", perms)
@@ -117,18 +118,33 @@ class Store:
         self.nodes[path] = node
         if old is None:
             self._count(node.owner, 1)
-        elif old.owner != node.owner:
-            self._count(old.owner, -1)
-            self._count(node.owner, 1)
+        else:
+            self._weigh(old.owner, -(old.size() + len(path)))
+            if old.owner != node.owner:
+                self._count(old.owner, -1)
+                self._count(node.owner, 1)
+        self._weigh(node.owner, node.size() + len(path))
 
     def delete(self, path: bytes) -> None:
         old = self.nodes.pop(path, None)
         if old is not None:
             self.next_generation()
             self._count(old.owner, -1)
+            self._weigh(old.owner, -(old.size() + len(path)))
 
     def count(self, domid: int) -> int:
         return self.owned.get(domid, 0)
+
+    def memory(self, domid: int) -> int:
+        """Bytes of the node records (and their paths) ``domid`` owns."""
+        return self.owned_bytes.get(domid, 0)
+
+    def _weigh(self, domid: int, delta: int) -> None:
+        value = self.owned_bytes.get(domid, 0) + delta
+        if value:
+            self.owned_bytes[domid] = value
+        else:
+            self.owned_bytes.pop(domid, None)
 
     def _count(self, domid: int, delta: int) -> None:
         value = self.owned.get(domid, 0) + delta

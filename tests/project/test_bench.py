@@ -145,3 +145,16 @@ def test_sandbox_measures_the_kit(report: dict[str, object]) -> None:
         figures = section(kit, part)
         assert set(figures) == {"first_ms", "median_ms", "max_ms"}
         assert all(isinstance(v, float) and v > 0 for v in figures.values()), part
+def test_quota_reads_every_domain_on_every_daemon(report: dict[str, object]) -> None:
+    quota = section(report, "quota")
+    for daemon in ("embedded_4_22", "embedded_4_17", "cxenstored_4_17"):
+        figures = section(quota, daemon)
+        if "unavailable" in figures:
+            continue
+        assert figures["domains_read"] == figures["domains"] and figures["state"] == "cxenstored"
+        assert set(figures) >= {
+            "round_s_median",
+            "loop_held_ms_max",
+            "longest_step_cpu_ms",
+            "longest_gc_pause_cpu_ms",
+        }

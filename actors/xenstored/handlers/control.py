@@ -79,7 +79,7 @@ def _quota_set(core: Core, args: list[bytes], table: tuple[tuple[str, str, str],
 
 def _memory(core: Core, domid: int, conns: list[Connection]) -> int:
     """Roughly C's per-domain memory accounting: node records and keys, watches, queued output."""
-    nodes = sum(node.size() + len(path) for path, node in core.store.nodes.items() if node.owner == domid)
+    nodes = core.store.memory(domid)
     watches = sum(len(w.path) + len(w.token) for c in conns for w in c.watches.values())
     return nodes + watches + sum(c.queued_bytes for c in conns)
 
