@@ -19,7 +19,7 @@ import trio
 from test_agent_daemon import REPO, clean_env, metrics_port, poll, run_agent, scrape
 
 import actors
-from conftest import Embedded
+from harness.servers import Embedded
 
 CLI = [sys.executable, "-m", "actors.cli"]
 PROMTOOL_CACHE = REPO / ".cache/prometheus/usr/bin/promtool"

@@ -17,7 +17,7 @@ from test_agent_daemon import REPO, clean_env, metrics_port, run_agent, scrape
 
 import actors
 from actors.xenstored.testing import RawClient
-from conftest import Embedded
+from harness.servers import Embedded
 
 CLI = [sys.executable, "-m", "actors.cli"]
 

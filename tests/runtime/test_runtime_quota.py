@@ -19,7 +19,7 @@ import actors
 from actors.xenstored import open_xenstored
 from actors.xenstored.testing import RawClient, XsError
 from actors.xs.wire import Op, join
-from conftest import Embedded, Server
+from harness.servers import Embedded, Server
 
 GUEST = 5
 
