@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from loguru import logger
 
 import actors
@@ -81,7 +82,7 @@ class Lines:
 
 
 @pytest.fixture
-def log_lines() -> AsyncIterator[Lines] | Any:
+def log_lines() -> Iterator[Lines]:
     lines = Lines()
     sink = logger.add(lines, level="DEBUG")
     logger.enable("actors")
@@ -210,3 +211,30 @@ async def test_off_and_validation() -> None:
         actors.RuntimeOptions(quota_threshold=0)
     with pytest.raises(ValueError, match="quota_interval"):
         actors.RuntimeOptions(quota_interval=-1)
+
+
+async def test_a_daemon_without_quotas_is_said_once_and_left_alone(
+    log_lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A daemon that answers CONTROL with ENOSYS (the scripted one, as C 4.17 does an unknown op): the state
+    ``unsupported``, one line in the log, no warning, however many rounds."""
+    from harness.scripted import Peer, answer_as, scripted
+
+    async def daemon(peer: Peer) -> None:
+        await answer_as(peer, "c417")
+
+    async with (
+        scripted(daemon) as path,
+        actors.connect(path) as xs,
+        actors.open_runtime(xs, lifecycle="mtwatch", quota_interval=1) as rt,
+    ):
+        await trio.sleep(10.5)
+        report = rt.quotas
+        assert (report.state, report.why, report.rounds) == (
+            "unsupported",
+            "CONTROL quota answered ENOSYS",
+            10,
+        )
+        assert report.domains == {} and report.above == {}
+    assert len(log_lines.having("xenstored reports no quotas (CONTROL quota answered ENOSYS)")) == 1
+    assert not log_lines.having("quota telemetry: a round failed")
