@@ -147,3 +147,51 @@ async def test_quota_and_stacks_through_the_agent(
 
             code, _, err = await cli(workdir, "stack", "9")
             assert code == 1 and "domain 9 has no actor (not announced, or gone)" in err
+
+
+def test_the_quota_words_of_status_and_top() -> None:
+    from actors.agent.quotas import quota_labels, quota_lines
+    from actors.agent.status import rows
+
+    doc = {
+        "quota": {
+            "state": "cxenstored",
+            "why": "",
+            "threshold": 0.9,
+            "above": [
+                {"domid": 5, "resource": "transactions", "used": 11, "limit": 10, "share": 1.1},
+            ],
+        },
+        "domains": [
+            {
+                "domid": 5,
+                "name": "web-5",
+                "state": "running",
+                "mailbox": 0,
+                "handled": 3,
+                "dropped": 0,
+                "failures": 0,
+                "restarts": 0,
+                "quota": ["transactions", 1.1],
+            },
+            {
+                "domid": 6,
+                "name": None,
+                "state": "running",
+                "mailbox": 0,
+                "handled": 1,
+                "dropped": 0,
+                "failures": 0,
+                "restarts": 0,
+                "quota": None,
+            },
+        ],
+    }
+    assert quota_lines(doc) == [
+        "quota: domain 5 (web-5) uses 110% of its transactions quota (11/10; threshold 90%)"
+    ]
+    assert quota_labels(doc) == {5: "quota 110% transactions"}
+    table = dict(rows(doc, labels=quota_labels(doc)))
+    assert table[5].endswith("quota 110% transactions") and "quota" not in table[6]
+    unsupported = {"quota": {"state": "unsupported", "why": "CONTROL quota answered ENOSYS"}, "domains": []}
+    assert quota_lines(unsupported) == ["quota: xenstored reports none (CONTROL quota answered ENOSYS)"]

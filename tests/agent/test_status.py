@@ -38,6 +38,8 @@ async def run(*args: str) -> tuple[int, str, str]:
         ["domains"],
         ["top"],
         ["reset"],
+        ["stack"],
+        ["contrib"],
         ["demo"],
         ["xenstored"],
         ["domain", "bridge"],
