@@ -151,8 +151,9 @@ def _number(answer: Answer[bytes]) -> int | None:
 
 async def read_quotas(xs: XenStore, source: QuotaSource, domids: Iterable[int]) -> dict[int, DomainQuota]:
     """The quotas of ``domids``, pipelined: the global limits and one CONTROL ``quota <domid>`` each, then on
-    Xen 4.21+ one GET_QUOTA a resource for the domain's own limits. Domains the daemon does not know (ENOENT) are left out; any
-    other error reply raises it. Raises ConnectionLost, RequestTimeout as a request would."""
+    Xen 4.21+ one GET_QUOTA a resource for the domain's own limits. Domains the daemon does not know (ENOENT)
+    are left out (oxenstored cannot tell them from a domain with no node: ``not set``, nodes 0); any other
+    error reply raises it. Raises ConnectionLost, RequestTimeout as a request would."""
     if source.kind == "unsupported":
         return {}
     pipe = xs.pipeline()
