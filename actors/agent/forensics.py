@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..runtime.domain.messages import DomainNotRunning
-from ..runtime.stacks import DomainStacks, TaskStack
+from ..runtime.domain.stacks import DomainStacks, TaskStack
 from .status import BUSY_NOTABLE, format_seconds
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from .domain.calls import HandlerFailed, log_failure
 from .domain.context import DomainSnapshot, State
 from .domain.messages import DomainNotRunning
 from .domain.owner import MessageHandler
+from .domain.stacks import DomainStacks, domain_stacks
 from .domain.starting import Starting, StartRequests
 from .domain.supervisor import ReconnectPolicy
 from .exception_groups import first_leaf

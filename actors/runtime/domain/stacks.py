@@ -20,10 +20,10 @@ from types import CodeType, FrameType
 
 import trio
 
-from .domain.actor import DomainActor
-from .domain.calls import call_handler, call_hook, run_task
-from .domain.context import State
-from .domain.serving import Serving
+from .actor import DomainActor
+from .calls import call_handler, call_hook, run_task
+from .context import State
+from .serving import Serving
 
 __all__ = ["DomainStacks", "TaskStack", "domain_stacks", "domain_tasks", "task_stack"]
 
