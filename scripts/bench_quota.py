@@ -30,34 +30,45 @@ __all__ = ["bench"]
 TICK = 0.001
 
 
-class LongestStep(trio.abc.Instrument):
-    """The longest task step, in this thread's CPU time (not counting time the OS ran other processes)."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._began: float | None = None  # None: in the step that added the instrument (not timed)
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._began = time.thread_time()
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._began is not None:
-            self.longest = max(self.longest, time.thread_time() - self._began)
-        self._began = None
-
-
 class Collections:
-    """The garbage collector's longest pause (it runs inside whatever step allocated last)."""
+    """The garbage collector's longest pause and its total (it runs inside whatever step allocated last)."""
 
     def __init__(self) -> None:
         self.longest = 0.0
+        self.total = 0.0
         self._began = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._began = time.thread_time()
         else:
-            self.longest = max(self.longest, time.thread_time() - self._began)
+            pause = time.thread_time() - self._began
+            self.longest = max(self.longest, pause)
+            self.total += pause
+
+
+class LongestStep(trio.abc.Instrument):
+    """The longest task step, in this thread's CPU time (not counting time the OS ran other processes), with
+    and without the collector's pauses inside it."""
+
+    def __init__(self, collections: Collections) -> None:
+        self.collections = collections
+        self.longest = 0.0
+        self.longest_without_gc = 0.0
+        self._began: tuple[float, float] | None = None  # None: in the step that added the instrument
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = (time.thread_time(), self.collections.total)
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._began is not None:
+            began, gc_before = self._began
+            step = time.thread_time() - began
+            self.longest = max(self.longest, step)
+            self.longest_without_gc = max(
+                self.longest_without_gc, step - (self.collections.total - gc_before)
+            )
+        self._began = None
 
 
 async def ticker(lateness: list[float]) -> None:
@@ -84,8 +95,8 @@ async def measured(path: str, size: int, rounds: int) -> dict[str, object]:
                 nursery.cancel_scope.cancel()
             lateness: list[float] = []
             seconds: list[float] = []
-            steps = LongestStep()
             collections = Collections()
+            steps = LongestStep(collections)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ticker, lateness)
                 trio.lowlevel.add_instrument(steps)
@@ -110,6 +121,7 @@ async def measured(path: str, size: int, rounds: int) -> dict[str, object]:
         "loop_held_ms_p99": round(statistics.quantiles(lateness, n=100)[98] * 1000, 2),
         "longest_step_cpu_ms": round(steps.longest * 1000, 2),
         "longest_gc_pause_cpu_ms": round(collections.longest * 1000, 2),
+        "longest_step_without_gc_cpu_ms": round(steps.longest_without_gc * 1000, 2),
         "idle_ticker_late_ms_max": round(max(idle) * 1000, 2),
     }
 
