@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import trio
 
@@ -63,8 +64,8 @@ class QuotaTelemetry:
         return QuotaReport(
             state,
             self.threshold,
-            dict(self._domains),
-            dict(self._above),
+            MappingProxyType(self._domains),  # each round makes new ones: a report is a snapshot, for free
+            MappingProxyType(self._above),
             self._source.why if self._source is not None else "",
             self.rounds,
             self.last_round_at,
