@@ -340,8 +340,14 @@ def _domain(args: argparse.Namespace) -> int:
                 from .bridge import run_bridge
 
                 configure_logging()
-                logger.info("domain bridge: keeping {} in step with the host's domains on {}", root, xs.name)
-                await _until_signal("domain bridge", lambda: run_bridge(xs, root=root))
+
+                async def bridge() -> None:  # says it runs once SIGINT/SIGTERM are caught, not before
+                    logger.info(
+                        "domain bridge: keeping {} in step with the host's domains on {}", root, xs.name
+                    )
+                    await run_bridge(xs, root=root)
+
+                await _until_signal("domain bridge", bridge)
 
     try:
         trio.run(main)
