@@ -61,8 +61,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench_flood as bench_flood_module
 import bench_flood_cost
-import bench_sandbox
 import bench_quota
+import bench_sandbox
 import bench_scale
 import bench_stock
 import bench_stream
@@ -257,6 +257,8 @@ async def stock_host(args: argparse.Namespace) -> dict[str, object]:
 @scenario("sandbox")
 async def sandbox(args: argparse.Namespace) -> dict[str, object]:
     return await bench_sandbox.bench(size(args, 50, 3))
+
+
 @scenario("quota")
 async def quota(args: argparse.Namespace) -> dict[str, object]:
     return await bench_quota.bench(args.quick)

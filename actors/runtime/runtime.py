@@ -36,7 +36,6 @@ from .options import RuntimeOptions
 from .quota import QuotaReport, QuotaTelemetry
 from .router import Router
 from .settling import settle
-from .stacks import DomainStacks, domain_stacks
 from .stopwatch import StopWatch
 from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import LoopBlocked, Watchdog

@@ -145,6 +145,8 @@ def test_sandbox_measures_the_kit(report: dict[str, object]) -> None:
         figures = section(kit, part)
         assert set(figures) == {"first_ms", "median_ms", "max_ms"}
         assert all(isinstance(v, float) and v > 0 for v in figures.values()), part
+
+
 def test_quota_reads_every_domain_on_every_daemon(report: dict[str, object]) -> None:
     quota = section(report, "quota")
     for daemon in ("embedded_4_22", "embedded_4_17", "cxenstored_4_17"):
@@ -157,4 +159,5 @@ def test_quota_reads_every_domain_on_every_daemon(report: dict[str, object]) -> 
             "loop_held_ms_max",
             "longest_step_cpu_ms",
             "longest_gc_pause_cpu_ms",
+            "longest_step_without_gc_cpu_ms",
         }
