@@ -21,7 +21,8 @@ class Exit(enum.IntEnum):
     OK = 0, "success; status: healthy; agent: stopped by SIGTERM or SIGINT"
     DEGRADED = (
         1,
-        "status: degraded (failed or throttled domains); reset, demo: failed; rules test: a rule failed or none ran",
+        "status: degraded (failed, throttled or above a quota threshold); reset, stack, demo: failed; rules test: a"
+        " rule failed or none ran",
     )
     USAGE = 2, "bad command line; status: not connected to xenstored, or not ready"
     NO_DAEMON = 3, "no agent answers on the control socket; domain: xenstored unreachable"
