@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -74,22 +71,6 @@ async def cli(workdir: str, *args: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
-@asynccontextmanager
-async def guest(xenstored: Embedded, domid: int) -> AsyncIterator[trio.SocketStream]:
-    """A guest connection to the embedded daemon that lets what its body raises through (see
-    tests/runtime/test_runtime_quota.py)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-    server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(xenstored.server.handle_stream, server_end, domid)
-        try:
-            yield client_end
-        finally:
-            await trio.aclose_forcefully(client_end)
-            nursery.cancel_scope.cancel()
-
-
 async def test_quota_and_stacks_through_the_agent(
     xenstored: Embedded, xs: actors.XenStore, workdir: str
 ) -> None:
@@ -102,7 +83,7 @@ async def test_quota_and_stacks_through_the_agent(
     await xs.write("/local/domain/5/name", "web-5")
     async with (
         run_agent(workdir, "--config", str(config), "--metrics", "127.0.0.1:0") as agent,
-        guest(xenstored, 5) as stream,
+        xenstored.guest(5) as stream,
     ):
         g = RawClient(stream)
         for i in range(70):  # 70 of 128 watches: above the 50% threshold

@@ -6,9 +6,7 @@ falls back. oxenstored tells nodes only."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,26 +23,6 @@ from harness.servers import Embedded, Server
 GUEST = 5
 
 
-class GuestKeepsErrors(Embedded):
-    """The embedded daemon, with a guest connection that lets what its body raises through.
-    (``XenStored.guest`` awaits in its cancelled nursery on the way out: the Cancelled that raises replaces the
-    body's error, and the nursery swallows it.)"""
-
-    @asynccontextmanager
-    async def guest(self, domid: int) -> AsyncIterator[trio.SocketStream]:  # type: ignore[override]
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        client_end = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                self.server.handle_stream, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), domid
-            )
-            try:
-                yield client_end
-            finally:
-                await trio.aclose_forcefully(client_end)
-                nursery.cancel_scope.cancel()
-
-
 @pytest.fixture(
     params=[
         "embedded",
@@ -59,7 +37,7 @@ async def daemon(request: pytest.FixtureRequest, workdir: str) -> AsyncIterator[
         path = os.path.join(workdir, "socket")
         compat = "4.17" if request.param.endswith("4.17") else "4.22"
         async with open_xenstored(path, compat=compat) as embedded:
-            yield GuestKeepsErrors(embedded, path)
+            yield Embedded(embedded, path)
         return
     request.getfixturevalue(f"{request.param}_ready")
     from harness.cxenstored import C_XENSTORED, open_cxenstored
