@@ -7,17 +7,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import traceback
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from .domain.context import State
+from .domain.stacks import domain_tasks, task_stack
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["StopWatch", "Stopping", "task_stack"]
+__all__ = ["StopWatch", "Stopping"]
 
 
 class Busy(Protocol):
@@ -51,11 +51,6 @@ class Stopping(Protocol):
 
     @property
     def log(self) -> Logger: ...
-
-
-def task_stack(task: trio.lowlevel.Task) -> str:
-    """Where a trio task is now, innermost call last."""
-    return "".join(traceback.StackSummary.extract(task.iter_await_frames()).format())
 
 
 class StopWatch:
@@ -102,9 +97,7 @@ class StopWatch:
     def warn(self, actor: Stopping, now: float) -> None:
         since = actor.stopping_since if actor.stopping_since is not None else now
         inbox = actor.inbox
-        tasks = [] if actor.nursery is None else list(actor.nursery.child_tasks)
-        if actor.task is not None:
-            tasks.insert(0, actor.task)
+        tasks = domain_tasks(actor)
         stacks = "\n".join(f"task {task.name!r}:\n{task_stack(task)}" for task in tasks)
         actor.log.warning(
             "domain {} still stopping after {:.3g} s (deadline {:g} s){}; still running:\n{}",

@@ -17,13 +17,14 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import CodeType, FrameType
+from typing import Protocol
 
 import trio
 
 from .actor import DomainActor
 from .calls import call_handler, call_hook, run_task
 from .context import State
-from .serving import Serving
+from .serving import Inbox
 
 __all__ = ["DomainStacks", "TaskStack", "domain_stacks", "domain_tasks", "task_stack"]
 
@@ -57,7 +58,17 @@ class DomainStacks:
     tasks: list[TaskStack]
 
 
-def domain_tasks(actor: DomainActor) -> list[trio.lowlevel.Task]:
+class Tasks(Protocol):
+    """What :func:`domain_tasks` reads of a domain actor (the stop watch's view of one is enough)."""
+
+    @property
+    def task(self) -> trio.lowlevel.Task | None: ...
+
+    @property
+    def nursery(self) -> trio.Nursery | None: ...
+
+
+def domain_tasks(actor: Tasks) -> list[trio.lowlevel.Task]:
     """The actor's own task (handlers and hooks run in it), then the tasks of its incarnation's nursery."""
     tasks = [] if actor.nursery is None else list(actor.nursery.child_tasks)
     if actor.task is not None:
@@ -68,9 +79,9 @@ def domain_tasks(actor: DomainActor) -> list[trio.lowlevel.Task]:
 _HANDLER: CodeType = call_handler.__code__
 _HOOK: CodeType = call_hook.__code__
 _TASK: CodeType = run_task.__code__
-_MESSAGE: CodeType = Serving._handle_message.__code__
+_MESSAGE: CodeType = Inbox._handle_message.__code__
 _BACKOFF: CodeType = DomainActor._back_off.__code__
-_SERVE: CodeType = Serving._serve.__code__
+_SERVE: CodeType = Inbox.serve.__code__
 _STOP: CodeType = DomainActor._stop.__code__
 
 
@@ -92,7 +103,7 @@ def _doing(actor: DomainActor, frames: list[FrameType]) -> tuple[str, float | No
         if code is _TASK:
             return f"task {seen.get('what', '?')}", seen.get("start"), None
         if code is _MESSAGE:
-            return "message handler", actor.busy_since, None
+            return "message handler", actor.inbox.busy_since, None
         if code is _STOP:
             return "stopping (on_stop hooks)", actor.stopping_since, None
         if code is _BACKOFF:
