@@ -1,37 +1,48 @@
 """A trio-native XenStore client: one connection, one reader task, requests from any number of tasks.
 
 The protocol (request ids, reply matching, watch dispatch, DIRECTORY_PART) is :class:`~actors.xs.protocol.
-ClientProtocol`, sans-IO; this module is the I/O around it. Replies are matched to requests by req_id (they may
-come in any order); watch events are handed to their watch's sink by token straight from the reader task, which
-never waits on a consumer. A lost connection fails every pending and later request with :class:`ConnectionLost`
-at once (its ``__cause__`` says why) and ends every subscription with it.
+ClientProtocol`, sans-IO; the I/O around it is the connection's :class:`~actors.xs.link.Link`, and every request
+is made by the :mod:`~actors.xs.builder`. Replies are matched to requests by req_id (they may come in any
+order); watch events are handed to their watch's sink by token straight from the reader task, which never
+waits on a consumer. A lost connection fails every pending and later request with :class:`ConnectionLost` at
+once (its ``__cause__`` says why) and ends every subscription with it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TypedDict, Unpack
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import TypedDict, TypeVar, Unpack, overload
 
 import trio
+import trio_util
 
-from .capabilities import Capabilities, DaemonOperations
-from .deadlines import RequestDeadlines
-from .errors import ConnectionLost, ConnectionStalled, ProtocolError, RequestTimeout
+from . import builder
+from .capabilities import Capabilities, Feature, probe
+from .errors import (
+    ConflictDeadline,
+    ConnectionLost,
+    TokenInUse,
+    TransactionConflict,
+    Unsupported,
+    XenStoreError,
+)
+from .link import Link
 from .operations import Operations
 from .pipeline import WINDOW, Pipeline
-from .protocol import ClientProtocol, Request, Waker, WatchSink
-from .stall import StallDetector, StallFacade
+from .protocol import WatchSink
 from .subscription import Subscription
-from .transactions import TransactionOperations
 from .transport import open_transport
-from .watches import WatchOperations
-from .wire import Op
+from .wire import check_watch_path
 
 __all__ = ["ClientOptions", "Transaction", "XenStore", "connect", "open_xenstore"]
 
-_RECEIVE_SIZE = 65536
+T = TypeVar("T")
+
+_CLEANUP_TIMEOUT = 5.0  # an unwatch or an abort in cleanup waits no longer than this
+_BACKOFF_MAX = 1.0  # run_transaction's backoff ceiling: 50 tasks at once on one directory need this much room
 
 
 class ClientOptions(TypedDict, total=False):
@@ -45,13 +56,9 @@ class ClientOptions(TypedDict, total=False):
 class Transaction(Operations):
     """Requests inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
 
-    def __init__(self, conn: XenStore, tx_id: int) -> None:
-        self._xs = conn
-        self._tx_id = tx_id
-
-    @property
-    def _conn(self) -> XenStore:
-        return self._xs
+    def __init__(self, xs: XenStore, link: Link, tx_id: int) -> None:
+        super().__init__(link, tx_id, xs.capabilities)
+        self._xs = xs
 
     @property
     def tx_id(self) -> int:
@@ -63,9 +70,7 @@ class Transaction(Operations):
         return self._xs
 
 
-class XenStore(
-    Operations, DaemonOperations, WatchOperations, TransactionOperations[Transaction], StallFacade
-):
+class XenStore(Operations):
     """One connection to a XenStore daemon. Open it with :func:`connect` or :func:`open_xenstore`.
 
     ``request_timeout`` (seconds, settable, None for none) bounds every request: past it the caller gets
@@ -79,8 +84,6 @@ class XenStore(
     request goes on.
     """
 
-    _tx_id = 0
-
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -91,33 +94,43 @@ class XenStore(
         stall_after: float = 2.0,
         stall_limit: float | None = None,
     ) -> None:
-        self.name = name
-        self.xenbus = xenbus
-        self.request_timeout = request_timeout
-        self._stream = stream
-        self._protocol = ClientProtocol(xenbus=xenbus)
-        self._stall = StallDetector(self, stall_after, stall_limit)
-        self._deadlines = RequestDeadlines(self._protocol)
-        self._subscriptions: dict[str, Subscription] = {}
-        self._outbox_ready = trio.Event()
-        self._lost: BaseException | None = None
-        self._lost_event = trio.Event()
+        link = Link(
+            stream,
+            name=name,
+            xenbus=xenbus,
+            request_timeout=request_timeout,
+            stall_after=stall_after,
+            stall_limit=stall_limit,
+        )
+        super().__init__(link, 0, self.capabilities)
         self._tokens = itertools.count(1)
         self._caps: Capabilities | None = None
         self._caps_lock = trio.Lock()
-        self.watch_errors: dict[str, Exception] = {}
+
+    # -- the connection ------------------------------------------------------------------------------------
 
     @property
-    def _conn(self) -> XenStore:
-        return self
+    def name(self) -> str:
+        """Which transport is in use (the socket's path, the xenbus device, ...)."""
+        return self._link.name
 
     @property
-    def _sinks(self) -> dict[str, WatchSink]:
-        """The registered watches, token -> sink (a copy; for tests and benchmarks)."""
-        return self._protocol.sinks
+    def xenbus(self) -> bool:
+        """Is the stream the kernel's xenbus device (one frame per write, no watch depth)?"""
+        return self._link.xenbus
 
-    def _transaction(self, tx_id: int) -> Transaction:
-        return Transaction(self, tx_id)
+    @property
+    def request_timeout(self) -> float | None:
+        return self._link.request_timeout
+
+    @request_timeout.setter
+    def request_timeout(self, value: float | None) -> None:
+        self._link.request_timeout = value
+
+    @property
+    def watch_errors(self) -> dict[str, Exception]:
+        """What a watch's sink raised, by token (see the class); the caller removes what it has seen."""
+        return self._link.watch_errors
 
     @property
     def pending(self) -> int:
@@ -127,161 +140,272 @@ class XenStore(
     @property
     def unknown_events(self) -> int:
         """Watch events that arrived for a token with no watch (late ones after an unwatch)."""
-        return self._protocol.unknown_events
+        return self._link.protocol.unknown_events
 
-    # -- connection state ----------------------------------------------------------------------------------
+    @property
+    def _sinks(self) -> dict[str, WatchSink]:
+        """The registered watches, token -> sink (a copy; for tests and benchmarks)."""
+        return self._link.protocol.sinks
 
     @property
     def is_lost(self) -> bool:
-        return self._lost is not None
+        return self._link.is_lost
 
     async def wait_lost(self) -> BaseException:
         """Wait until the connection is gone; returns why."""
-        await self._lost_event.wait()
-        assert self._lost is not None
-        return self._lost
-
-    def _mark_lost(self, why: BaseException) -> None:
-        if self._lost is not None:
-            return
-        self._lost = why
-        for request in self._protocol.drain():
-            if request.waiter is not None:
-                request.waiter.set()
-        for sub in self._subscriptions.values():
-            sub.close(why)
-        self._subscriptions.clear()
-        self._protocol.unwatch_all()
-        self._stall.connection_lost()
-        self._lost_event.set()
-        self._outbox_ready.set()
-
-    def _lost_error(self) -> ConnectionLost:
-        cls = ConnectionStalled if isinstance(self._lost, ConnectionStalled) else ConnectionLost
-        error = cls(f"connection to xenstored ({self.name}) lost: {self._lost}")
-        error.__cause__ = self._lost
-        return error
-
-    # -- the reader and the writer -------------------------------------------------------------------------
-
-    async def _reader(self) -> None:
-        protocol = self._protocol
-        stall = self._stall
-        try:
-            while True:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    raise ConnectionLost("closed by xenstored")
-                now = trio.current_time()
-                stall.frame_received(now)
-                for request in protocol.receive_data(data, now):
-                    if request.waiter is not None:
-                        request.waiter.set()
-                if protocol.failed_sinks:
-                    self._sinks_failed()
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            OSError,
-            ProtocolError,
-            ConnectionLost,
-        ) as exc:
-            self._mark_lost(exc)
-        except trio.Cancelled:
-            # The connection is being closed around us: no reply can arrive any more, so nobody may wait for
-            # one (a shielded UNWATCH in some cleanup, say) until its own deadline.
-            self._mark_lost(ConnectionLost("connection closed"))
-            raise
-
-    def _sinks_failed(self) -> None:
-        for token, sink, error in self._protocol.failed_sinks:
-            self.watch_errors[token] = error
-            sub = getattr(sink, "__self__", None)
-            if isinstance(sub, Subscription):
-                if self._subscriptions.get(token) is sub:
-                    del self._subscriptions[token]
-                sub.close(error, lost=False)
-        self._protocol.failed_sinks.clear()
-        self._outbox_ready.set()  # the UNWATCHes the protocol queued
-
-    async def _writer(self) -> None:
-        try:
-            while self._lost is None:
-                writes = self._protocol.data_to_send()
-                if not writes:
-                    self._outbox_ready = trio.Event()
-                    await self._outbox_ready.wait()
-                    continue
-                for data in writes:  # over xenbus, one frame per write: the device takes whole messages
-                    await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._mark_lost(exc)
-
-    async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes:
-        return await self._wait(self._queue(op, payload, tx_id, path), path)
-
-    def _queue(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> Request:
-        self._ready()
-        return self._armed(self._protocol.request(op, payload, tx_id, path))
-
-    def _ready(self) -> None:
-        """Before a request is queued: ConnectionLost at once on a lost connection; the stall detector told
-        when requests begin to be pending."""
-        if self._lost is not None:
-            raise self._lost_error()
-        if not self._protocol.pending:
-            self._stall.requests_began()
-
-    def _armed(self, request: Request, waiter: Waker | None = None, now: float | None = None) -> Request:
-        """A request just queued, for :meth:`_wait` (or, with ``waiter``, for a pipeline): its waiter, and its
-        deadline from ``request_timeout`` (counted from ``now`` if given: the trio clock)."""
-        request.waiter = trio.Event() if waiter is None else waiter
-        if self.request_timeout is not None:
-            self._deadlines.arm(request, self.request_timeout, now)
-        return request
-
-    async def _wait(self, request: Request, path: str | None) -> bytes:
-        protocol = self._protocol
-        done = request.waiter
-        assert isinstance(done, trio.Event)  # set when queued: the reply may come before this waits
-        self._outbox_ready.set()
-        try:
-            await done.wait()  # set by the reply, the connection's loss or the request's deadline
-        finally:
-            # Cancelled or timed out: forget the request, so its late reply is discarded.
-            if request.reply is None:
-                protocol.abandon(request)
-        answer = request.reply
-        op_name = _op_name(request.op)
-        if answer is None:
-            if self._lost is not None:
-                raise self._lost_error()
-            raise RequestTimeout.of(op_name, path, request.timeout, self.name)
-        if answer.op == Op.ERROR:
-            error = answer.error(path, op_name)
-            assert error is not None
-            raise error
-        return answer.payload
+        return await self._link.wait_lost()
 
     def pipeline(self, window: int = WINDOW) -> Pipeline:
         """Requests sent together, up to ``window`` in flight, and waited for together: see
         :class:`~actors.xs.pipeline.Pipeline`."""
-        return Pipeline(self, window)
+        return Pipeline(self._link, window)
 
     async def capabilities(self) -> Capabilities:
         """What the daemon answers (features, DIRECTORY_PART, RESET_WATCHES, which daemon): probed with three
         requests every daemon answers the first time, then remembered for the life of the connection."""
         async with self._caps_lock:
             if self._caps is None:
-                self._caps = await self._probe()
+                self._caps = await probe(self.pipeline())
         return self._caps
 
+    # -- stalls (the link's StallDetector) -----------------------------------------------------------------
 
-def _op_name(op: int) -> str:
-    return Op(op).name if op in _OPS else str(op)
+    @property
+    def stall_after(self) -> float:
+        return self._link.stall.stall_after
 
+    @stall_after.setter
+    def stall_after(self, value: float) -> None:
+        self._link.stall.configure(value, self._link.stall.stall_limit)
 
-_OPS = frozenset(int(op) for op in Op)
+    @property
+    def stall_limit(self) -> float | None:
+        return self._link.stall.stall_limit
+
+    @stall_limit.setter
+    def stall_limit(self, value: float | None) -> None:
+        self._link.stall.configure(self._link.stall.stall_after, value)
+
+    @property
+    def stalled(self) -> trio_util.AsyncBool:
+        """True while requests are pending and no frame arrived for ``stall_after`` seconds."""
+        return self._link.stall.stalled
+
+    @property
+    def stalls(self) -> int:
+        """How many stalls began on this connection."""
+        return self._link.stall.count
+
+    def stalled_during(self, start: float, end: float) -> bool:
+        """Was the connection stalled at any moment of [start, end] (trio clock)? A stall counts from the start
+        of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
+        return self._link.stall.during(start, end)
+
+    # -- watches -------------------------------------------------------------------------------------------
+
+    def new_token(self, prefix: str = "mtw") -> str:
+        return f"{prefix}{next(self._tokens)}"
+
+    async def add_watch(self, path: str, token: str, sink: WatchSink, *, depth: int | None = None) -> None:
+        """Register a watch whose events the reader task hands to ``sink`` (which must not block; one that
+        raises ends its own watch, kept in ``watch_errors``: see :class:`XenStore`).
+
+        The sink is in place before WATCH is sent, so the registration event (``initial``), which may arrive
+        before the reply, is not missed. TokenInUse if this connection already has ``token``, with nothing
+        sent. ``depth`` (0: the node, 1: and its children, None: the whole subtree) needs a daemon with the
+        WATCHDEPTH feature (Xen 4.22): Unsupported otherwise, and always over xenbus, whose kernel drops it.
+        """
+        link = self._link
+        raw = check_watch_path(path)
+        if link.protocol.has_watch(token):
+            raise TokenInUse(path=path)
+        if depth is not None:
+            await self._check_depth(path, depth)
+        builder.watch_payload(raw, token, depth)  # PayloadTooLarge before the token is looked at again
+        if link.protocol.has_watch(token):  # taken while the capabilities were probed
+            raise TokenInUse(path=path)
+        link.ready()
+        request = link.armed(link.protocol.watch(raw, token, sink, depth, label=path))
+        try:
+            await link.wait(request, path)
+        except BaseException:
+            link.protocol.unwatch(token, sink)
+            raise
+
+    async def _check_depth(self, path: str, depth: int) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"watch depth {depth!r} is not a non-negative int")
+        if self.xenbus:
+            raise Unsupported(
+                op="WATCH", path=path, why="the xenbus device drops a watch's depth; use the socket"
+            )
+        caps = await self.capabilities()
+        if not caps.features & caps.features.WATCHDEPTH:
+            raise Unsupported(op="WATCH", path=path, why="the daemon has no WATCHDEPTH feature")
+
+    async def remove_watch(self, path: str, token: str) -> None:
+        """Unregister a watch; its sink gets no further events. NotFound if the daemon does not know it."""
+        self._link.protocol.unwatch(token)
+        await self._link.call(builder.unwatch(path, token))
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, token: str | None = None, *, depth: int | None = None, capacity: int = 1024
+    ) -> AsyncIterator[Subscription]:
+        """``async with xs.watch(path) as events: async for event in events:``
+
+        The registration event is delivered (``initial`` True). Leaving the block unwatches, also when
+        cancelled. A slow consumer costs bounded memory (see :class:`Subscription`); when the connection is
+        lost, iteration raises ConnectionLost. ``depth`` as for :meth:`add_watch`.
+        """
+        link = self._link
+        token = token if token is not None else self.new_token()
+        sub = Subscription(path, token, capacity)
+        await self.add_watch(path, token, sub.deliver, depth=depth)
+        link.subscriptions[token] = sub
+        if link.lost is not None:  # lost after the reply, before this task resumed: mark_lost() missed sub
+            sub.close(link.lost)
+        try:
+            yield sub
+        finally:
+            link.subscriptions.pop(token, None)
+            sub.close()
+            if link.lost is None:
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(_CLEANUP_TIMEOUT),
+                    suppress(XenStoreError),
+                ):
+                    await self.remove_watch(path, token)
+
+    async def reset_watches(self) -> None:
+        """Drop every watch and transaction of this connection, on the daemon and here.
+
+        Unsupported, with nothing sent, on a daemon that never answers RESET_WATCHES (oxenstored)."""
+        caps = await self.capabilities()
+        if not caps.reset_watches:
+            raise Unsupported(op="RESET_WATCHES", why=f"{caps.daemon} never answers it; nothing was sent")
+        link = self._link
+        await link.call(builder.reset_watches())
+        for sub in link.subscriptions.values():
+            sub.close()
+        link.subscriptions.clear()
+        link.protocol.unwatch_all()
+
+    # -- transactions --------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``async with xs.transaction() as tx:``: a clean exit commits (TransactionConflict if a concurrent
+        change got in first), an exception or cancellation aborts. ProtocolError if the daemon's transaction
+        id is not a number."""
+        link = self._link
+        tx_id = await link.call(builder.transaction_start())
+        try:
+            yield Transaction(self, link, tx_id)
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT), suppress(XenStoreError):
+                await link.call(builder.transaction_end(commit=False), tx_id)
+            raise
+        await link.call(builder.transaction_end(commit=True), tx_id)
+
+    async def run_transaction(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        *,
+        attempts: int = 16,
+        backoff: float = 0.001,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction, redone whole on conflict (EAGAIN) after a randomized backoff (full
+        jitter, from ``backoff`` doubling up to 1 s, so that many tasks contending for one directory spread out).
+
+        Without ``deadline``: at most ``attempts`` tries, then the last TransactionConflict. With ``deadline``
+        (seconds; ``attempts`` is then ignored): tries until that much time has passed, then
+        :class:`~actors.xs.errors.ConflictDeadline` (a TransactionConflict) with the count of conflicts.
+        """
+        give_up = None if deadline is None else trio.current_time() + deadline
+        for attempt in itertools.count():
+            try:
+                async with self.transaction() as tx:
+                    result = await fn(tx)
+                return result
+            except TransactionConflict:
+                if give_up is None and attempt + 1 >= attempts:
+                    raise
+            left = float("inf") if give_up is None else give_up - trio.current_time()
+            if left <= 0:
+                assert deadline is not None
+                raise ConflictDeadline("run_transaction", None, attempt + 1, deadline)
+            ceiling = min(_BACKOFF_MAX, backoff * 2 ** min(attempt, 16))
+            await trio.sleep(min(left, random.uniform(0, ceiling)))
+        raise AssertionError("unreachable")
+
+    # -- domains and the daemon: INTRODUCE, RELEASE, ..., CONTROL ------------------------------------------
+
+    async def get_domain_path(self, domid: int) -> str:
+        return await self._link.call(builder.get_domain_path(domid))
+
+    async def introduce(self, domid: int, mfn: int, port: int) -> None:
+        """Tell xenstored about a new domain's ring page (``mfn``) and event channel (``port``)."""
+        await self._link.call(builder.introduce(domid, mfn, port))
+
+    async def release(self, domid: int) -> None:
+        await self._link.call(builder.release(domid))
+
+    async def is_domain_introduced(self, domid: int) -> bool:
+        return await self._link.call(builder.is_domain_introduced(domid))
+
+    async def resume(self, domid: int) -> None:
+        await self._link.call(builder.resume(domid))
+
+    async def set_target(self, domid: int, target: int) -> None:
+        await self._link.call(builder.set_target(domid, target))
+
+    async def control(self, *args: str | bytes) -> bytes:
+        """XS_CONTROL (``check``, ``quota``, ``help``, ...): the daemon's reply, trailing NUL removed."""
+        return await self._link.call(builder.control(*args))
+
+    # -- Xen 4.21/4.22: features and quotas ----------------------------------------------------------------
+
+    async def _feature_ops(self, op: str) -> None:
+        """Unsupported, with nothing sent, where the probe found no GET_FEATURE (a daemon before Xen 4.21, or
+        oxenstored, which would also leave an empty-payload request unread)."""
+        if not (await self.capabilities()).feature_ops:
+            raise Unsupported(op=op, why="the daemon has no Xen 4.21 feature and quota ops (probed)")
+
+    async def features(self, domid: int | None = None) -> Feature:
+        """This connection's features, or domain ``domid``'s (dom0 only). Unsupported before Xen 4.21."""
+        call = builder.get_feature(domid)
+        await self._feature_ops("GET_FEATURE")
+        return Feature(await self._link.call(call))
+
+    async def set_features(self, domid: int, bits: int) -> None:
+        """Set a domain's features, before it is introduced (EBUSY after). Unsupported before Xen 4.21."""
+        await self._feature_ops("SET_FEATURE")
+        await self._link.call(builder.set_feature(domid, bits))
+
+    @overload
+    async def quota(self, name: None = None, domid: None = None) -> list[str]: ...
+
+    @overload
+    async def quota(self, name: str, domid: int | None = None) -> int: ...
+
+    async def quota(self, name: str | None = None, domid: int | None = None) -> int | list[str]:
+        """Without ``name``: the quota names the daemon has. With it: the global value, or domain ``domid``'s.
+        InvalidArgument for a name the daemon lacks; Unsupported before Xen 4.21."""
+        if name is None and domid is not None:
+            raise ValueError("a domain's quota needs the quota's name")
+        await self._feature_ops("GET_QUOTA")
+        if name is None:
+            return await self._link.call(builder.get_quotas())
+        return await self._link.call(builder.get_quota(name, domid))
+
+    async def set_quota(self, name: str, value: int, domid: int | None = None) -> None:
+        """Set a quota globally, or for domain ``domid``. Unsupported before Xen 4.21."""
+        call = builder.set_quota(name, value, domid)
+        await self._feature_ops("SET_QUOTA")
+        await self._link.call(call)
 
 
 @asynccontextmanager
@@ -301,10 +425,11 @@ async def open_xenstore(
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(xs._reader)
-            nursery.start_soon(xs._writer)
-            nursery.start_soon(xs._stall.run)
-            nursery.start_soon(xs._deadlines.run)
+            link = xs._link
+            nursery.start_soon(link.reader)
+            nursery.start_soon(link.writer)
+            nursery.start_soon(link.stall.run)
+            nursery.start_soon(link.deadlines.run)
             try:
                 yield xs
             except BaseException as exc:
@@ -314,7 +439,7 @@ async def open_xenstore(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        xs._mark_lost(ConnectionLost("connection closed"))
+        xs._link.mark_lost(ConnectionLost("connection closed"))
         with trio.CancelScope(shield=True):
             await stream.aclose()
     if body_error is not None:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
 
+from . import builder
 from .capabilities import Capabilities
 from .errors import NotFound, QuotaExceeded, Unsupported
+from .link import Link
 from .protocol import DirectoryParts
-from .wire import DOMID_ANY, Op, check_path, check_perms, join, texts
 
-
-class Connection(Protocol):
-    """What the node operations need of a connection (the client's :class:`~actors.xs.client.XenStore`)."""
-
-    async def _request(self, op: Op, payload: bytes, tx_id: int = 0, path: str | None = None) -> bytes: ...
-
-    async def capabilities(self) -> Capabilities: ...
-
-
-__all__ = ["Connection", "Operations"]
+__all__ = ["Operations"]
 
 
 def _text(raw: bytes) -> str:
@@ -27,33 +18,30 @@ def _text(raw: bytes) -> str:
 
 
 class Operations:
-    """The node operations; every one raises a typed XenStoreError (NotFound, PermissionDenied, ...)."""
+    """The node operations on ``link``, in transaction ``tx_id`` (0: none); every one raises a typed
+    XenStoreError (NotFound, PermissionDenied, ...). ``capabilities`` is the connection's
+    :meth:`~actors.xs.client.XenStore.capabilities` (asked before a request that needs a feature)."""
 
-    _tx_id: int
-
-    @property
-    def _conn(self) -> Connection:
-        raise NotImplementedError
-
-    async def _call(self, op: Op, payload: bytes, path: str | None = None) -> bytes:
-        return await self._conn._request(op, payload, self._tx_id, path)
+    def __init__(self, link: Link, tx_id: int, capabilities: Callable[[], Awaitable[Capabilities]]) -> None:
+        self._link = link
+        self._tx_id = tx_id
+        self._capabilities = capabilities
 
     async def read(self, path: str) -> bytes:
         """The node's value (no trailing NUL). NotFound if it does not exist."""
-        return await self._call(Op.READ, join(check_path(path)), path)
+        return await self._link.call(builder.read(path), self._tx_id)
 
     async def write(self, path: str, value: bytes | str) -> None:
         """Create or replace the node's value (empty is fine); missing parents are created."""
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        await self._call(Op.WRITE, join(check_path(path), terminate=False) + b"\0" + data, path)
+        await self._link.call(builder.write(path, value), self._tx_id)
 
     async def mkdir(self, path: str) -> None:
         """Create the node with an empty value; an existing node is left as it is."""
-        await self._call(Op.MKDIR, join(check_path(path)), path)
+        await self._link.call(builder.mkdir(path), self._tx_id)
 
     async def rm(self, path: str) -> None:
         """Remove the node and its subtree. A missing node is fine when its parent exists (NotFound otherwise)."""
-        await self._call(Op.RM, join(check_path(path)), path)
+        await self._link.call(builder.rm(path), self._tx_id)
 
     async def ls(self, path: str) -> list[str]:
         """The names of the node's children.
@@ -61,19 +49,16 @@ class Operations:
         A listing too long for one reply (E2BIG from C xenstored) is fetched with DIRECTORY_PART, within
         bounds (ProtocolError past them); oxenstored sends it whole in one long reply instead.
         """
-        raw = check_path(path)
+        call = builder.directory(path)
         try:
-            reply = await self._call(Op.DIRECTORY, join(raw), path)
+            return await self._link.call(call, self._tx_id)
         except QuotaExceeded as exc:
             if exc.errno_name != "E2BIG":
                 raise
-            return await self._ls_parts(raw, path)
-        return texts(reply)
-
-    async def _ls_parts(self, raw: bytes, path: str) -> list[str]:
-        parts = DirectoryParts(raw, label=path)
+        parts = DirectoryParts(call.payload[:-1], label=path)
         while True:
-            names = parts.feed(await self._call(Op.DIRECTORY_PART, parts.next_payload(), path))
+            reply = await self._link.call(builder.directory_part(parts.next_payload(), path), self._tx_id)
+            names = parts.feed(reply)
             if names is not None:
                 return [_text(name) for name in names]
 
@@ -86,14 +71,14 @@ class Operations:
 
     async def get_perms(self, path: str) -> list[str]:
         """Permissions as strings like ``["n0", "r5"]``: the first names the owner and everybody's default."""
-        return texts(await self._call(Op.GET_PERMS, join(check_path(path)), path))
+        return await self._link.call(builder.get_perms(path), self._tx_id)
 
     async def set_perms(self, path: str, perms: Iterable[str]) -> None:
         """Set the node's permissions. DOMID_ANY (``r32757``: every domain) needs a daemon with that feature
         (Xen 4.22): Unsupported, with nothing sent, on one without."""
-        raw = check_perms(perms)
-        if any(int(perm[1:]) == DOMID_ANY for perm in raw):
-            caps = await self._conn.capabilities()
+        call = builder.set_perms(path, perms)
+        if builder.grants_domid_any(call):
+            caps = await self._capabilities()
             if not caps.features & caps.features.DOMID_ANY:
                 raise Unsupported(op="SET_PERMS", path=path, why="the daemon has no DOMID_ANY feature")
-        await self._call(Op.SET_PERMS, join(check_path(path), *raw), path)
+        await self._link.call(call, self._tx_id)

@@ -10,32 +10,16 @@ that request's, raised by :meth:`Answer.result`, never the pipeline's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
-from .errors import PayloadTooLarge, RequestTimeout, TokenInUse
-from .protocol import ClientProtocol, Request, Waker, WatchSink
-from .wire import PAYLOAD_MAX, Op, check_domid, check_path, check_watch_path, introduced, texts
-
-
-class Connection(Protocol):
-    """What a pipeline needs of its connection (the client's :class:`~actors.xs.client.XenStore`)."""
-
-    name: str
-    _protocol: ClientProtocol
-    _outbox_ready: trio.Event
-
-    @property
-    def is_lost(self) -> bool: ...
-
-    def _lost_error(self) -> Exception: ...
-
-    def _ready(self) -> None: ...
-
-    def _armed(self, request: Request, waiter: Waker | None = None, now: float | None = None) -> Request: ...
-
+from . import builder
+from .builder import Call
+from .errors import RequestTimeout, TokenInUse
+from .link import Link
+from .protocol import Request, WatchSink
+from .wire import Op, check_watch_path
 
 __all__ = ["Answer", "Pipeline"]
 
@@ -67,18 +51,8 @@ class Answer(Generic[T]):
 
     __slots__ = ("_decode", "_error", "_op", "_path", "_payload", "_request", "_sink", "_token")
 
-    def __init__(
-        self,
-        op: Op,
-        payload: bytes,
-        path: str | None,
-        decode: Callable[[bytes], T],
-        watch: tuple[str, WatchSink] | None = None,
-    ) -> None:
-        self._op = op
-        self._payload = payload
-        self._path = path
-        self._decode = decode
+    def __init__(self, call: Call[T], watch: tuple[str, WatchSink] | None = None) -> None:
+        self._op, self._payload, self._path, self._decode = call
         self._request: Request | None = None
         self._error: Exception | None = None
         self._token: str | None = None
@@ -117,14 +91,6 @@ class Answer(Generic[T]):
         return self._decode(request.reply.payload)
 
 
-def _nothing(payload: bytes) -> None:
-    return None
-
-
-def _same(payload: bytes) -> bytes:
-    return payload
-
-
 class Pipeline:
     """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced`,
     :meth:`watch` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
@@ -137,10 +103,10 @@ class Pipeline:
     a cancelled :meth:`~actors.xs.client.XenStore.add_watch`).
     """
 
-    def __init__(self, xs: Connection, window: int = WINDOW) -> None:
+    def __init__(self, link: Link, window: int = WINDOW) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        self._xs = xs
+        self._link = link
         self._window = window
         self._answers: list[Answer[object]] = []
 
@@ -152,32 +118,34 @@ class Pipeline:
         return answer
 
     def read(self, path: str) -> Answer[bytes]:
-        return self._add(Answer(Op.READ, check_path(path) + b"\0", path, _same))
+        return self._add(Answer(builder.read(path)))
 
     def write(self, path: str, value: bytes | str) -> Answer[None]:
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        return self._add(Answer(Op.WRITE, check_path(path) + b"\0" + data, path, _nothing))
+        return self._add(Answer(builder.write(path, value)))
 
     def get_perms(self, path: str) -> Answer[list[str]]:
-        return self._add(Answer(Op.GET_PERMS, check_path(path) + b"\0", path, texts))
+        return self._add(Answer(builder.get_perms(path)))
 
     def is_domain_introduced(self, domid: int) -> Answer[bool]:
-        return self._add(Answer(Op.IS_DOMAIN_INTRODUCED, b"%d\0" % check_domid(domid), None, introduced))
+        return self._add(Answer(builder.is_domain_introduced(domid)))
+
+    def call(self, call: Call[T]) -> Answer[T]:
+        """Any request the :mod:`~actors.xs.builder` makes (the capabilities probe's, say)."""
+        return self._add(Answer(call))
 
     def request(self, op: Op, payload: bytes, path: str | None = None) -> Answer[bytes]:
-        """Any request, its payload already made (the capabilities probe's, say): the answer's payload as it is."""
-        return self._add(Answer(op, payload, path, _same))
+        """Any request, its payload already made: the answer's payload as it is."""
+        return self._add(Answer(Call(op, payload, path, builder.same)))
 
     def watch(self, path: str, token: str, sink: WatchSink) -> Answer[None]:
         """A WATCH (no depth) whose events go to ``sink`` once sent, as :meth:`~actors.xs.client.XenStore.
         add_watch` does; an error reply (or TokenInUse, with nothing sent) leaves no watch behind."""
         raw = check_watch_path(path)
-        if len(raw) + len(token.encode()) + 2 > PAYLOAD_MAX:
-            raise PayloadTooLarge("watch path and token exceed the payload limit")
-        return self._add(Answer(Op.WATCH, raw, path, _nothing, (token, sink)))
+        builder.watch_payload(raw, token)  # PayloadTooLarge now, not when sent
+        return self._add(Answer(Call(Op.WATCH, raw, path, builder.nothing), (token, sink)))
 
     async def send(self) -> None:
-        xs = self._xs
+        link = self._link
         answers, self._answers = self._answers, []
         countdown = Countdown()
         window, half = self._window, self._window // 2
@@ -186,30 +154,30 @@ class Pipeline:
         try:
             while sent < len(answers) or countdown.remaining:
                 if sent < len(answers) and countdown.remaining < window:
-                    xs._ready()  # once per window: lost? the stall detector told requests begin
+                    link.ready()  # once per window: lost? the stall detector told requests begin
                     now = trio.current_time()
                 while sent < len(answers) and countdown.remaining < window:
-                    self._queue(xs, answers[sent], countdown, now)
+                    self._queue(link, answers[sent], countdown, now)
                     sent += 1
-                xs._outbox_ready.set()
+                link.wake_writer()
                 countdown.low = half if sent < len(answers) else 0
                 if countdown.remaining > countdown.low:
                     countdown.event = trio.Event()
                     await countdown.event.wait()
-                if xs.is_lost:
+                if link.is_lost:
                     break
             await trio.lowlevel.checkpoint()  # a checkpoint even when nothing was waited for
         finally:
-            self._settle(xs, answers[:sent])
-            if xs.is_lost:
+            self._settle(link, answers[:sent])
+            if link.is_lost:
                 for answer in answers[sent:]:  # never sent: the connection went first
-                    answer._error = answer._error or xs._lost_error()
-        if xs.is_lost and any(a._request is not None and a._request.reply is None for a in answers[:sent]):
-            raise xs._lost_error()
+                    answer._error = answer._error or link.lost_error()
+        if link.is_lost and any(a._request is not None and a._request.reply is None for a in answers[:sent]):
+            raise link.lost_error()
 
     @staticmethod
-    def _queue(xs: Connection, answer: Answer[object], countdown: Countdown, now: float) -> None:
-        protocol = xs._protocol
+    def _queue(link: Link, answer: Answer[object], countdown: Countdown, now: float) -> None:
+        protocol = link.protocol
         token, sink = answer._token, answer._sink
         if token is not None and protocol.has_watch(token):
             answer._error = TokenInUse(path=answer._path)
@@ -219,22 +187,24 @@ class Pipeline:
             request = protocol.watch(answer._payload, token, sink, label=answer._path)
         else:
             request = protocol.request(answer._op, answer._payload, 0, answer._path)
-        answer._request = xs._armed(request, countdown, now)
+        answer._request = link.armed(request, countdown, now)
         countdown.remaining += 1
 
     @staticmethod
-    def _settle(xs: Connection, answers: list[Answer[object]]) -> None:
+    def _settle(link: Link, answers: list[Answer[object]]) -> None:
         """Abandon what was not answered; give it its error; undo the watches that did not take."""
-        protocol = xs._protocol
+        protocol = link.protocol
         for answer in answers:
             request = answer._request
             if request is None:
                 continue
             if request.reply is None:
                 protocol.abandon(request)
-                if xs.is_lost:
-                    answer._error = xs._lost_error()
+                if link.is_lost:
+                    answer._error = link.lost_error()
                 else:
-                    answer._error = RequestTimeout.of(answer._op.name, answer._path, request.timeout, xs.name)
+                    answer._error = RequestTimeout.of(
+                        answer._op.name, answer._path, request.timeout, link.name
+                    )
             if answer._token is not None and answer.error is not None:
                 protocol.unwatch(answer._token, answer._sink)

@@ -10,14 +10,14 @@ is the I/O around it.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
+from .builder import watch_payload
 from .errors import ProtocolError, TransactionConflict
 from .events import WatchEvent
-from .wire import HEADER, PAYLOAD_MAX, Frame, Op, encode, join
+from .wire import PAYLOAD_MAX, Frame, FrameDecoder, Op, encode, join, op_name, special_domid
 
 __all__ = [
     "DIRECTORY_MAX_BYTES",
@@ -37,18 +37,10 @@ _ABANDONED_MAX: Final = 1 << 16  # requests whose callers left before the reply,
 _WATCH_OPS: Final = frozenset((int(Op.WATCH), int(Op.UNWATCH)))
 _ERROR: Final = int(Op.ERROR)
 _WATCH_EVENT: Final = int(Op.WATCH_EVENT)
-_SPECIAL_DOMID: Final = re.compile(rb"@(?:introduceDomain|releaseDomain)/(0|[1-9][0-9]{0,4})")
 
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
-
-
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return f"op {op}"
 
 
 class Waker(Protocol):
@@ -109,7 +101,7 @@ class ClientProtocol:
         self.failed_sinks: list[
             tuple[str, WatchSink, Exception]
         ] = []  # see _event(); the I/O layer empties it
-        self._buf = bytearray()
+        self._frames = FrameDecoder(allow_unknown_ops=True, max_payload=self.max_reply)
         self._next_id = first_req_id & 0xFFFFFFFF or 1
         self._pending: dict[int, Request] = {}
         self._abandoned: OrderedDict[int, int] = OrderedDict()  # req_id -> op
@@ -151,9 +143,10 @@ class ClientProtocol:
         self, path: bytes, token: str, sink: WatchSink, depth: int | None = None, *, label: str | None = None
     ) -> Request:
         """Register ``sink`` for ``token`` and queue the WATCH. The sink is in place before the request goes
-        out: the registration event may come before the reply. The caller checks the token is free."""
+        out: the registration event may come before the reply. The caller checks the token is free.
+        PayloadTooLarge, nothing registered or queued, if the WATCH exceeds the payload limit."""
         key = token.encode()
-        payload = path + b"\0" + key + b"\0" if depth is None else join(path, key, str(depth))
+        payload = watch_payload(path, token, depth)
         self._watches[key] = _Watch(token, sink, path)
         try:
             return self.request(Op.WATCH, payload, 0, label)
@@ -212,38 +205,19 @@ class ClientProtocol:
         Watch events go to their sinks from inside this call, stamped ``received_at=now``.
         """
         self._check()
-        buf = self._buf
-        buf += data
-        if len(buf) < HEADER.size:
-            return []
-        length = HEADER.unpack_from(buf)[3]
-        if length <= self.max_reply and len(buf) < HEADER.size + length:
-            return []  # the first frame is not whole yet: a long reply arriving in pieces costs no copies
-        view = bytes(buf)  # one copy; slices of it are the payloads
-        done: list[Request] = []
-        pos = 0
-        size = len(view)
-        header = HEADER.size
-        unpack = HEADER.unpack_from
-        limit = self.max_reply
         try:
-            while size - pos >= header:
-                op, req_id, tx_id, length = unpack(view, pos)
-                if length > limit:
-                    self._fail(f"frame announces {length} payload bytes (max {limit})")
-                end = pos + header + length
-                if end > size:
-                    break
-                payload = view[pos + header : end]
-                pos = end
-                if op == _WATCH_EVENT:
-                    self._event(payload, now)
-                else:
-                    request = self._reply(op, req_id, tx_id, payload)
-                    if request is not None:
-                        done.append(request)
-        finally:
-            del buf[:pos]
+            frames = self._frames.feed_fields(data)
+        except ProtocolError as exc:
+            self.error = exc
+            raise
+        done: list[Request] = []
+        for op, req_id, tx_id, payload in frames:
+            if op == _WATCH_EVENT:
+                self._event(payload, now)
+            else:
+                request = self._reply(op, req_id, tx_id, payload)
+                if request is not None:
+                    done.append(request)
         return done
 
     def _event(self, payload: bytes, now: float) -> None:
@@ -259,11 +233,7 @@ class ClientProtocol:
         if watch.initial is not None and path == watch.initial:
             watch.initial = None
             initial = True
-        domid = None
-        if path[:1] == b"@":
-            match = _SPECIAL_DOMID.fullmatch(path)
-            if match is not None:
-                domid = int(match[1])
+        domid = special_domid(path) if path[:1] == b"@" else None
         try:
             watch.sink(WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, now, initial, domid))
         except Exception as exc:
@@ -292,7 +262,7 @@ class ClientProtocol:
 
     def _check_op(self, op: int, request_op: int, req_id: int) -> None:
         if op != request_op and op != _ERROR:
-            self._fail(f"a {_op_name(op)} reply (req_id {req_id}) answers a {_op_name(request_op)} request")
+            self._fail(f"a {op_name(op)} reply (req_id {req_id}) answers a {op_name(request_op)} request")
 
     def _unmatched(self, op: int, req_id: int) -> Request:
         if req_id == 0 and self.xenbus and op in _WATCH_OPS:
@@ -301,8 +271,8 @@ class ClientProtocol:
                 if request.op == op:
                     return request
         if req_id == 0:
-            self._fail(f"a {_op_name(op)} frame with req_id 0 that is not a watch event")
-        self._fail(f"a {_op_name(op)} reply with req_id {req_id}, which no request has")
+            self._fail(f"a {op_name(op)} frame with req_id 0 that is not a watch event")
+        self._fail(f"a {op_name(op)} reply with req_id {req_id}, which no request has")
         raise AssertionError("unreachable")
 
     # -- failure -------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable
 
 import trio
 import trio_util
@@ -13,20 +13,7 @@ import trio_util
 from .errors import ConnectionStalled
 from .protocol import ClientProtocol
 
-
-class Watched(Protocol):
-    """What the detector needs of its connection (the client's :class:`~actors.xs.client.XenStore`)."""
-
-    @property
-    def is_lost(self) -> bool: ...
-
-    @property
-    def _protocol(self) -> ClientProtocol: ...
-
-    def _mark_lost(self, why: BaseException) -> None: ...
-
-
-__all__ = ["StallDetector", "StallFacade"]
+__all__ = ["StallDetector"]
 
 _HISTORY = 256  # stalls remembered for stalled_during()
 
@@ -37,10 +24,20 @@ class StallDetector:
     nothing is pending any more); ``count`` counts stalls. With ``stall_limit``, a silence that long ends the
     connection with :class:`ConnectionStalled` (every pending caller gets it). A stall's interval, for
     :meth:`during`, runs from the start of the silence to its end.
+
+    It watches ``protocol``'s pending requests; ``stop`` ends the connection (at ``stall_limit``).
     """
 
-    def __init__(self, conn: Watched, stall_after: float, stall_limit: float | None) -> None:
-        self.conn = conn
+    def __init__(
+        self,
+        protocol: ClientProtocol,
+        stop: Callable[[ConnectionStalled], None],
+        stall_after: float,
+        stall_limit: float | None,
+    ) -> None:
+        self._protocol = protocol
+        self._stop = stop
+        self._lost = False
         self._wakeup = trio.Event()
         self.configure(stall_after, stall_limit)
         self.stalled = trio_util.AsyncBool(False)
@@ -73,6 +70,7 @@ class StallDetector:
         self._waiting_since = trio.current_time()
 
     def connection_lost(self) -> None:
+        self._lost = True
         if self.stalled.value:
             self._end(trio.current_time())
         self._wakeup.set()
@@ -85,8 +83,7 @@ class StallDetector:
     async def run(self) -> None:
         """The watchdog: wakes every ``stall_after`` seconds while nothing is pending, else at the next
         threshold."""
-        conn = self.conn
-        while not conn.is_lost:
+        while not self._lost:
             self._wakeup = trio.Event()
             deadline = self._check(trio.current_time())
             if deadline is None:
@@ -96,7 +93,7 @@ class StallDetector:
 
     def _check(self, now: float) -> float | None:
         """Update the state for ``now``; the next time to look again (None: the connection was ended)."""
-        if not self.conn._protocol.pending:
+        if not self._protocol.pending:
             if self.stalled.value:
                 self._end(now)
             # Requests that begin before this deadline stall at the earliest stall_after after it: on time.
@@ -111,7 +108,7 @@ class StallDetector:
         if now < silent_since + self.stall_limit:
             return silent_since + self.stall_limit
         silence = now - silent_since
-        self.conn._mark_lost(
+        self._stop(
             ConnectionStalled(
                 f"xenstored sent nothing for {silence:.1f} s with requests pending (stall_limit)"
             )
@@ -127,40 +124,3 @@ class StallDetector:
         if self._intervals and self._intervals[-1][1] == math.inf:
             self._intervals[-1][1] = now
         self.stalled.value = False
-
-
-class StallFacade:
-    """The connection's face of its :class:`StallDetector` (mixed into :class:`~actors.xs.client.XenStore`)."""
-
-    _stall: StallDetector
-
-    @property
-    def stall_after(self) -> float:
-        return self._stall.stall_after
-
-    @stall_after.setter
-    def stall_after(self, value: float) -> None:
-        self._stall.configure(value, self._stall.stall_limit)
-
-    @property
-    def stall_limit(self) -> float | None:
-        return self._stall.stall_limit
-
-    @stall_limit.setter
-    def stall_limit(self, value: float | None) -> None:
-        self._stall.configure(self._stall.stall_after, value)
-
-    @property
-    def stalled(self) -> trio_util.AsyncBool:
-        """True while requests are pending and no frame arrived for ``stall_after`` seconds."""
-        return self._stall.stalled
-
-    @property
-    def stalls(self) -> int:
-        """How many stalls began on this connection."""
-        return self._stall.count
-
-    def stalled_during(self, start: float, end: float) -> bool:
-        """Was the connection stalled at any moment of [start, end] (trio clock)? A stall counts from the start
-        of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
-        return self._stall.during(start, end)

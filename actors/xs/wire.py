@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,8 +29,11 @@ __all__ = [
     "ABS_PATH_MAX",
     "DOMID_ANY",
     "DOMID_FIRST_RESERVED",
+    "DOMID_SELF",
     "HEADER",
+    "INTRODUCE_DOMAIN",
     "PAYLOAD_MAX",
+    "RELEASE_DOMAIN",
     "REL_PATH_MAX",
     "SPECIAL_PATHS",
     "Frame",
@@ -43,6 +46,8 @@ __all__ = [
     "encode",
     "introduced",
     "join",
+    "op_name",
+    "special_domid",
     "split",
     "texts",
 ]
@@ -50,9 +55,16 @@ __all__ = [
 PAYLOAD_MAX: Final = 4096  # XENSTORE_PAYLOAD_MAX
 ABS_PATH_MAX: Final = 3072  # XENSTORE_ABS_PATH_MAX
 REL_PATH_MAX: Final = 2048  # XENSTORE_REL_PATH_MAX
+
+# The reserved domids (xen/include/public/xen.h): no domain has one.
 DOMID_FIRST_RESERVED: Final = 0x7FF0  # DOMID_SELF and friends start here
+DOMID_SELF: Final = 0x7FF0
 DOMID_ANY: Final = 0x7FF5  # 32757: "every domain" in a permission (Xen 4.22)
-SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
+
+# The special watch paths, fired by the daemon (4.22 with watch depth 1: ``@introduceDomain/<domid>``).
+INTRODUCE_DOMAIN: Final = "@introduceDomain"
+RELEASE_DOMAIN: Final = "@releaseDomain"
+SPECIAL_PATHS: Final = (INTRODUCE_DOMAIN, RELEASE_DOMAIN)
 
 HEADER: Final = _pyxs.Packet._struct  # native "IIII", 16 bytes
 assert HEADER.size == 16
@@ -99,6 +111,11 @@ CONTROL: Final = Op.DEBUG  # xs_wire.h: XS_CONTROL, alias XS_DEBUG
 _KNOWN_OPS: Final = frozenset(int(op) for op in Op)
 
 
+def op_name(op: int) -> str:
+    """The op's name (``"READ"``), or ``"op 99"`` for a number no op has."""
+    return Op(op).name if op in _KNOWN_OPS else f"op {op}"
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One message either way: ``op`` is an :class:`Op` value (a plain int for an unknown op on the server)."""
@@ -113,7 +130,7 @@ class Frame:
 
     @property
     def op_name(self) -> str:
-        return Op(self.op).name if self.op in _KNOWN_OPS else str(self.op)
+        return op_name(self.op)
 
     def error(self, path: str | None = None, op: str | None = None) -> Exception | None:
         """For an ERROR frame, the matching exception (not raised); else None."""
@@ -132,7 +149,8 @@ def encode(op: int, payload: bytes, req_id: int = 0, tx_id: int = 0) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes in any chunking, get whole frames.
+    """Incremental decoder: feed bytes in any chunking, get whole frames. The one frame parser: the client
+    protocol, the embedded daemon and the test harness all read frames with it.
 
     A header announcing more than ``max_payload`` bytes (default 4096) raises :class:`ProtocolError`, and so
     does an unknown op unless ``allow_unknown_ops`` (the daemon answers those with ENOSYS instead). After a
@@ -152,29 +170,46 @@ class FrameDecoder:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray) -> list[Frame]:
+        """The frames completed by ``data``, in order."""
+        return [Frame(op, req_id, tx_id, payload) for op, req_id, tx_id, payload in self.feed_fields(data)]
+
+    def feed_fields(self, data: bytes | bytearray) -> list[tuple[int, int, int, bytes]]:
+        """As :meth:`feed`, each frame as its fields ``(op, req_id, tx_id, payload)``: no :class:`Frame` made
+        (the client's reader takes every watch event this way)."""
         if self._broken is not None:
             raise self._broken
-        self._buf += data
-        return list(self._frames())
-
-    def _frames(self) -> Iterator[Frame]:
         buf = self._buf
+        buf += data
+        header = HEADER.size
+        if len(buf) < header:
+            return []
+        op, _, _, length = HEADER.unpack_from(buf)
+        limit = self._max_payload
+        known = self._allow_unknown or op in _KNOWN_OPS
+        if len(buf) < header + length and length <= limit and known:
+            return []  # the first frame is not whole yet: a long one arriving in pieces costs no copies
+        view = bytes(buf)  # one copy; slices of it are the payloads
+        frames: list[tuple[int, int, int, bytes]] = []
         pos = 0
+        size = len(view)
+        unpack = HEADER.unpack_from
+        allow_unknown = self._allow_unknown
         try:
-            while len(buf) - pos >= HEADER.size:
-                op, req_id, tx_id, size = HEADER.unpack_from(buf, pos)
-                if size > self._max_payload:
-                    self._fail(f"frame announces {size} payload bytes (max {self._max_payload})")
-                if op not in _KNOWN_OPS and not self._allow_unknown:
+            while size - pos >= header:
+                op, req_id, tx_id, length = unpack(view, pos)
+                if length > limit:
+                    self._fail(f"frame announces {length} payload bytes (max {limit})")
+                if not allow_unknown and op not in _KNOWN_OPS:
                     self._fail(f"unknown op {op}")
-                end = pos + HEADER.size + size
-                if len(buf) < end:
+                end = pos + header + length
+                if end > size:
                     break
-                yield Frame(op, req_id, tx_id, bytes(buf[pos + HEADER.size : end]))
+                frames.append((op, req_id, tx_id, view[pos + header : end]))
                 pos = end
         finally:
             del buf[:pos]
+        return frames
 
     def _fail(self, why: str) -> None:
         self._broken = ProtocolError(why)
@@ -253,6 +288,17 @@ def check_path(path: bytes | str) -> bytes:
     return raw
 
 
+_SPECIAL_DOMID: Final = re.compile(
+    b"(?:%s)/(0|[1-9][0-9]{0,4})" % "|".join(map(re.escape, SPECIAL_PATHS)).encode()
+)
+
+
+def special_domid(path: bytes) -> int | None:
+    """The domain a special event names (``@introduceDomain/5``, ``@releaseDomain/5``: 5), or None."""
+    match = _SPECIAL_DOMID.fullmatch(path)
+    return None if match is None else int(match[1])
+
+
 def check_watch_path(path: bytes | str) -> bytes:
     """A watch path: a node path, or a special ``@name`` path (``@releaseDomain``, ``@introduceDomain``)."""
     raw = _as_bytes(path, "watch path")
@@ -278,7 +324,7 @@ def check_perms(perms: Iterable[bytes | str]) -> list[bytes]:
     return out
 
 
-def check_domid(domid: int | str, *, allow_dom0: bool = True, guest_only: bool = False) -> int:
+def check_domid(domid: int | str, *, guest_only: bool = False) -> int:
     """A domain id as an int; raises InvalidDomid.
 
     ``guest_only`` accepts 1..32751 (a domU: below DOMID_FIRST_RESERVED), written in canonical decimal if a str.
@@ -291,7 +337,7 @@ def check_domid(domid: int | str, *, allow_dom0: bool = True, guest_only: bool =
         raise InvalidDomid(f"domid {domid!r} is not an int")
     else:
         value = domid
-    low = 1 if guest_only or not allow_dom0 else 0
+    low = 1 if guest_only else 0
     high = DOMID_FIRST_RESERVED - 1 if guest_only else 0xFFFF
     if not low <= value <= high:
         raise InvalidDomid(f"domid {value} out of range {low}..{high}")

@@ -422,7 +422,7 @@ async def test_losing_the_only_connection_ends_the_runtime(
 ) -> None:
     with pytest.raises(actors.ConnectionLost, match="no connect="):
         async with actors.connect(xenstored.socket_path) as conn, actors.open_runtime(conn):
-            await conn._stream.aclose()
+            await conn._link.stream.aclose()
             await trio.sleep_forever()
 
 

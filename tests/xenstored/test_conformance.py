@@ -313,9 +313,9 @@ async def test_guest_quotas(server: Server) -> None:
             await g.add_watch(f"/local/domain/14/w{watches}", "t", lambda event: None)
         assert refused.value.errno_name == answer(server, "E2BIG", oxenstored="EQUOTA")
         for _ in range(11):
-            await g._request(Op.TRANSACTION_START, b"\0")
+            await g._link.request(Op.TRANSACTION_START, b"\0")
         with pytest.raises(actors.QuotaExceeded) as txs:
-            await g._request(Op.TRANSACTION_START, b"\0")
+            await g._link.request(Op.TRANSACTION_START, b"\0")
         assert txs.value.errno_name == answer(server, "ENOSPC", oxenstored="EQUOTA")
     async with dom0(server) as xs:
         if ox:  # oxenstored's quotas hold for dom0 too

@@ -267,13 +267,13 @@ async def test_pipelined_requests_left_unanswered_are_abandoned(autojump_clock: 
         for answer in answers:
             with pytest.raises(RequestTimeout):
                 answer.result()
-        assert not xs._protocol._pending  # all abandoned: their late replies are discarded
+        assert not xs._link.protocol._pending  # all abandoned: their late replies are discarded
         for name in "abc":
             pipe.request(Op.READ, f"/{name}\0".encode(), f"/{name}")
         with trio.move_on_after(0.5) as scope:
             await pipe.send()
         assert scope.cancelled_caught
-        assert not xs._protocol._pending
+        assert not xs._link.protocol._pending
 
 
 async def test_a_shorter_timeout_set_later_is_kept_on_time(autojump_clock: trio.abc.Clock) -> None:

@@ -38,7 +38,7 @@ async def test_answers_in_order_with_their_own_errors(xs: actors.XenStore) -> No
         missing.result()
     assert isinstance(missing.error, NotFound)
     assert reads[0].error is None
-    assert xs._protocol.pending == 0
+    assert xs._link.protocol.pending == 0
     assert len(pipe) == 0  # sent: the pipeline may be used again
     again = pipe.read("/p/1")
     await pipe.send()
@@ -127,7 +127,7 @@ async def test_a_deadline_is_each_requests_own(autojump_clock: trio.abc.Clock) -
         await trio.sleep(40)  # the late answer came and was dropped
         assert await xs.read("/x") == b"after"
         assert not xs.is_lost
-        assert xs._protocol.pending == 0
+        assert xs._link.protocol.pending == 0
 
 
 async def test_lost_connection_ends_the_send(autojump_clock: trio.abc.Clock) -> None:
@@ -159,7 +159,7 @@ async def test_cancelled_send_abandons_its_requests(autojump_clock: trio.abc.Clo
         pipe.watch("/2", "tok", lambda event: None)
         with trio.move_on_after(1):
             await pipe.send()
-        assert not list(xs._protocol.waiting())
+        assert not list(xs._link.protocol.waiting())
         assert "tok" not in xs._sinks
         await trio.sleep(20)  # the late answers are discarded: the connection goes on
         assert await xs.read("/3") == b"later"
