@@ -13,19 +13,18 @@ from typing import Final, NamedTuple
 import trio
 from loguru import logger
 
-from actors.xs.wire import Frame, Op
+from actors.xs.wire import DOMID_ANY, RELEASE_DOMAIN, SPECIAL_PATHS, Frame, Op
 
 from .connection import Connection
-from .domains import DOMID_ANY, DomainTable, Quotas
+from .domains import DomainTable, Quotas
 from .failure import EACCES, EINVAL, EIO, ENOENT, ENOSPC, ENOSYS, Fail
 from .permissions import ALL, IGNORE, NONE, READ, Perms, perm_for
 from .store import Node, Store, basename, child_path, is_valid_nodename, parent_path
 from .transactions import Transaction, View
 from .watches import WatchIndex, event_path, within_depth
 
-__all__ = ["COMPATS", "SPECIAL_PATHS", "Core", "GlobalView", "Handler", "OpTable"]
+__all__ = ["COMPATS", "Core", "GlobalView", "Handler", "OpTable"]
 
-SPECIAL_PATHS: Final = (b"@introduceDomain", b"@releaseDomain")
 COMPATS: Final = ("4.17", "4.22")
 _ERROR: Final = int(Op.ERROR)
 
@@ -42,8 +41,6 @@ class OpTable(NamedTuple):
 
 class GlobalView:
     """The store itself, as a request outside any transaction sees and changes it."""
-
-    in_transaction = False
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -90,9 +87,9 @@ class Core:
         self.domains: DomainTable[Connection] = DomainTable(lambda: self.quotas)
         self.watches: WatchIndex[Connection] = WatchIndex()
         self.connections: dict[int, Connection] = {}
-        self.special_perms: dict[bytes, Perms] = {path: ((NONE, 0),) for path in SPECIAL_PATHS}
+        self.special_perms: dict[bytes, Perms] = {path.encode(): ((NONE, 0),) for path in SPECIAL_PATHS}
         if self.v422:  # setup_structure(): every domain may watch @releaseDomain
-            self.special_perms[b"@releaseDomain"] = ((NONE, 0), (READ, DOMID_ANY))
+            self.special_perms[RELEASE_DOMAIN.encode()] = ((NONE, 0), (READ, DOMID_ANY))
         self.view = GlobalView(self)
         self.internal_errors = 0  # requests that hit a bug (answered EIO)
         self._conn_seq = 0
@@ -145,7 +142,7 @@ class Core:
             return
         except Exception:  # a bug: answer, log, and keep serving everybody else
             self.internal_errors += 1
-            logger.exception("op {} from {!r} failed", frame.op_name, conn)
+            logger.exception("{} from {!r} failed", frame.op_name, conn)
             conn.reply(_ERROR, frame.req_id, frame.tx_id, b"EIO\0")
             return
         if payload is not None:

@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 __all__ = [
-    "DOMID_ANY",
-    "DOMID_FIRST_RESERVED",
-    "DOMID_SELF",
     "FEATURES",
     "FEATURE_DOMID_ANY",
     "FEATURE_ERROR",
@@ -18,10 +15,6 @@ __all__ = [
     "DomainTable",
     "Quotas",
 ]
-
-DOMID_FIRST_RESERVED: Final = 0x7FF0
-DOMID_SELF: Final = 0x7FF0
-DOMID_ANY: Final = 0x7FF5  # 32757: in a 4.22 permission, every domain
 
 # XENSTORE_SERVER_FEATURE_* (xs_wire.h); C xenstored 4.22 offers these three (XENSTORE_FEATURES: 14).
 FEATURE_ERROR: Final = 2

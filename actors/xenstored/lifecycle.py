@@ -3,14 +3,21 @@ and the @introduceDomain / @releaseDomain events they fire (C xenstored's ``doma
 
 from __future__ import annotations
 
+from typing import Final
+
 import trio
 from loguru import logger
+
+from actors.xs.wire import INTRODUCE_DOMAIN, RELEASE_DOMAIN
 
 from .connection import Connection
 from .core import Core
 from .permissions import READ, perm_for
 from .store import child_path, parent_path
 from .watches import Watch
+
+_INTRODUCE_DOMAIN: Final = INTRODUCE_DOMAIN.encode()
+_RELEASE_DOMAIN: Final = RELEASE_DOMAIN.encode()
 
 __all__ = ["attach", "destroy_domain", "detach", "fire_special", "introduce", "shutdown_domain"]
 
@@ -54,7 +61,7 @@ def introduce(core: Core, domid: int) -> bool:
     domain.conn = core.connect(None, domid)
     domain.conn.target = domain.target
     logger.info("domain {} introduced", domid)
-    fire_special(core, b"@introduceDomain", domid)
+    fire_special(core, _INTRODUCE_DOMAIN, domid)
     return True
 
 
@@ -104,7 +111,7 @@ def destroy_domain(core: Core, domid: int) -> None:
         _drop_perms(core, domid)
     if domain.introduced:
         logger.info("domain {} released", domid)
-        fire_special(core, b"@releaseDomain", domid)
+        fire_special(core, _RELEASE_DOMAIN, domid)
 
 
 def shutdown_domain(core: Core, domid: int) -> None:
@@ -114,8 +121,8 @@ def shutdown_domain(core: Core, domid: int) -> None:
     if domain is None or domid == 0 or domain.shutdown:
         return
     domain.shutdown = True
-    fire_special(core, b"@releaseDomain", domid, bare=False)
-    fire_special(core, b"@releaseDomain", domid, with_domid=False)
+    fire_special(core, _RELEASE_DOMAIN, domid, bare=False)
+    fire_special(core, _RELEASE_DOMAIN, domid, with_domid=False)
 
 
 def _drop_perms(core: Core, domid: int) -> None:

@@ -15,10 +15,12 @@ from typing import Final
 import trio
 from loguru import logger
 
+from actors.xs.wire import DOMID_FIRST_RESERVED
+
 from . import lifecycle
 from .connection import Connection
 from .core import COMPATS, Core
-from .domains import DOMID_FIRST_RESERVED, Quotas
+from .domains import Quotas
 from .handlers import op_table
 from .sockets import daemon_answers
 from .store import Store

@@ -11,11 +11,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import cast
 
 import trio
 
-from actors.xs.wire import HEADER, Frame, Op, encode, join
+from actors.xs.errors import ProtocolError
+from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
 
 from .domains import Quotas
 from .server import XenStored, open_xenstored
@@ -47,33 +47,13 @@ class XsError(Exception):
 LONG_FRAME_MAX = 1 << 20  # a header announcing more is garbage: end the connection rather than wait for it
 
 
-class _Frames:
-    """Frames from bytes in any chunking, of any op and up to LONG_FRAME_MAX payload bytes."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            op, req_id, tx_id, size = HEADER.unpack_from(self._buf)
-            if size > LONG_FRAME_MAX:
-                raise EOFError(f"frame announces {size} payload bytes: the stream is garbage")
-            end = HEADER.size + size
-            if len(self._buf) < end:
-                break
-            frames.append(Frame(op, req_id, tx_id, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
-        return frames
-
-
 class RawClient:
     """One connection: ``request()`` sends a frame and returns its reply; watch events queue up."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._decoder = _Frames()
+        # Any op, and up to LONG_FRAME_MAX payload bytes: past that the stream is garbage.
+        self._decoder = FrameDecoder(allow_unknown_ops=True, max_payload=LONG_FRAME_MAX)
         self._frames: deque[Frame] = deque()
         self.events: deque[tuple[bytes, bytes]] = deque()
         self._req_id = 0
@@ -117,7 +97,10 @@ class RawClient:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise EOFError("connection closed by the server")
-            self._frames.extend(self._decoder.feed(cast(bytes, data)))
+            try:
+                self._frames.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                raise EOFError(f"{exc}: the stream is garbage") from exc
         return self._frames.popleft()
 
     async def reply(self, req_id: int) -> Frame:

@@ -50,9 +50,6 @@ class TransactionDaemon(Protocol):
 class View(Protocol):
     """The store as one request sees it: the global store, or a transaction's overlay of it."""
 
-    @property
-    def in_transaction(self) -> bool: ...
-
     def read(self, path: bytes) -> Node | None: ...
 
     def write(self, path: bytes, node: Node) -> None: ...
@@ -84,8 +81,6 @@ class Access:
 
 class Transaction:
     """One open transaction of a connection; it is the :class:`View` of requests carrying its id."""
-
-    in_transaction = True
 
     def __init__(self, core: TransactionDaemon, conn: TransactionPeer, tx_id: int) -> None:
         self.core = core

@@ -13,12 +13,12 @@ import trio
 
 from ...xs.errors import InvalidDomid
 from ...xs.subscription import WatchEvent
+from ...xs.wire import INTRODUCE_DOMAIN as INTRODUCE
+from ...xs.wire import RELEASE_DOMAIN as RELEASE
 from ...xs.wire import check_domid
 
 __all__ = ["BATCH", "FAN_OUT", "INTRODUCE", "RELEASE", "Pending", "ReleaseRound", "Said"]
 
-INTRODUCE = "@introduceDomain"
-RELEASE = "@releaseDomain"
 FAN_OUT = 4096  # requests in flight at once in a listing (dom0's socket has no outstanding-request quota)
 # Requests in flight at once in a release round: an event that comes meanwhile waits for these replies first.
 # Few, because C xenstored answers a connection's requests one pass over all its connections at a time, and a

@@ -3,12 +3,11 @@ IS_DOMAIN_INTRODUCED."""
 
 from __future__ import annotations
 
-from actors.xs.wire import Frame
+from actors.xs.wire import DOMID_FIRST_RESERVED, DOMID_SELF, Frame
 
 from .. import lifecycle
 from ..connection import Connection
 from ..core import Core
-from ..domains import DOMID_FIRST_RESERVED, DOMID_SELF
 from ..failure import EINVAL, ENOENT, Fail
 from ..transactions import Transaction, View
 from .common import OK, domid_arg, onearg, strings

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from actors.xs.wire import Frame, Op
+from actors.xs.wire import DOMID_FIRST_RESERVED, Frame, Op
 
 from ..connection import Connection
 from ..core import Core, Handler
-from ..domains import DOMID_FIRST_RESERVED, FEATURES, Domain, Quotas
+from ..domains import FEATURES, Domain, Quotas
 from ..failure import EACCES, EBUSY, EINVAL, ENOENT, Fail
 from ..permissions import atoi
 from ..transactions import Transaction, View

@@ -6,11 +6,11 @@ view of the store it works on; it returns the reply payload, or raises :class:`F
 
 from __future__ import annotations
 
-from actors.xs.wire import Frame
+from actors.xs.wire import DOMID_FIRST_RESERVED, Frame
 
 from ..connection import Connection
 from ..core import Core
-from ..domains import DOMID_FIRST_RESERVED, FEATURE_DOMID_ANY
+from ..domains import FEATURE_DOMID_ANY
 from ..failure import EACCES, EINVAL, ENOENT, ENOSPC, EPERM, Fail
 from ..permissions import IGNORE, OWNER, READ, WRITE, format_perms, parse_perms, perm_for
 from ..store import Node, parent_path
