@@ -174,7 +174,8 @@ class ClientProtocol:
                 self._abandoned.popitem(last=False)
 
     def drain(self) -> list[Request]:
-        """The connection is gone: every pending request, now forgotten (their ``reply`` stays None)."""
+        """The connection is gone: every pending request, now forgotten (their ``reply`` stays None, but for
+        those answered in the data that broke the stream)."""
         requests = list(self._pending.values())
         self._pending.clear()
         self._abandoned.clear()
@@ -211,13 +212,20 @@ class ClientProtocol:
             self.error = exc
             raise
         done: list[Request] = []
-        for op, req_id, tx_id, payload in frames:
-            if op == _WATCH_EVENT:
-                self._event(payload, now)
-            else:
-                request = self._reply(op, req_id, tx_id, payload)
-                if request is not None:
-                    done.append(request)
+        try:
+            for op, req_id, tx_id, payload in frames:
+                if op == _WATCH_EVENT:
+                    self._event(payload, now)
+                else:
+                    request = self._reply(op, req_id, tx_id, payload)
+                    if request is not None:
+                        done.append(request)
+        except ProtocolError:
+            # A later frame broke the stream: the requests answered before it are pending again, so that
+            # drain() gives them back with their answer, and their callers are woken with the rest.
+            for request in done:
+                self._pending[request.req_id] = request
+            raise
         return done
 
     def _event(self, payload: bytes, now: float) -> None:

@@ -1,4 +1,4 @@
-"""The client's layers hold when importing: the wire and the protocol load neither trio nor loguru, and the
+"""The client's layers hold when importing: the wire, the request builder and the protocol load neither trio nor loguru, and the
 package face loads its names only when used."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from harness.imports import loaded_after
 
 
 @pytest.mark.parametrize(
-    "module", ["actors.xs.wire", "actors.xs.protocol", "actors.xs.errors", "actors.xs.events"]
+    "module",
+    ["actors.xs.wire", "actors.xs.builder", "actors.xs.protocol", "actors.xs.errors", "actors.xs.events"],
 )
 def test_sans_io_modules_load_no_trio_and_no_loguru(module: str) -> None:
     loaded = loaded_after(f"import {module}")

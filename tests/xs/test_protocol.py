@@ -364,3 +364,18 @@ def test_a_raising_sink_ends_its_watch_with_an_unwatch_and_the_stream_goes_on() 
     assert (frame.op, frame.payload) == (Op.UNWATCH, join("/bad", "bad"))
     protocol.receive_data(encode(Op.UNWATCH, b"OK\0", frame.req_id))  # nobody waits for it: dropped
     assert protocol.pending == 2  # the two WATCHes, unanswered here
+
+
+def test_replies_before_the_frame_that_breaks_the_stream_keep_their_answers() -> None:
+    # One chunk: a reply, then a reply for no request. The first request's answer is not lost with the stream:
+    # drain() gives it back answered (its caller wakes to it), the other one unanswered.
+    protocol = ClientProtocol()
+    answered = protocol.request(Op.READ, join("/a"))
+    unanswered = protocol.request(Op.READ, join("/b"))
+    with pytest.raises(errors.ProtocolError, match="which no request has"):
+        protocol.receive_data(encode(Op.READ, b"v", answered.req_id) + encode(Op.READ, b"x", 99))
+    assert answered.reply == Frame(Op.READ, answered.req_id, 0, b"v")
+    assert {r.req_id for r in protocol.drain()} == {answered.req_id, unanswered.req_id}
+    assert unanswered.reply is None
+    with pytest.raises(errors.ProtocolError):
+        protocol.receive_data(b"")
