@@ -6,21 +6,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from actors.xs.wire import Feature
+
 __all__ = [
     "FEATURES",
-    "FEATURE_DOMID_ANY",
-    "FEATURE_ERROR",
-    "FEATURE_WATCHDEPTH",
     "Domain",
     "DomainTable",
     "Quotas",
 ]
 
 # XENSTORE_SERVER_FEATURE_* (xs_wire.h); C xenstored 4.22 offers these three (XENSTORE_FEATURES: 14).
-FEATURE_ERROR: Final = 2
-FEATURE_WATCHDEPTH: Final = 4
-FEATURE_DOMID_ANY: Final = 8
-FEATURES: Final = FEATURE_ERROR | FEATURE_WATCHDEPTH | FEATURE_DOMID_ANY
+FEATURES: Final = int(Feature.ERROR | Feature.WATCHDEPTH | Feature.DOMID_ANY)
 
 
 @dataclass(frozen=True, slots=True)

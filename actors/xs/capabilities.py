@@ -8,27 +8,17 @@ oxenstored is known by either sign, and RESET_WATCHES (which oxenstored never an
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import TypeVar
 
 from . import builder
 from .errors import ErrorReply, Unsupported
 from .pipeline import Answer, Pipeline
-from .wire import INTRODUCE_DOMAIN, join
+from .wire import INTRODUCE_DOMAIN, Feature, join
 
 T = TypeVar("T")
 
 __all__ = ["Capabilities", "Feature", "probe"]
-
-
-class Feature(enum.IntFlag):
-    """GET_FEATURE's bits (Xen 4.21+)."""
-
-    RECONNECTION = 1
-    ERROR = 2
-    WATCHDEPTH = 4
-    DOMID_ANY = 8
 
 
 @dataclass(frozen=True, slots=True)

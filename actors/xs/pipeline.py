@@ -49,16 +49,17 @@ class Countdown:
 class Answer(Generic[T]):
     """One request's answer, once :meth:`Pipeline.send` returned: :meth:`result` gives it or raises its error."""
 
-    __slots__ = ("_decode", "_error", "_op", "_path", "_payload", "_request", "_sink", "_token")
+    __slots__ = ("_decode", "_error", "_op", "_path", "_payload", "_request", "_sink", "_token", "_watched")
 
-    def __init__(self, call: Call[T], watch: tuple[str, WatchSink] | None = None) -> None:
+    def __init__(self, call: Call[T], watch: tuple[bytes, str, WatchSink] | None = None) -> None:
         self._op, self._payload, self._path, self._decode = call
         self._request: Request | None = None
         self._error: Exception | None = None
+        self._watched: bytes | None = None  # a WATCH's path, checked
         self._token: str | None = None
         self._sink: WatchSink | None = None
         if watch is not None:
-            self._token, self._sink = watch
+            self._watched, self._token, self._sink = watch
 
     @property
     def failed(self) -> bool:
@@ -93,7 +94,7 @@ class Answer(Generic[T]):
 
 class Pipeline:
     """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced`,
-    :meth:`watch` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
+    :meth:`watch`, :meth:`call` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
     ``await pipeline.send()``.
 
     ``send`` returns once every request has its answer (or its RequestTimeout); it raises ConnectionLost if
@@ -141,8 +142,8 @@ class Pipeline:
         """A WATCH (no depth) whose events go to ``sink`` once sent, as :meth:`~actors.xs.client.XenStore.
         add_watch` does; an error reply (or TokenInUse, with nothing sent) leaves no watch behind."""
         raw = check_watch_path(path)
-        builder.watch_payload(raw, token)  # PayloadTooLarge now, not when sent
-        return self._add(Answer(Call(Op.WATCH, raw, path, builder.nothing), (token, sink)))
+        call = Call(Op.WATCH, builder.watch_payload(raw, token), path, builder.nothing)  # PayloadTooLarge now
+        return self._add(Answer(call, (raw, token, sink)))
 
     async def send(self) -> None:
         link = self._link
@@ -183,8 +184,8 @@ class Pipeline:
             answer._error = TokenInUse(path=answer._path)
             return
         if token is not None:
-            assert sink is not None
-            request = protocol.watch(answer._payload, token, sink, label=answer._path)
+            assert sink is not None and answer._watched is not None
+            request = protocol.watch(answer._watched, token, sink, label=answer._path)
         else:
             request = protocol.request(answer._op, answer._payload, 0, answer._path)
         answer._request = link.armed(request, countdown, now)

@@ -212,10 +212,11 @@ class ClientProtocol:
             self.error = exc
             raise
         done: list[Request] = []
+        event = self._event
         try:
             for op, req_id, tx_id, payload in frames:
                 if op == _WATCH_EVENT:
-                    self._event(payload, now)
+                    event(payload, now)
                 else:
                     request = self._reply(op, req_id, tx_id, payload)
                     if request is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pyxs import _internal as _pyxs
 
@@ -36,6 +36,7 @@ __all__ = [
     "RELEASE_DOMAIN",
     "REL_PATH_MAX",
     "SPECIAL_PATHS",
+    "Feature",
     "Frame",
     "FrameDecoder",
     "Op",
@@ -102,6 +103,15 @@ class Op(enum.IntEnum):
     SET_FEATURE = 24
     GET_QUOTA = 25
     SET_QUOTA = 26
+
+
+class Feature(enum.IntFlag):
+    """GET_FEATURE's bits (Xen 4.21+: ``XENSTORE_SERVER_FEATURE_*``)."""
+
+    RECONNECTION = 1
+    ERROR = 2
+    WATCHDEPTH = 4
+    DOMID_ANY = 8
 
 
 # Our table must agree with pyxs's wherever pyxs has an entry.
@@ -172,11 +182,17 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[Frame]:
         """The frames completed by ``data``, in order."""
-        return [Frame(op, req_id, tx_id, payload) for op, req_id, tx_id, payload in self.feed_fields(data)]
+        return self._decode(data, Frame)
 
     def feed_fields(self, data: bytes | bytearray) -> list[tuple[int, int, int, bytes]]:
         """As :meth:`feed`, each frame as its fields ``(op, req_id, tx_id, payload)``: no :class:`Frame` made
         (the client's reader takes every watch event this way)."""
+        return self._decode(data, None)
+
+    def _decode(
+        self, data: bytes | bytearray, make: Callable[[int, int, int, bytes], Any] | None
+    ) -> list[Any]:
+        """The frames completed by ``data``: ``make(op, req_id, tx_id, payload)`` each, or those four as a tuple."""
         if self._broken is not None:
             raise self._broken
         buf = self._buf
@@ -190,7 +206,8 @@ class FrameDecoder:
         if len(buf) < header + length and length <= limit and known:
             return []  # the first frame is not whole yet: a long one arriving in pieces costs no copies
         view = bytes(buf)  # one copy; slices of it are the payloads
-        frames: list[tuple[int, int, int, bytes]] = []
+        frames: list[Any] = []
+        append = frames.append
         pos = 0
         size = len(view)
         unpack = HEADER.unpack_from
@@ -202,10 +219,14 @@ class FrameDecoder:
                     self._fail(f"frame announces {length} payload bytes (max {limit})")
                 if not allow_unknown and op not in _KNOWN_OPS:
                     self._fail(f"unknown op {op}")
-                end = pos + header + length
+                start = pos + header
+                end = start + length
                 if end > size:
                     break
-                frames.append((op, req_id, tx_id, view[pos + header : end]))
+                if make is None:
+                    append((op, req_id, tx_id, view[start:end]))
+                else:
+                    append(make(op, req_id, tx_id, view[start:end]))
                 pos = end
         finally:
             del buf[:pos]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from actors.xs.wire import Frame
+from actors.xs.wire import Feature, Frame
 
 from ..connection import Connection
 from ..core import Core
-from ..domains import FEATURE_WATCHDEPTH
 from ..failure import E2BIG, EBUSY, EEXIST, EINVAL, ENOENT, ENOSPC, Fail
 from ..permissions import atoi
 from ..store import is_valid_nodename
@@ -19,7 +18,7 @@ __all__ = ["do_reset_watches", "do_transaction_end", "do_transaction_start", "do
 def do_watch(core: Core, conn: Connection, frame: Frame, tx: Transaction | None, view: View) -> None:
     args = strings(frame.payload)
     depth: int | None = None
-    if len(args) == 3 and conn.features & FEATURE_WATCHDEPTH:  # 4.22: the depth, for a domain allowed it
+    if len(args) == 3 and conn.features & Feature.WATCHDEPTH:  # 4.22: the depth, for a domain allowed it
         depth = atoi(args.pop())
         if depth < 0:
             raise Fail(EINVAL)

@@ -6,11 +6,10 @@ view of the store it works on; it returns the reply payload, or raises :class:`F
 
 from __future__ import annotations
 
-from actors.xs.wire import DOMID_FIRST_RESERVED, Frame
+from actors.xs.wire import DOMID_FIRST_RESERVED, Feature, Frame
 
 from ..connection import Connection
 from ..core import Core
-from ..domains import FEATURE_DOMID_ANY
 from ..failure import EACCES, EINVAL, ENOENT, ENOSPC, EPERM, Fail
 from ..permissions import IGNORE, OWNER, READ, WRITE, format_perms, parse_perms, perm_for
 from ..store import Node, parent_path
@@ -150,7 +149,7 @@ def do_set_perms(core: Core, conn: Connection, frame: Frame, tx: Transaction | N
         if domid < DOMID_FIRST_RESERVED:
             core.domains.ensure(domid, core.store.generation)
     # 4.22: DOMID_ANY stands for every domain, if the writer's domain may use it; other reserved ids: nobody.
-    any_domain = core.any_domain if conn.features & FEATURE_DOMID_ANY else None
+    any_domain = core.any_domain if conn.features & Feature.DOMID_ANY else None
     perms = tuple(
         (bits if d < DOMID_FIRST_RESERVED or d == any_domain else bits | IGNORE, d) for bits, d in perms
     )
