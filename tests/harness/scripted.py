@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from actors.xs.wire import HEADER, Frame, FrameDecoder, Op, encode, join, split
+from actors.xs.wire import HEADER, SPECIAL_PATHS, Frame, FrameDecoder, Op, encode, join, split
 
 __all__ = ["Peer", "answer_as", "scripted"]
 
@@ -193,5 +193,5 @@ def _answer_listing(flavour: str, op: int, args: list[bytes], nodes: dict[str, b
             return "ENOSYS"
         return b"1\0" + b"".join(c + b"\0" for c in names)[int(args[1]) :] + b"\0"
     if flavour == "oxenstored" and path == "/":
-        names = [b"@introduceDomain", b"@releaseDomain", *names]
+        names = [*(special.encode() for special in SPECIAL_PATHS), *names]
     return b"".join(n + b"\0" for n in names)
