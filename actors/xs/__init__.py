@@ -15,7 +15,7 @@ from .._lazy import lazy_face
 _EXPORTS: dict[str, str] = {
     "Capabilities": "actors.xs.capabilities",
     "ClientProtocol": "actors.xs.protocol",
-    "Feature": "actors.xs.capabilities",
+    "Feature": "actors.xs.wire",
     "Subscription": "actors.xs.subscription",
     "Transaction": "actors.xs.client",
     "WatchEvent": "actors.xs.events",
@@ -32,7 +32,6 @@ __getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities as Capabilities
-    from .capabilities import Feature as Feature
     from .client import Transaction as Transaction
     from .client import XenStore as XenStore
     from .client import connect as connect
@@ -40,3 +39,4 @@ if TYPE_CHECKING:
     from .events import WatchEvent as WatchEvent
     from .protocol import ClientProtocol as ClientProtocol
     from .subscription import Subscription as Subscription
+    from .wire import Feature as Feature

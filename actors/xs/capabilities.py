@@ -18,7 +18,7 @@ from .wire import INTRODUCE_DOMAIN, Feature, join
 
 T = TypeVar("T")
 
-__all__ = ["Capabilities", "Feature", "probe"]
+__all__ = ["Capabilities", "Feature", "probe"]  # Feature: wire.Feature, here too
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import trio
 import trio_util
 
 from . import builder
-from .capabilities import Capabilities, Feature, probe
+from .capabilities import Capabilities, probe
 from .errors import (
     ConflictDeadline,
     ConnectionLost,
@@ -35,7 +35,7 @@ from .pipeline import WINDOW, Pipeline
 from .protocol import WatchSink
 from .subscription import Subscription
 from .transport import open_transport
-from .wire import check_watch_path
+from .wire import Feature, check_watch_path
 
 __all__ = ["ClientOptions", "Transaction", "XenStore", "connect", "open_xenstore"]
 

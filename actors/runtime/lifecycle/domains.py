@@ -45,7 +45,6 @@ from contextlib import suppress
 import trio
 
 from ..._log import logger
-from ...xs.capabilities import Feature
 from ...xs.client import XenStore
 from ...xs.errors import (
     ConnectionLost,
@@ -57,7 +56,7 @@ from ...xs.errors import (
     Unsupported,
     XenStoreError,
 )
-from ...xs.wire import check_domid
+from ...xs.wire import Feature, check_domid
 from .protocol import LifecycleSink
 from .release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
 from .requests import Skipped, gather_bounded, in_chunks, patiently
