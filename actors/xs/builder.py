@@ -31,6 +31,7 @@ __all__ = [
     "control",
     "directory",
     "directory_part",
+    "directory_part_payload",
     "get_domain_path",
     "get_feature",
     "get_perms",
@@ -55,6 +56,7 @@ __all__ = [
     "transaction_end",
     "transaction_start",
     "unwatch",
+    "unwatch_payload",
     "watch_payload",
     "write",
 ]
@@ -122,8 +124,14 @@ def directory(path: str) -> Call[list[str]]:
     return Call(Op.DIRECTORY, join(check_path(path)), path, texts)
 
 
+def directory_part_payload(path: bytes, offset: int) -> bytes:
+    """DIRECTORY_PART's payload: a checked path and the offset to list from."""
+    return join(path, str(offset))
+
+
 def directory_part(payload: bytes, path: str) -> Call[bytes]:
-    """One DIRECTORY_PART round; ``payload`` from :meth:`~actors.xs.protocol.DirectoryParts.next_payload`."""
+    """One DIRECTORY_PART round; ``payload`` from :func:`directory_part_payload` (a listing's next one from
+    :meth:`~actors.xs.protocol.DirectoryParts.next_payload`)."""
     return Call(Op.DIRECTORY_PART, payload, path, same)
 
 
@@ -153,8 +161,13 @@ def watch_payload(path: bytes, token: str, depth: int | None = None) -> bytes:
     return payload
 
 
+def unwatch_payload(path: bytes, token: str) -> bytes:
+    """UNWATCH's payload for a checked path (the protocol's own, for a watch whose sink failed)."""
+    return join(path, token)
+
+
 def unwatch(path: str, token: str) -> Call[None]:
-    return Call(Op.UNWATCH, join(check_watch_path(path), token), path, nothing)
+    return Call(Op.UNWATCH, unwatch_payload(check_watch_path(path), token), path, nothing)
 
 
 def reset_watches() -> Call[None]:

@@ -14,7 +14,7 @@ from typing import TypeVar
 from . import builder
 from .errors import ErrorReply, Unsupported
 from .pipeline import Answer, Pipeline
-from .wire import INTRODUCE_DOMAIN, Feature, join
+from .wire import INTRODUCE_DOMAIN, Feature
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ async def probe(pipe: Pipeline) -> Capabilities:
     GET_FEATURE goes out with an empty payload, and oxenstored reads a frame with an empty payload only
     when more bytes follow: in the same write, DIRECTORY does.
     """
-    asked_part = pipe.call(builder.directory_part(join("/", "0"), "/"))
+    asked_part = pipe.call(builder.directory_part(builder.directory_part_payload(b"/", 0), "/"))
     asked_feature = pipe.call(builder.get_feature())
     asked_root = pipe.call(builder.directory("/"))
     await pipe.send()  # queued at once: one write

@@ -14,10 +14,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from .builder import watch_payload
+from .builder import directory_part_payload, unwatch_payload, watch_payload
 from .errors import ProtocolError, TransactionConflict
 from .events import WatchEvent
-from .wire import PAYLOAD_MAX, Frame, FrameDecoder, Op, encode, join, op_name, special_domid
+from .wire import PAYLOAD_MAX, Frame, FrameDecoder, Op, encode, op_name, special_domid
 
 __all__ = [
     "DIRECTORY_MAX_BYTES",
@@ -250,7 +250,7 @@ class ClientProtocol:
             # waits for), never the connection; the I/O layer reports it from ``failed_sinks``.
             if self._watches.get(key) is watch:
                 del self._watches[key]
-                self.abandon(self.request(Op.UNWATCH, join(watch.path, watch.token)))
+                self.abandon(self.request(Op.UNWATCH, unwatch_payload(watch.path, watch.token)))
             self.failed_sinks.append((watch.token, watch.sink, exc))
 
     def _reply(self, op: int, req_id: int, tx_id: int, payload: bytes) -> Request | None:
@@ -326,7 +326,7 @@ class DirectoryParts:
         self._generation: bytes | None = None
 
     def next_payload(self) -> bytes:
-        return join(self.path, str(self._offset))
+        return directory_part_payload(self.path, self._offset)
 
     def feed(self, reply: bytes) -> list[bytes] | None:
         """The names when the listing is complete, else None (send :meth:`next_payload` again)."""
