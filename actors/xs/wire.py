@@ -309,6 +309,7 @@ def check_path(path: bytes | str) -> bytes:
     return raw
 
 
+# A special event that names its domain (Xen 4.22, a watch of depth 1): ``@releaseDomain/5``.
 _SPECIAL_DOMID: Final = re.compile(
     b"(?:%s)/(0|[1-9][0-9]{0,4})" % "|".join(map(re.escape, SPECIAL_PATHS)).encode()
 )
