@@ -1,7 +1,9 @@
-"""The client's layers hold when importing: the wire, the request builder and the protocol load neither trio nor loguru, and the
-package face loads its names only when used."""
+"""The client's layers hold when importing: the wire, the request builder and the protocol load neither trio
+nor loguru, and the package face loads its names only when used. The client is composed: no mixins, no stubs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +30,21 @@ def test_package_face_is_lazy_and_complete() -> None:
         assert getattr(actors.xs, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         actors.xs.nothing  # noqa: B018
+
+
+def test_the_client_is_composed_not_mixed() -> None:
+    # XenStore and Transaction share the node operations on one Link; nothing stands in for a sibling class.
+    from actors.xs.client import Transaction, XenStore
+    from actors.xs.operations import Operations
+
+    assert XenStore.__mro__ == (XenStore, Operations, object)
+    assert Transaction.__mro__ == (Transaction, Operations, object)
+    package = Path(actors.xs.__file__).parent.parent
+    stubs = [
+        f"{path.relative_to(package)}:{number}"
+        for folder in ("xs", "xenstored")
+        for path in sorted((package / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "raise NotImplementedError" in line
+    ]
+    assert stubs == []
