@@ -100,8 +100,10 @@ class ClientProtocol:
         self.error: ProtocolError | None = None
         self.failed_sinks: list[
             tuple[str, WatchSink, Exception]
-        ] = []  # see _event(); the I/O layer empties it
+        ] = []  # see _frame(); the I/O layer empties it
         self._frames = FrameDecoder(allow_unknown_ops=True, max_payload=self.max_reply)
+        self._now = 0.0  # the time receive_data() was given, for the events it hands out
+        self._done: list[Request] = []  # the requests answered in the data receive_data() was given
         self._next_id = first_req_id & 0xFFFFFFFF or 1
         self._pending: dict[int, Request] = {}
         self._abandoned: OrderedDict[int, int] = OrderedDict()  # req_id -> op
@@ -206,30 +208,28 @@ class ClientProtocol:
         Watch events go to their sinks from inside this call, stamped ``received_at=now``.
         """
         self._check()
+        self._now = now
+        done: list[Request] = []
+        self._done = done
         try:
-            frames = self._frames.feed_fields(data)
+            self._frames.feed_each(data, self._frame)
         except ProtocolError as exc:
             self.error = exc
-            raise
-        done: list[Request] = []
-        event = self._event
-        try:
-            for op, req_id, tx_id, payload in frames:
-                if op == _WATCH_EVENT:
-                    event(payload, now)
-                else:
-                    request = self._reply(op, req_id, tx_id, payload)
-                    if request is not None:
-                        done.append(request)
-        except ProtocolError:
-            # A later frame broke the stream: the requests answered before it are pending again, so that
-            # drain() gives them back with their answer, and their callers are woken with the rest.
+            # The requests answered before the frame that broke the stream are pending again, so that drain()
+            # gives them back with their answer, and their callers are woken with the rest.
             for request in done:
                 self._pending[request.req_id] = request
             raise
         return done
 
-    def _event(self, payload: bytes, now: float) -> None:
+    def _frame(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        """One frame from the decoder: a reply for :meth:`receive_data` to return, or a watch event for its
+        sink (handled here, not in a method of its own: the cost of a call per event counts)."""
+        if op != _WATCH_EVENT:
+            request = self._reply(op, req_id, tx_id, payload)
+            if request is not None:
+                self._done.append(request)
+            return
         parts = payload.split(b"\0", 2)
         if len(parts) < 2:
             self._fail(f"malformed watch event {payload[:80]!r}")
@@ -244,7 +244,9 @@ class ClientProtocol:
             initial = True
         domid = special_domid(path) if path[:1] == b"@" else None
         try:
-            watch.sink(WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, now, initial, domid))
+            watch.sink(
+                WatchEvent(path.decode("utf-8", "surrogateescape"), watch.token, self._now, initial, domid)
+            )
         except Exception as exc:
             # The sink broke its promise not to raise: that ends its own watch (here, and an UNWATCH nobody
             # waits for), never the connection; the I/O layer reports it from ``failed_sinks``.

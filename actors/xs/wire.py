@@ -12,7 +12,7 @@ import enum
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from pyxs import _internal as _pyxs
 
@@ -182,32 +182,32 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray) -> list[Frame]:
         """The frames completed by ``data``, in order."""
-        return self._decode(data, Frame)
+        frames: list[Frame] = []
+        append = frames.append
 
-    def feed_fields(self, data: bytes | bytearray) -> list[tuple[int, int, int, bytes]]:
-        """As :meth:`feed`, each frame as its fields ``(op, req_id, tx_id, payload)``: no :class:`Frame` made
-        (the client's reader takes every watch event this way)."""
-        return self._decode(data, None)
+        def collect(op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+            append(Frame(op, req_id, tx_id, payload))
 
-    def _decode(
-        self, data: bytes | bytearray, make: Callable[[int, int, int, bytes], Any] | None
-    ) -> list[Any]:
-        """The frames completed by ``data``: ``make(op, req_id, tx_id, payload)`` each, or those four as a tuple."""
+        self.feed_each(data, collect)
+        return frames
+
+    def feed_each(self, data: bytes | bytearray, handle: Callable[[int, int, int, bytes], None]) -> None:
+        """As :meth:`feed`, each frame handed to ``handle(op, req_id, tx_id, payload)`` as it is decoded, no
+        :class:`Frame` made (the client protocol takes every watch event this way). A frame is consumed when it
+        is handed over: if ``handle`` raises, the frames after it stay buffered."""
         if self._broken is not None:
             raise self._broken
         buf = self._buf
         buf += data
         header = HEADER.size
         if len(buf) < header:
-            return []
+            return
         op, _, _, length = HEADER.unpack_from(buf)
         limit = self._max_payload
         known = self._allow_unknown or op in _KNOWN_OPS
         if len(buf) < header + length and length <= limit and known:
-            return []  # the first frame is not whole yet: a long one arriving in pieces costs no copies
+            return  # the first frame is not whole yet: a long one arriving in pieces costs no copies
         view = bytes(buf)  # one copy; slices of it are the payloads
-        frames: list[Any] = []
-        append = frames.append
         pos = 0
         size = len(view)
         unpack = HEADER.unpack_from
@@ -223,14 +223,10 @@ class FrameDecoder:
                 end = start + length
                 if end > size:
                     break
-                if make is None:
-                    append((op, req_id, tx_id, view[start:end]))
-                else:
-                    append(make(op, req_id, tx_id, view[start:end]))
                 pos = end
+                handle(op, req_id, tx_id, view[start:end])
         finally:
             del buf[:pos]
-        return frames
 
     def _fail(self, why: str) -> None:
         self._broken = ProtocolError(why)
