@@ -15,7 +15,7 @@ from types import TracebackType
 import trio
 
 from actors.xs.errors import ProtocolError
-from actors.xs.wire import Frame, FrameDecoder, Op, encode, join
+from actors.xs.wire import Frame, FrameDecoder, Op, encode, join, op_name
 
 from .domains import Quotas
 from .server import XenStored, open_xenstored
@@ -123,7 +123,7 @@ class RawClient:
             reply = await self.call(op, payload, tx_id)
         except XsError as exc:
             return exc.name
-        raise AssertionError(f"{Op(op).name if op in set(Op) else op} succeeded: {reply!r}")
+        raise AssertionError(f"{op_name(op)} succeeded: {reply!r}")
 
     async def call(self, op: int, payload: bytes, tx_id: int = 0) -> bytes:
         """The reply payload; raises :class:`XsError` for an ERROR reply."""

@@ -135,7 +135,7 @@ class XenStore(Operations):
     @property
     def pending(self) -> int:
         """Requests made on this connection whose answer has not come yet (those whose caller left included)."""
-        return self._protocol.pending
+        return self._link.protocol.pending
 
     @property
     def unknown_events(self) -> int:
