@@ -24,10 +24,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from . import builder
 from .client import XenStore
 from .errors import ErrorReply, NotFound, ProtocolError
 from .pipeline import Answer, Pipeline
-from .wire import Op, check_domid, join
+from .wire import check_domid
 
 __all__ = [
     "RESOURCES",
@@ -139,14 +140,16 @@ async def quota_source(xs: XenStore) -> QuotaSource:
 
 
 def _control(pipe: Pipeline, *args: str) -> Answer[bytes]:
-    return pipe.request(Op.DEBUG, join(*args))
+    return pipe.call(builder.control(*args))
 
 
-def _number(answer: Answer[bytes]) -> int | None:
+def _number(answer: Answer[int]) -> int | None:
     if answer.failed:
         return None
-    text = answer.result().rstrip(b"\0")
-    return int(text) if text.isdigit() else None
+    try:
+        return answer.result()
+    except ProtocolError:  # not a number
+        return None
 
 
 async def read_quotas(xs: XenStore, source: QuotaSource, domids: Iterable[int]) -> dict[int, DomainQuota]:
@@ -181,7 +184,7 @@ async def read_quotas(xs: XenStore, source: QuotaSource, domids: Iterable[int]) 
         # Asked only of the domains the daemon knows: GET_QUOTA would make a domain of any domid.
         pipe = xs.pipeline()
         own = {
-            domid: [(name, pipe.request(Op.GET_QUOTA, join(str(domid), name))) for name in limits_now]
+            domid: [(name, pipe.call(builder.get_quota(name, domid))) for name in limits_now]
             for domid in found
         }
         await pipe.send()
