@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from actors.xs.wire import XSD_ERRORS
+
 __all__ = [
     "E2BIG",
     "EACCES",
@@ -21,7 +23,7 @@ __all__ = [
     "Fail",
 ]
 
-# The errno names of xsd_errors[] (xs_wire.h); C xenstored sends EINVAL for anything untranslatable.
+# The errno names the handlers raise (those of xsd_errors[], wire.XSD_ERRORS, and EBADF, which is not).
 EINVAL: Final = "EINVAL"
 EACCES: Final = "EACCES"
 EEXIST: Final = "EEXIST"
@@ -36,13 +38,6 @@ E2BIG: Final = "E2BIG"
 EPERM: Final = "EPERM"
 EBADF: Final = "EBADF"  # not in xsd_errors: sent as EINVAL, like the C daemon
 
-_WIRE_NAMES: Final = frozenset(
-    {
-        "EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO", "ENOTEMPTY",
-        "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN", "E2BIG", "EPERM",
-    }
-)  # fmt: skip
-
 
 class Fail(Exception):
     """A request failed with the errno called ``name`` (``"ENOENT"``...)."""
@@ -56,4 +51,4 @@ class Fail(Exception):
     @property
     def wire_name(self) -> str:
         """The name as it goes on the wire: C xenstored turns an untranslatable errno into EINVAL."""
-        return self.name if self.name in _WIRE_NAMES else EINVAL
+        return self.name if self.name in XSD_ERRORS else EINVAL

@@ -15,7 +15,7 @@ from typing import Final
 import trio
 from loguru import logger
 
-from actors.xs.wire import DOMID_FIRST_RESERVED
+from actors.xs.wire import check_domid
 
 from . import lifecycle
 from .connection import Connection
@@ -198,8 +198,8 @@ async def _bind_error(socket_path: str, exc: OSError) -> OSError:
 
 
 def _check_guest(domid: int) -> None:
-    if isinstance(domid, bool) or not isinstance(domid, int) or not 0 < domid < DOMID_FIRST_RESERVED:
-        raise ValueError(f"guest domid must be 1..{DOMID_FIRST_RESERVED - 1}, not {domid!r}")
+    """A guest's domid, 1..32751, as an int (the wire's one check; InvalidDomid is a ValueError)."""
+    check_domid(domid if isinstance(domid, int) else repr(domid), guest_only=True)
 
 
 @asynccontextmanager

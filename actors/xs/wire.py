@@ -36,6 +36,7 @@ __all__ = [
     "RELEASE_DOMAIN",
     "REL_PATH_MAX",
     "SPECIAL_PATHS",
+    "XSD_ERRORS",
     "Feature",
     "Frame",
     "FrameDecoder",
@@ -66,6 +67,14 @@ DOMID_ANY: Final = 0x7FF5  # 32757: "every domain" in a permission (Xen 4.22)
 INTRODUCE_DOMAIN: Final = "@introduceDomain"
 RELEASE_DOMAIN: Final = "@releaseDomain"
 SPECIAL_PATHS: Final = (INTRODUCE_DOMAIN, RELEASE_DOMAIN)
+
+# The errno names an ERROR reply may carry (xsd_errors[] of xs_wire.h); C xenstored sends EINVAL for the others.
+XSD_ERRORS: Final = frozenset(
+    {
+        "EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO", "ENOTEMPTY",
+        "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN", "E2BIG", "EPERM",
+    }
+)  # fmt: skip
 
 HEADER: Final = _pyxs.Packet._struct  # native "IIII", 16 bytes
 assert HEADER.size == 16
