@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "ClientProtocol": "actors.xs.protocol",
     "Feature": "actors.xs.wire",
     "Subscription": "actors.xs.subscription",
+    "SyncXenStore": "actors.xs.sync",
     "Transaction": "actors.xs.client",
     "WatchEvent": "actors.xs.events",
     "XenStore": "actors.xs.client",
@@ -39,4 +40,5 @@ if TYPE_CHECKING:
     from .events import WatchEvent as WatchEvent
     from .protocol import ClientProtocol as ClientProtocol
     from .subscription import Subscription as Subscription
+    from .sync import SyncXenStore as SyncXenStore
     from .wire import Feature as Feature
