@@ -38,6 +38,9 @@ _EXPORTS: dict[str, str] = {
             "DomainsSource",
             "MtwatchSource",
             "NotSettled",
+            "ProcessContext",
+            "WorkerDied",
+            "WorkerMemoryExceeded",
         ],
         "actors.runtime",
     ),
@@ -52,6 +55,7 @@ _EXPORTS: dict[str, str] = {
             "XenStore",
             "connect",
             "open_xenstore",
+            "SyncXenStore",
         ],
         "actors.xs",
     ),
@@ -78,18 +82,22 @@ if TYPE_CHECKING:
     from .runtime import MessageError as MessageError
     from .runtime import MtwatchSource as MtwatchSource
     from .runtime import NotSettled as NotSettled
+    from .runtime import ProcessContext as ProcessContext
     from .runtime import ReconnectPolicy as ReconnectPolicy
     from .runtime import RestartPolicy as RestartPolicy
     from .runtime import Runtime as Runtime
     from .runtime import RuntimeOptions as RuntimeOptions
     from .runtime import State as State
     from .runtime import Watch as Watch
+    from .runtime import WorkerDied as WorkerDied
+    from .runtime import WorkerMemoryExceeded as WorkerMemoryExceeded
     from .runtime import open_runtime as open_runtime
     from .toolstack import announce_domain as announce_domain
     from .toolstack import retire_domain as retire_domain
     from .xs import Capabilities as Capabilities
     from .xs import Feature as Feature
     from .xs import Subscription as Subscription
+    from .xs import SyncXenStore as SyncXenStore
     from .xs import Transaction as Transaction
     from .xs import WatchEvent as WatchEvent
     from .xs import XenStore as XenStore

@@ -37,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "State": "actors.runtime.domain.context",
     "Watch": "actors.runtime.watch_rules",
     "open_runtime": "actors.runtime.runtime",
+    "ProcessContext": "actors.runtime.workers.context",
+    "WorkerDied": "actors.runtime.workers.pool",
+    "WorkerMemoryExceeded": "actors.runtime.workers.pool",
+    "WorkerPoolSnapshot": "actors.runtime.workers.pool",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,3 +69,7 @@ if TYPE_CHECKING:
     from .runtime import open_runtime as open_runtime
     from .settling import NotSettled as NotSettled
     from .watch_rules import Watch as Watch
+    from .workers.context import ProcessContext as ProcessContext
+    from .workers.pool import WorkerDied as WorkerDied
+    from .workers.pool import WorkerMemoryExceeded as WorkerMemoryExceeded
+    from .workers.pool import WorkerPoolSnapshot as WorkerPoolSnapshot

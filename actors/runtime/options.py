@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,12 @@ class RuntimeOptions:
     - ``block_threshold``: the watchdog thread reports a loop that did not run for this long and charges the
       block to the domain whose code ran (None: no watchdog); ``worker_threads``: the pool of plain ``def``
       handlers (a bound on threads, abandoned ones included).
+    - ``worker_processes``: the pool of worker processes of ``isolation="process"`` handlers, shared by every
+      domain (at most one per domain at a time; default: the number of CPUs); ``worker_memory_limit``: bytes
+      of heap a worker may take (RLIMIT_DATA; past it the call fails with WorkerMemoryExceeded; None: no cap;
+      default 1 GiB); ``worker_grace``: seconds past a process handler's timeout before its worker is killed;
+      ``worker_nice``: how much lower the workers' CPU priority is than the runtime's (0..19; default 10: a
+      spinning worker gives way to the runtime's loop).
     - ``flood_high_water``, ``flood_high_water_for``, ``flood_rate``: flood control throttles a domain whose
       mailbox stayed at or over ``flood_high_water`` items for ``flood_high_water_for`` seconds, or that got
       more than ``flood_rate`` events in one second (None: no such limit; both None: no flood control). A throttled domain is unwatched for
@@ -64,6 +71,10 @@ class RuntimeOptions:
     stall_limit: float | None = 60.0
     block_threshold: float | None = 0.5
     worker_threads: int = 16
+    worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    worker_memory_limit: int | None = 1 << 30
+    worker_grace: float = 0.5
+    worker_nice: int = 10
     flood_high_water: int | None = 64
     flood_high_water_for: float = 2.0
     flood_rate: float | None = 1000.0
@@ -73,7 +84,14 @@ class RuntimeOptions:
     quota_threshold: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("mailbox_size", "overflow_limit", "message_limit", "worker_threads", "flood_high_water"):
+        for name in (
+            "mailbox_size",
+            "overflow_limit",
+            "message_limit",
+            "worker_threads",
+            "worker_processes",
+            "flood_high_water",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")
         optional = (
@@ -90,6 +108,7 @@ class RuntimeOptions:
             "flood_high_water_for",
             "flood_cooldown",
             "quota_threshold",
+            "worker_grace",
         )
         for name in (*seconds, "flood_cooldown_max", *optional):
             value = getattr(self, name)
@@ -97,6 +116,12 @@ class RuntimeOptions:
                 continue
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"RuntimeOptions.{name} must be a positive finite number, not {value}")
+        if self.worker_memory_limit is not None and self.worker_memory_limit < 1 << 24:
+            raise ValueError(
+                f"RuntimeOptions.worker_memory_limit must be None or at least 16 MiB, not {self.worker_memory_limit}"
+            )
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"RuntimeOptions.worker_nice must be 0..19, not {self.worker_nice}")
         if self.flood_cooldown_max < self.flood_cooldown:
             raise ValueError("RuntimeOptions.flood_cooldown_max must be at least flood_cooldown")
         if isinstance(self.lifecycle, str) and self.lifecycle not in ("auto", "mtwatch", "domains"):

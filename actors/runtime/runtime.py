@@ -18,7 +18,7 @@ from .connection import ConnectionFactory, follow_lifecycle, keep_connected
 from .default_actor import DefaultActor
 from .domain.actor import DomainActor
 from .domain.calls import HandlerFailed, log_failure
-from .domain.context import DomainSnapshot, State
+from .domain.context import DomainContext, DomainSnapshot, State
 from .domain.messages import DomainNotRunning
 from .domain.owner import MessageHandler
 from .domain.stacks import DomainStacks, domain_stacks
@@ -39,6 +39,8 @@ from .settling import settle
 from .stopwatch import StopWatch
 from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import LoopBlocked, Watchdog
+from .workers.context import check_process_handler
+from .workers.pool import WorkerPool, WorkerPoolSnapshot
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -71,6 +73,7 @@ class Runtime:
         self._router = Router(self, self._default)
         self._stopwatch = StopWatch(options.stop_deadline, options.stop_warn_every)
         self._workers = trio.CapacityLimiter(options.worker_threads)
+        self._pool = WorkerPool(options, self._name_of, self._xenstore_address)
         self.starts = StartRequests(self.domain_watches, self._spawn_prestarted)
         self._watchdog: Watchdog | None = None
         self._closing = False
@@ -135,6 +138,8 @@ class Runtime:
         timeout: float | None = None,
         route: Route | None = None,
         name: str = "",
+        isolation: str | None = None,
+        initial: bool = True,
     ) -> Watch:
         """Add a watch rule; it takes effect at once on every live domain (or, global, on the connection).
 
@@ -144,8 +149,28 @@ class Runtime:
         (unless the daemon stalled or another domain blocked the loop meanwhile: then it runs again). A plain
         ``def`` function or method runs in a worker thread of a bounded pool (``worker_threads``); past its
         timeout the domain fails and the thread is left to finish (``abandoned_threads``).
+
+        ``isolation="process"``: ``handler`` is a module-level plain ``def`` (found by its import path) run in
+        a worker process of a pool shared by every domain (``worker_processes``), given a picklable
+        :class:`~actors.runtime.workers.context.ProcessContext` and the event. Past ``timeout`` (plus
+        ``worker_grace``) its worker is killed; a worker that dies (a signal, an exit) or allocates past
+        ``worker_memory_limit`` costs its domain a failure (WorkerDied, WorkerMemoryExceeded), never the
+        runtime's process. ``isolation="thread"`` and ``"inline"`` say what a plain and an async handler get.
+        ``initial=False``: the event of the watch's registration (``event.initial``) is not handed to the
+        handler (for a process handler: no worker is taken for it).
         """
-        watch = Watch(template, handler, timeout=timeout, route=route, name=name, limiter=self._workers)
+        watch = Watch(
+            template,
+            handler,
+            timeout=timeout,
+            route=route,
+            name=name,
+            limiter=self._workers,
+            isolation=isolation,
+            initial=initial,
+        )
+        if watch.isolation == "process":
+            watch.pool = self._pool
         self._watches.append(watch)
         if watch.per_domain:
             self._for_each_actor(lambda actor: actor.attach())
@@ -224,11 +249,28 @@ class Runtime:
         domain is that domain's failure (for domid 0: logged and counted as a default actor failure)."""
         self.observers.add(fn)
 
-    def on_message(self, handler: MessageHandler) -> MessageHandler:
+    def on_message(self, handler: Any, *, isolation: str | None = None, timeout: float | None = None) -> Any:
         """``async def handler(ctx, message)`` handles what :meth:`send` and :meth:`ask` deliver, in the
         domain's actor, in order with its watch events; usable as a decorator. One per runtime (a second
-        replaces the first). What it raises is a failure of that domain (and the asker's exception)."""
-        self._messaging.handler = handler
+        replaces the first). What it raises is a failure of that domain (and the asker's exception).
+
+        ``rt.on_message(handler, isolation="process", timeout=5)``: a module-level plain ``def
+        handler(ctx, message)`` run in a worker process (see :meth:`watch`), given a ProcessContext; what it
+        returns (picklable) is the answer to ``ask``. Past ``timeout`` its worker is killed (HandlerTimeout)."""
+        if isolation not in (None, "inline", "process"):
+            raise ValueError(f"a message handler's isolation is 'inline' or 'process', not {isolation!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive")
+        if isolation != "process":
+            self._messaging.handler = handler
+            return handler
+        check_process_handler(handler)
+        pool = self._pool
+
+        async def in_process(ctx: DomainContext, body: Any) -> Any:
+            return await pool.call(ctx, handler, body, template=None, timeout=timeout, what="message handler")
+
+        self._messaging.handler = in_process
         return handler
 
     def send(self, domid: int, message: object) -> None:
@@ -289,6 +331,45 @@ class Runtime:
         """Threads of plain ``def`` handlers left running past their timeout (each holds a pool slot until it
         ends)."""
         return sum(watch.abandoned for watch in self._watches)
+
+    @property
+    def workers(self) -> WorkerPoolSnapshot:
+        """The worker processes of ``isolation="process"`` handlers: size, alive, busy, replaced, which
+        domain holds which worker (pid, since when) and the deaths by domain and reason."""
+        return self._pool.snapshot()
+
+    async def run_in_worker(
+        self,
+        ctx: DomainContext,
+        fn: Callable[..., Any],
+        payload: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (killed past it, as a process handler's)
+        template: str | None = None,
+    ) -> Any:
+        """``fn(process_context, payload)`` in a worker process of the pool, for ``ctx``'s domain, as a
+        process handler runs (in turn with the other domains' calls; killed past ``timeout`` plus
+        ``worker_grace``: HandlerTimeout; WorkerDied, WorkerMemoryExceeded); returns what it returns.
+        ``fn`` is a module-level plain ``def``."""
+        return await self._pool.call(ctx, fn, payload, template=template, timeout=timeout, what="worker call")
+
+    def renew_workers(self) -> None:
+        """Process handlers run in fresh worker processes from now on (they import the handlers' modules
+        anew, e.g. after the modules changed); the current workers finish their calls, then end."""
+        self._pool.renew()
+
+    def _name_of(self, domid: int) -> str | None:
+        actor = self._actors.get(domid)
+        return None if actor is None else actor.name
+
+    def _xenstore_address(self) -> tuple[str | None, bool]:
+        """Where a worker connects to reach the runtime's xenstored: (socket path or device, is xenbus)."""
+        name = None if self.connection is None else self.connection.name
+        if name is None or name == "stream":
+            return None, False
+        if name.startswith("xenbus (") and name.endswith(")"):
+            return name[len("xenbus (") : -1], True
+        return name, False
 
     @property
     def loop_blocks(self) -> int:
@@ -452,6 +533,7 @@ class Runtime:
         nursery.start_soon(self.starts.run, lambda: self.connection, name="mtwatch-starts")
         nursery.start_soon(self._announce_changes, name="mtwatch-changes")
         nursery.start_soon(self._quota.run, lambda: self.connection, name="mtwatch-quota")
+        nursery.start_soon(self._pool.run, name="mtwatch-workers")
         if self.options.block_threshold is not None:
             self._watchdog = Watchdog(self.options.block_threshold, self._loop_blocked)
             self._watchdog.start()
@@ -467,6 +549,7 @@ class Runtime:
             while self._actors:
                 await self.changed.wait()
             await self._default.finished.wait()
+        await self._pool.close()  # every worker process ended (their calls were cancelled with their domains)
         if self._watchdog is not None:
             self._watchdog.stop()
 

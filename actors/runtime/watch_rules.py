@@ -7,7 +7,7 @@ import itertools
 import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -17,16 +17,34 @@ from ..xs.wire import check_watch_path
 if TYPE_CHECKING:
     from .domain.context import DomainContext
 
-__all__ = ["Handler", "Hook", "Route", "Watch"]
+__all__ = ["ISOLATIONS", "Handler", "Hook", "Route", "Watch"]
+
+ISOLATIONS = ("inline", "thread", "process")
 
 
 Handler = Callable[["DomainContext", WatchEvent], Awaitable[None] | None]
 
 
-"""``async def handler(ctx, event)``, or a plain ``def`` one, run in a worker thread (bounded pool)."""
+"""``async def handler(ctx, event)``, or a plain ``def`` one, run in a worker thread (bounded pool), or with
+``isolation="process"`` a module-level plain ``def`` run in a worker process (given a ProcessContext)."""
 
 
 Hook = Callable[["DomainContext"], Awaitable[None]]
+
+
+class ProcessPool(Protocol):
+    """Where ``isolation="process"`` handlers run (the runtime's :class:`~.workers.pool.WorkerPool`)."""
+
+    async def call(
+        self,
+        ctx: DomainContext,
+        handler: Callable[..., Any],
+        payload: Any,
+        *,
+        template: str | None,
+        timeout: float | None,  # noqa: ASYNC109 (the watch's own)
+        what: str,
+    ) -> Any: ...
 
 
 class Route(Protocol):
@@ -53,12 +71,29 @@ class Watch:
     active: bool = True
     limiter: trio.CapacityLimiter | None = None  # the worker threads of a plain def handler
     abandoned: int = 0  # threads of this watch's handler left running past its timeout
+    isolation: str | None = None  # None: "thread" for a plain def, else "inline"
+    initial: bool = True  # False: the watch's registration event is not handed to the handler
+    pool: ProcessPool | None = None  # the worker processes, for isolation="process"
 
     def __post_init__(self) -> None:
         # A plain def function or method runs in a worker thread; anything else is called and awaited.
         handler = self.handler
         plain = inspect.isfunction(handler) or inspect.ismethod(handler)
         self.threaded = plain and not inspect.iscoroutinefunction(handler)
+        if self.isolation is None:
+            self.isolation = "thread" if self.threaded else "inline"
+        elif self.isolation not in ISOLATIONS:
+            raise ValueError(
+                f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {self.isolation!r}"
+            )
+        elif self.isolation == "process":
+            from .workers.context import check_process_handler
+
+            check_process_handler(handler)
+            self.threaded = False
+        elif (self.isolation == "thread") != self.threaded:
+            kind = "a plain def" if self.isolation == "thread" else "an async def"
+            raise ValueError(f"isolation={self.isolation!r} needs {kind} handler")
         fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
         if fields - {"domid"}:
             raise ValueError(f"watch template {self.template!r}: only {{domid}} may be filled in")

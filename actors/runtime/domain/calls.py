@@ -77,8 +77,15 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, star
     True if it completed, False if it was interrupted by the daemon: the connection was lost (the watch fires
     again after the reconnect) or stalled while it ran (its timeout or error is not the domain's fault).
     Raises HandlerFailed."""
+    if event.initial and not watch.initial:
+        return True
     try:
-        if watch.timeout is None:
+        if watch.pool is not None:  # isolation="process": the pool kills its worker past the timeout
+            what = f"handler of {watch.name!r}"
+            await watch.pool.call(
+                ctx, watch.handler, event, template=watch.template, timeout=watch.timeout, what=what
+            )
+        elif watch.timeout is None:
             if watch.threaded:
                 await _run(ctx, watch, event)
             else:  # the common case, without a coroutine of _run's own
