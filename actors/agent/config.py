@@ -115,6 +115,8 @@ _SECTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
         "stop_deadline": ("number", _DEFAULTS.stop_deadline),
         "quota_interval": ("number", _DEFAULTS.quota_interval, False),
         "quota_threshold": ("number", _DEFAULTS.quota_threshold),
+        "worker_processes": ("integer", _DEFAULTS.worker_processes, 1),
+        "worker_memory_limit": ("integer", _DEFAULTS.worker_memory_limit, 1 << 24),
     },
     "restart": {
         "max_restarts": ("integer", _R.max_restarts, 0),

@@ -304,6 +304,8 @@ class Agent:
             logger.info("reload: added rule {!r}", rule.label)
         if any("{domid}" in rule.path for rule in (*added, *removed)):
             self._reset(self.rt, {"failed": True})  # every domain runs every per-domain rule
+        if any(rule.isolation == "process" for rule in added):
+            self.rt.renew_workers()  # workers import a process rule's module once: fresh ones import it anew
         n = len(new.watches)
         logger.info(
             "reload done: {} rule{} ({} added, {} removed)",

@@ -121,6 +121,29 @@ class _RuntimeCollector:
         build = G("mtwatch_build_info", "The agent's version.", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
+        yield from _worker_metrics(rt)
+
+
+def _worker_metrics(rt: Runtime) -> Iterator[Any]:
+    """The worker processes of ``isolation = "process"`` rules."""
+    pool = rt.workers
+    workers = G(
+        "mtwatch_workers", "Worker processes of process handlers, by state (busy, idle).", labels=["state"]
+    )
+    workers.add_metric(["busy"], pool.busy)
+    workers.add_metric(["idle"], max(0, pool.alive - pool.busy))
+    size = G("mtwatch_workers_max", "At most this many worker processes (worker_processes).")
+    size.add_metric([], pool.size)
+    replaced = C("mtwatch_workers_replaced", "Worker processes killed or dead, and so replaced.")
+    replaced.add_metric([], pool.replaced)
+    deaths = C(
+        "mtwatch_worker_deaths",
+        "A domain's worker killed past its timeout (timeout), out of memory (memory) or dead (SIGSEGV, ...).",
+        labels=["domid", "reason"],
+    )
+    for (domid, reason), count in sorted(pool.deaths.items()):
+        deaths.add_metric([str(domid), reason], count)
+    yield from (workers, size, replaced, deaths)
 
 
 class Metrics:

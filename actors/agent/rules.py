@@ -1,4 +1,5 @@
-"""Watch rules as runtime handlers: ``run`` (a process per event) and ``call`` (an async Python function).
+"""Watch rules as runtime handlers: ``run`` (a process per event) and ``call`` (an async Python function, or with
+``isolation = "process"`` a plain one run in a worker process).
 
 A ``run`` rule starts ``argv`` (``{domid}`` and ``{path}`` filled in; no shell) once per event, in a process
 group of its own, with the agent's environment plus ``XS_DOMID`` (0 for a global event no domain owns),
@@ -192,6 +193,9 @@ Handler = Callable[["DomainContext", "WatchEvent"], Awaitable[None]]
 def handler_for(rule: WatchRule) -> Handler:
     """The runtime handler of a validated rule; with ``initial = false`` it skips the registration event."""
     handler: Handler
+    if rule.isolation == "process":  # a plain def the worker imports (the runtime skips the initial event)
+        assert rule.handler is not None
+        return rule.handler
     if rule.run is not None:
         handler = RunHandler(rule.run, rule.label)
     else:
@@ -216,6 +220,15 @@ class RuleSet:
         self.active: list[tuple[WatchRule, Watch]] = []
         self.wrap = wrap  # around each rule's handler (the dry run's recorder)
 
+    def _through_worker(self, rule: WatchRule, fn: Handler) -> Handler:
+        """A process rule's handler as an async one that runs it in a worker (for a wrapper around it)."""
+        rt = self.rt
+
+        async def through_worker(ctx: DomainContext, event: WatchEvent) -> None:
+            await rt.run_in_worker(ctx, fn, event, timeout=rule.timeout, template=rule.path)
+
+        return through_worker
+
     def apply(
         self, rules: tuple[WatchRule, ...] | list[WatchRule]
     ) -> tuple[list[WatchRule], list[WatchRule]]:
@@ -233,10 +246,21 @@ class RuleSet:
             self.rt.unwatch(watch)
         for rule in new:
             handler = handler_for(rule)
+            isolation = rule.isolation
+            timeout: float | None = rule.timeout
             if self.wrap is not None:
+                if isolation == "process":  # the wrapper is async: it calls the worker through the runtime,
+                    handler = self._through_worker(rule, handler)  # which kills it past the rule's timeout
+                    isolation, timeout = None, None
                 handler = self.wrap(rule, handler)
             watch = self.rt.watch(
-                rule.path, handler, timeout=rule.timeout, route=rule.route_fn, name=rule.label
+                rule.path,
+                handler,
+                timeout=timeout,
+                route=rule.route_fn,
+                name=rule.label,
+                isolation=isolation,
+                initial=rule.initial or isolation != "process",
             )
             kept.append((rule, watch))
         self.active = kept

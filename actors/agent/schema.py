@@ -114,6 +114,7 @@ class WatchRule:
     route: str | None = None
     name: str = ""
     initial: bool = True
+    isolation: str | None = None  # "process": the call runs in a worker process
     handler: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     route_fn: Route | None = field(default=None, compare=False, repr=False)
 
@@ -341,14 +342,33 @@ def _run_argv(table: Table) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def _call_handler(table: Table, fresh: bool) -> tuple[str, Callable[..., Any]]:
+def _call_handler(table: Table, fresh: bool, isolation: str | None) -> tuple[str, Callable[..., Any]]:
     call = cast(str, table.string("call"))
     handler = resolve(call, table.key("call"), fresh=fresh)
+    if isolation == "process":
+        if not inspect.isfunction(handler) or _is_async_callable(handler):
+            raise ConfigError(
+                table.key("call"),
+                f'{call!r} is not a plain function (def handler(ctx, event)): isolation = "process" runs one'
+                " in a worker process",
+            )
+        return call, handler
     if not callable(handler) or not _is_async_callable(handler):
         raise ConfigError(
             table.key("call"), f"{call!r} is not an async function (async def handler(ctx, event))"
         )
     return call, handler
+
+
+def _isolation(table: Table, has_call: bool) -> str | None:
+    if "isolation" not in table.data:
+        return None
+    isolation = table.choice("isolation", "inline", ("inline", "process"))
+    if not has_call:
+        raise ConfigError(
+            table.key("isolation"), "is for a call rule (a run rule's command is a process already)"
+        )
+    return None if isolation == "inline" else isolation
 
 
 def _route(table: Table, per_domain: bool, fresh: bool) -> tuple[str | None, Route | None]:
@@ -383,11 +403,14 @@ def watch_rule(index: int, data: object, fresh: bool) -> WatchRule:
             )
         )
     run = problems.take(None, _run_argv, table) if has_run else None
-    call, handler = problems.take((None, None), _call_handler, table, fresh) if has_call else (None, None)
+    isolation = problems.take(None, _isolation, table, has_call)
+    call, handler = (
+        problems.take((None, None), _call_handler, table, fresh, isolation) if has_call else (None, None)
+    )
     timeout = problems.take(DEFAULT_TIMEOUT, table.number, "timeout", DEFAULT_TIMEOUT)
     route, route_fn = problems.take((None, None), _route, table, per_domain, fresh)
     name = problems.take("", table.string, "name", "") or ""
     initial = problems.take(True, table.boolean, "initial", True)
     problems.take(None, table.done)
     problems.check()
-    return WatchRule(index, path, run, call, timeout, route, name, initial, handler, route_fn)
+    return WatchRule(index, path, run, call, timeout, route, name, initial, isolation, handler, route_fn)

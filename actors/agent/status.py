@@ -107,9 +107,31 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
         "health": {"code": code, "reason": reason},
         "default": {"handled": rt.default_handled, "failures": rt.default_failures},
         "domains": [_domain(d, now) for _, d in sorted(rt.domains.items())],
+        **_workers(rt, now),
     }
     add_quota(doc, rt)
     return doc
+
+
+def _workers(rt: Runtime, now: float) -> dict[str, Any]:
+    """The worker processes of ``isolation = "process"`` rules: the pool, and on each domain that holds a
+    worker now, its pid and for how long (``worker``)."""
+    pool = rt.workers
+    return {
+        "workers": {
+            "size": pool.size,
+            "alive": pool.alive,
+            "busy": pool.busy,
+            "waiting": pool.waiting,
+            "replaced": pool.replaced,
+            "held": {
+                str(domid): {"pid": w.pid, "busy": _ago(w.since, now)} for domid, w in pool.domains.items()
+            },
+            "deaths": [
+                {"domid": domid, "reason": why, "count": n} for (domid, why), n in sorted(pool.deaths.items())
+            ],
+        }
+    }
 
 
 # -- the table --------------------------------------------------------------------------------------------
@@ -143,8 +165,11 @@ def trouble_order(d: Mapping[str, Any], rate: float | None = None) -> tuple[int,
     return (_TROUBLE.get(condition(d), 9), -activity, d["domid"])
 
 
-def _note(d: Mapping[str, Any], labels: Mapping[int, str]) -> str:
+def _note(d: Mapping[str, Any], labels: Mapping[int, str], workers: Mapping[str, Any] | None = None) -> str:
     parts = [labels[d["domid"]]] if d["domid"] in labels else []
+    worker = (workers or {}).get("held", {}).get(str(d["domid"]))
+    if worker is not None:
+        parts.append(f"worker pid {worker['pid'] or '?'} for {format_seconds(worker['busy'])}")
     if d.get("busy") is not None:
         parts.append(
             f"busy {format_seconds(d['busy'])}" + (f" on {d['busy_path']}" if d.get("busy_path") else "")
@@ -205,7 +230,7 @@ def rows(
         name = (d.get("name") or "-")[:14]
         line = (
             f"{d['domid']:>6} {name:<14} {condition(d):<9} {d['mailbox']:>5} {events:>9} {d['dropped']:>6}"
-            f" {d['failures']:>5} {d['restarts']:>4}  {_note(d, labels or {})}"
+            f" {d['failures']:>5} {d['restarts']:>4}  {_note(d, labels or {}, doc.get('workers'))}"
         )
         out.append((d["domid"], line.rstrip()))
     return out
@@ -216,9 +241,20 @@ def totals(doc: Mapping[str, Any]) -> str:
     states = Counter(condition(d) for d in doc["domains"])
     by_state = ", ".join(f"{n} {s}" for s, n in sorted(states.items(), key=lambda i: _TROUBLE.get(i[0], 9)))
     default = doc["default"]
-    return (
+    line = (
         f"{len(doc['domains'])} domains ({by_state or 'none'}); default actor: {default['handled']} events,"
         f" {default['failures']} failures"
+    )
+    return line + _pool_words(doc.get("workers"))
+
+
+def _pool_words(pool: Mapping[str, Any] | None) -> str:
+    """``; workers: 2 alive of 2, 1 busy, 0 waiting, 3 replaced`` once a process handler ran (else nothing)."""
+    if not pool or not (pool["alive"] or pool["replaced"] or pool["busy"]):
+        return ""
+    return (
+        f"; workers: {pool['alive']} alive of {pool['size']}, {pool['busy']} busy, {pool['waiting']} waiting,"
+        f" {pool['replaced']} replaced"
     )
 
 

@@ -214,3 +214,43 @@ def test_rules_test_of_a_broken_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 78
     assert f"{broken}:1: watch[0]: needs exactly one of run" in result.stderr
+
+
+def test_rules_test_runs_a_process_rule_in_a_worker(tmp_path: Path) -> None:
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    write(
+        handlers,
+        "dryrun_workers.py",
+        """\
+        import os
+
+        def parse(ctx, event):
+            ctx.log.info("parsed {} in a worker", ctx.xs.read(event.path).decode())
+            if ctx.xs.read(event.path) == b"crash":
+                os._exit(3)
+        """,
+    )
+    rules = write(
+        tmp_path,
+        "agent.toml",
+        f"""\
+        [[watch]]
+        path = "/local/domain/{{domid}}/data/blob"
+        call = "dryrun_workers:parse"
+        isolation = "process"
+        initial = false
+
+        [handlers]
+        path = ["{handlers}"]
+        """,
+    )
+    result = mtwatch(
+        "rules", "test", "--config", str(rules), "--domain", "5",
+        "--write", "/local/domain/5/data/blob/1=abc",
+        "--write", "/local/domain/5/data/blob/2=crash",
+    )  # fmt: skip
+    out = result.stdout
+    assert "  log INFO: parsed abc in a worker" in out, out + result.stderr
+    assert "WorkerDied" in out and "exit status 3" in out
+    assert out.splitlines()[-1] == "2 rule runs, 1 failed"
