@@ -10,6 +10,9 @@ Every domain gets every rule; what a guest writes decides which handler misbehav
 - ``crash``: a write to ``data/crash`` makes the handler raise, now and after every restart (the watch fires
   once when it is registered again, and the node is still there).
 - ``slow``: events under ``data/flood`` take a while each, so a flooding guest outruns its own mailbox.
+- ``native``: a plain ``def`` run in a worker process (``isolation = "process"``), standing for a parser in a C
+  extension: ``segv`` in ``data/native`` makes it segfault, ``spin`` loop forever. Its worker dies or is killed
+  past the timeout; the agent's own process never notices.
 
 The latencies go to the file named by ``$MTWATCH_DEMO_RECORD``, one ``domid end_to_end agent`` line per event
 (``time.monotonic()`` is CLOCK_MONOTONIC, shared by the guest and the agent processes; trio's clock is not: it
@@ -18,14 +21,15 @@ adds a random offset, so it serves only within the agent).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 
 import trio
 
-from .. import DomainContext, NotFound, WatchEvent
+from .. import DomainContext, NotFound, ProcessContext, WatchEvent
 
-__all__ = ["RECORD_ENV", "SLOW_SECONDS", "crash", "hang", "ping", "slow"]
+__all__ = ["RECORD_ENV", "SLOW_SECONDS", "crash", "hang", "native", "ping", "slow"]
 
 RECORD_ENV = "MTWATCH_DEMO_RECORD"
 SLOW_SECONDS = 0.02
@@ -77,3 +81,14 @@ async def crash(ctx: DomainContext, event: WatchEvent) -> None:
 
 async def slow(ctx: DomainContext, event: WatchEvent) -> None:
     await trio.sleep(SLOW_SECONDS)
+
+
+def native(ctx: ProcessContext, event: WatchEvent) -> None:
+    value = ctx.xs.read(event.path) if ctx.xs.exists(event.path) else b""
+    if value == b"segv":
+        ctx.log.warning("{} = segv: this worker now segfaults", event.path)
+        ctypes.string_at(0)
+    elif value == b"spin":
+        ctx.log.warning("{} = spin: this worker now loops forever", event.path)
+        while True:
+            pass

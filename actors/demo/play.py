@@ -1,5 +1,5 @@
 """The demo's toolstack and guests (see :mod:`actors.demo`): domains announced the way the seed's libxl
-patch does, churn, well-behaved guests, and the three that misbehave."""
+patch does, churn, well-behaved guests, and the four that misbehave."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ CHURN_INTERVAL = 0.5
 FLOOD_BURST = 10  # writes every FLOOD_TICK seconds: about 1000 writes a second
 FLOOD_TICK = 0.01
 FLOOD_PATHS = 200
+NATIVE_INTERVAL = 1.5
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,13 @@ class Cast:
     hung: int = 4
     crashing: int = 5
     flooding: int = 6
+    native: int = 7  # its handler runs native code in a worker process: it segfaults, then spins
     churn: tuple[int, ...] = tuple(range(20, 30))
     churn_live: int = 4
 
     @property
     def steady(self) -> tuple[int, ...]:
-        return (*self.healthy, self.hung, self.crashing, self.flooding)
+        return (*self.healthy, self.hung, self.crashing, self.flooding, self.native)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Show:
     flood_writes: int = 0
     hang_at: float | None = None
     crash_at: float | None = None
+    native_writes: int = 0
     live: set[int] = field(default_factory=set)
     guests: dict[int, trio.CancelScope] = field(default_factory=dict)
     go: trio.Event = field(default_factory=trio.Event)
@@ -121,6 +124,15 @@ async def _flood(xs: XenStore, show: Show, domid: int) -> None:
         await trio.sleep(FLOOD_TICK)
 
 
+async def _native(xs: XenStore, show: Show, domid: int) -> None:
+    """Data that crashes its handler's native code (a segfault), then data that sends it into an endless loop,
+    in turn, again after every restart of the domain."""
+    for n in itertools.count():
+        await xs.write(f"/local/domain/{domid}/data/native", "segv" if n % 2 == 0 else "spin")
+        show.native_writes += 1
+        await trio.sleep(NATIVE_INTERVAL)
+
+
 async def _churn(xs: XenStore, show: Show, nursery: trio.Nursery, rng: random.Random) -> None:
     """Domains come and go: every CHURN_INTERVAL one churn domain is destroyed and another created."""
     cast = show.cast
@@ -159,4 +171,5 @@ async def play(
         show.crash_at = time.monotonic()
         await guests.write(f"/local/domain/{cast.crashing}/data/crash", "poison")
         nursery.start_soon(_flood, flooder, show, cast.flooding)
+        nursery.start_soon(_native, guests, show, cast.native)
         nursery.start_soon(_churn, toolstack, show, nursery, rng)

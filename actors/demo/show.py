@@ -2,9 +2,10 @@
 
 In a temporary folder it runs ``mtwatch xenstored`` and ``mtwatch agent`` (the rules of
 :mod:`actors.demo.handlers`) as child processes, then plays the toolstack and the guests against them
-(:mod:`actors.demo.play`): healthy guests ping, one hangs its handler, one crashes it, one floods. It shows
-the agent's live table, then a summary (:mod:`actors.demo.summary`): the healthy domains' latency against how
-long the hung handler has been stuck, the crashing domain's restarts, what coalescing did to the flood. Every
+(:mod:`actors.demo.play`): healthy guests ping, one hangs its handler, one crashes it, one floods, and one's
+handler (``isolation = "process"``) segfaults and spins in a worker process. It shows the agent's live table,
+then a summary (:mod:`actors.demo.summary`): the healthy domains' latency against how long the hung handler has
+been stuck, the crashing domain's restarts, what coalescing did to the flood, the worker deaths. Every
 process and the folder are cleaned up at the end, on Ctrl-C and on SIGTERM.
 """
 
@@ -70,12 +71,19 @@ backoff_max = 1.0
 socket = "{control}"
 """ + "".join(
         f'\n[[watch]]\nname = "{name}"\npath = "/local/domain/{{domid}}/data/{name}"\n'
-        f'call = "actors.demo.handlers:{call}"\ntimeout = {timeout}\n'
-        for name, call, timeout in _RULES
+        f'call = "actors.demo.handlers:{call}"\ntimeout = {timeout}\n{extra}'
+        for name, call, timeout, extra in _RULES
     )
 
 
-_RULES = [("ping", "ping", 5.0), ("hang", "hang", 3600.0), ("crash", "crash", 5.0), ("flood", "slow", 5.0)]
+_PROCESS = 'isolation = "process"\ninitial = false\n'
+_RULES = [
+    ("ping", "ping", 5.0, ""),
+    ("hang", "hang", 3600.0, ""),
+    ("crash", "crash", 5.0, ""),
+    ("flood", "slow", 5.0, ""),
+    ("native", "native", 1.0, _PROCESS),
+]
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -183,6 +191,7 @@ def _labels(cast: Cast) -> dict[int, str]:
         cast.hung: "HUNG (the demo)",
         cast.crashing: "CRASHING (the demo)",
         cast.flooding: "FLOODING (the demo)",
+        cast.native: "SEGFAULTS/SPINS in a worker process (the demo)",
     }
 
 

@@ -76,6 +76,13 @@ def summarize(
     hung["pings_written"] = show.pings[cast.hung]
     hung["handler_waiting_s"] = None if show.hang_at is None else round(now - show.hang_at, 3)
     crashing["crashing_for_s"] = None if show.crash_at is None else round(now - show.crash_at, 3)
+    native = _dom(final, cast.native)
+    native["writes"] = show.native_writes
+    pool = final.get("workers") or {}
+    native["worker_deaths"] = {
+        death["reason"]: death["count"] for death in pool.get("deaths", []) if death["domid"] == cast.native
+    }
+    native["workers_replaced"] = pool.get("replaced", 0)
     flooding["writes"] = show.flood_writes
     flooding["own_pings"] = _latency(records.get(cast.flooding, []))
     domains = [_dom(final, d["domid"]) for d in sorted(final["domains"], key=lambda d: d["domid"])]
@@ -91,6 +98,7 @@ def summarize(
         "hung": hung,
         "crashing": crashing,
         "flood": flooding,
+        "native": native,
         "agent": {
             "totals": {
                 "domains": len(domains),
@@ -119,6 +127,8 @@ def _fmt_ms(v: float | None) -> str:
 
 def render_summary(summary: dict[str, Any]) -> list[str]:
     h, hung, crash, flood = summary["healthy"], summary["hung"], summary["crashing"], summary["flood"]
+    native = summary["native"]
+    deaths = ", ".join(f"{n} {why}" for why, n in sorted(native["worker_deaths"].items())) or "none yet"
     churn, agent = summary["churn"], summary["agent"]
     wait = hung.get("handler_waiting_s")
     own = flood["own_pings"]
@@ -138,13 +148,16 @@ def render_summary(summary: dict[str, Any]) -> list[str]:
         f"flooding domain {flood['domid']}: {flood['writes']} writes; {flood.get('events')} events handled by"
         f" its slow handler, {flood.get('coalesced')} coalesced, mailbox depth {flood.get('mailbox_depth')};"
         f" its own pings p50 {_fmt_ms(own['p50_ms'])}, p99 {_fmt_ms(own['p99_ms'])}",
+        f'native-code domain {native["domid"]} (isolation = "process"): worker deaths {deaths}; state'
+        f" {native.get('state')} after {native.get('failures')} failures and {native.get('restarts')} restarts;"
+        f" the agent's own process never paid",
         f"all domains together (the agent's latency histogram, reader -> handler): p50"
         f" {_fmt_ms(agent['latency_histogram_p50_ms'])}, p99 {_fmt_ms(agent['latency_histogram_p99_ms'])}",
         "",
     ]
     if h["p99_ms"] is not None and wait:
         lines.append(
-            f"isolation: healthy p99 {_fmt_ms(h['p99_ms'])} while one handler hangs ({wait:.1f} s), one crashes"
-            f" and one floods: each costs only its own domain."
+            f"isolation: healthy p99 {_fmt_ms(h['p99_ms'])} while one handler hangs ({wait:.1f} s), one crashes,"
+            f" one floods and one segfaults and spins in its worker process: each costs only its own domain."
         )
     return lines

@@ -34,7 +34,8 @@ needs_agent = pytest.mark.skipif(
 
 def test_agent_config_is_valid_for_the_agent() -> None:
     config = parse_config(tomllib.loads(agent_config("/tmp/x/socket", "/tmp/x/control")))
-    assert [w.name for w in config.watches] == ["ping", "hang", "crash", "flood"]
+    assert [w.name for w in config.watches] == ["ping", "hang", "crash", "flood", "native"]
+    assert config.watches[-1].isolation == "process"
     assert all(w.call and w.call.startswith("actors.demo.handlers:") for w in config.watches)
     hang = config.watches[1]
     assert hang.timeout > 600  # the hung handler must outlast any demo run
@@ -192,6 +193,9 @@ async def test_demo_json_numbers_show_isolation() -> None:
     assert flood["coalesced"] > 0
     assert flood["mailbox_depth"] <= 64 + 1024
     assert summary["churn"]["retired"] >= 2 and summary["churn"]["announced"] > 6
+    # the native-code guest's worker segfaulted (and spun past its timeout): only its domain was charged
+    native = summary["native"]
+    assert native["failures"] >= 1 and native["worker_deaths"].get("SIGSEGV", 0) >= 1, native
 
 
 @needs_agent
