@@ -41,6 +41,12 @@ taking the parsed arguments and returning a JSON-able dict:
 - ``quota``: one round of quota telemetry over 1,000 live domains on the embedded xenstored (4.22 and 4.17, a
   process of its own) and Debian's C xenstored: the round's time (target < 1 s) and how late a 1 ms ticker
   woke meanwhile (how long the loop was held; target <= 20 ms). In ``scripts/bench_quota.py``.
+- ``workers``: domain 21's plain ``def`` handler spins, allocates 64 MB every 10 ms, segfaults or exits for 5 s
+  (after 5 s calm) while 20 healthy domains are pinged every 10 ms, as a worker thread and as a worker process
+  (``isolation="process"``), each case in a process of its own: whether the runtime survives, what was
+  charged to whom, the healthy domains' write-to-handler p99 and pings handled beside the calm phase (targets
+  2x and 90%), the loop's lateness (a 1 ms ticker; target 20 ms), the runtime's RSS; and one call's cost,
+  inline, thread and process (p50/p99; target p50 < 0.5 ms for a process). In ``scripts/bench_workers.py``.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import bench_sandbox
 import bench_scale
 import bench_stock
 import bench_stream
+import bench_workers
 from bench_stream import cpu_seconds, daemon_process
 
 import actors
@@ -262,6 +269,11 @@ async def sandbox(args: argparse.Namespace) -> dict[str, object]:
 @scenario("quota")
 async def quota(args: argparse.Namespace) -> dict[str, object]:
     return await bench_quota.bench(args.quick)
+
+
+@scenario("workers")
+async def workers(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_workers.bench(args.quick)
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

@@ -161,3 +161,39 @@ def test_quota_reads_every_domain_on_every_daemon(report: dict[str, object]) -> 
             "longest_gc_pause_cpu_ms",
             "longest_step_without_gc_cpu_ms",
         }
+
+
+def test_workers_every_case_reports_whether_the_runtime_survived_and_what_was_charged(
+    report: dict[str, object],
+) -> None:
+    workers = section(report, "workers")
+    for isolation in ("process", "thread"):
+        cases = section(workers, isolation)
+        assert set(cases) == {"spin", "allocate", "segfault", "exit"}
+        for fault in cases:
+            case = section(cases, fault)
+            if case["runtime"] != "up":
+                assert isolation == "thread" and fault in ("segfault", "exit"), (isolation, fault, case)
+                continue
+            assert (
+                set(section(case, "calm"))
+                == set(section(case, "fault"))
+                == {
+                    "healthy_p99_write_to_handler_ms",
+                    "healthy_pings_handled",
+                    "healthy_pings_per_s",
+                    "loop_late_max_ms",
+                }
+            )
+            assert section(case, "calm")["healthy_pings_handled"]
+    for fault in (
+        "spin",
+        "allocate",
+        "segfault",
+        "exit",
+    ):  # a process handler's fault never kills the runtime
+        case = section(section(workers, "process"), fault)
+        assert case["runtime"] == "up" and case["healthy_failures"] == 0, (fault, case)
+    cost = section(workers, "call_cost")
+    for kind in ("inline", "thread", "process"):
+        assert set(section(cost, kind)) == {"p50_ms", "p99_ms"}
