@@ -103,15 +103,18 @@ async def misbehave(xs: actors.XenStore) -> None:
 
 
 async def run_case(isolation: str, fault: str, calm: float, seconds: float) -> dict[str, object]:
-    path = os.path.join(tempfile.mkdtemp(prefix="mtww", dir="/tmp"), "socket")
+    folder = tempfile.TemporaryDirectory(prefix="mtww", dir="/tmp")
+    path = os.path.join(folder.name, "socket")
     probe = Probe()
     async with (
+        contextlib.AsyncExitStack() as cleanup,
         daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", path]),
         actors.connect(path) as xs,
         actors.open_runtime(xs, restart=actors.RestartPolicy(max_restarts=1_000_000)) as rt,
         actors.connect(path) as guest,
         trio.open_nursery() as nursery,
     ):
+        cleanup.callback(folder.cleanup)  # the socket's folder, once the daemon is gone
         rt.watch("/local/domain/{domid}/ping", probe.healthy)
         rt.watch("/local/domain/{domid}/bad", FAULTS[fault], timeout=1.0, isolation=isolation, name="bad")
         for domid in range(1, BAD + 1):
@@ -171,14 +174,17 @@ async def call_costs(calls: int) -> dict[str, object]:
     """One handler call's round trip as the domain actor pays it: awaiting an inline handler, a worker thread
     (``trio.to_thread.run_sync``, as for a plain ``def``), a worker process (the pool's call); p50/p99 in ms,
     after a warm-up (the process figure's first call, which starts the worker, is given apart)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="mtwc", dir="/tmp"), "socket")
+    folder = tempfile.TemporaryDirectory(prefix="mtwc", dir="/tmp")
+    path = os.path.join(folder.name, "socket")
     event = actors.WatchEvent("/local/domain/1/x", "t")
     result: dict[str, object] = {"calls": calls}
     async with (
+        contextlib.AsyncExitStack() as cleanup,
         daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", path]),
         actors.connect(path) as xs,
         actors.open_runtime(xs) as rt,
     ):
+        cleanup.callback(folder.cleanup)  # the socket's folder, once the daemon is gone
         ctx = DomainContext(1, b"bench", rt)
         limiter = trio.CapacityLimiter(16)
 
