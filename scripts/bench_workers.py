@@ -102,19 +102,16 @@ async def misbehave(xs: actors.XenStore) -> None:
         await trio.sleep(0.1)
 
 
-async def run_case(isolation: str, fault: str, calm: float, seconds: float) -> dict[str, object]:
-    folder = tempfile.TemporaryDirectory(prefix="mtww", dir="/tmp")
-    path = os.path.join(folder.name, "socket")
+async def run_case(isolation: str, fault: str, calm: float, seconds: float, folder: str) -> dict[str, object]:
+    path = os.path.join(folder, "socket")  # (the caller's folder: a case that kills its process leaves it)
     probe = Probe()
     async with (
-        contextlib.AsyncExitStack() as cleanup,
         daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", path]),
         actors.connect(path) as xs,
         actors.open_runtime(xs, restart=actors.RestartPolicy(max_restarts=1_000_000)) as rt,
         actors.connect(path) as guest,
         trio.open_nursery() as nursery,
     ):
-        cleanup.callback(folder.cleanup)  # the socket's folder, once the daemon is gone
         rt.watch("/local/domain/{domid}/ping", probe.healthy)
         rt.watch("/local/domain/{domid}/bad", FAULTS[fault], timeout=1.0, isolation=isolation, name="bad")
         for domid in range(1, BAD + 1):
@@ -229,7 +226,12 @@ async def case_in_process(isolation: str, fault: str, calm: float, seconds: floa
     and what it left behind (its xenstored, its workers) is killed with its process group."""
     argv = [sys.executable, SCRIPT, "--case", f"{isolation}:{fault}"]
     argv += ["--calm", str(calm), "--seconds", str(seconds)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryDirectory(prefix="mtww", dir="/tmp") as folder,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        argv += ["--folder", folder]
         async with trio.open_nursery() as nursery:
             run = functools.partial(
                 trio.run_process, argv, stdout=out, stderr=err, check=False, start_new_session=True
@@ -288,10 +290,15 @@ if __name__ == "__main__":
     parser.add_argument("--calm", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--folder", help="for --case: where its daemon's socket goes (default: a new folder)")
     args = parser.parse_args()
     if args.case:
         isolation, _, fault = args.case.partition(":")
-        report = trio.run(run_case, isolation, fault, args.calm, args.seconds)
+        if args.folder:
+            report = trio.run(run_case, isolation, fault, args.calm, args.seconds, args.folder)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mtww", dir="/tmp") as own:
+                report = trio.run(run_case, isolation, fault, args.calm, args.seconds, own)
     else:
         report = trio.run(bench, args.quick)
     print(json.dumps(report, indent=2))
