@@ -13,14 +13,13 @@ import errno
 import json
 import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
 from loguru import logger
 
-from ..xenstored.sockets import daemon_answers
+from ..xenstored.sockets import SocketInUse, take_socket_path
 
 __all__ = [
     "ControlInUse",
@@ -47,27 +46,33 @@ class ControlInUse(OSError):
 
 
 def bind_control(path: str) -> tuple[socket.socket, tuple[int, int]]:
-    """Bind and listen on ``path`` (mode 0600); the socket and the (device, inode) of the file it made."""
+    """Bind and listen on ``path`` (mode 0600); the socket and the (device, inode) of the file it made.
+    A stale socket there (an agent killed without a chance to remove it) is replaced, a live agent's refused
+    (:class:`ControlInUse`), any other file left alone (FileExistsError); two agents starting at once cannot
+    both take it (:func:`~actors.xenstored.sockets.take_socket_path`). Blocking."""
     folder = os.path.dirname(path) or "."
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder, 0o700)  # the last component only: a missing parent is an error
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-        if daemon_answers(path):
-            raise ControlInUse(errno.EADDRINUSE, "another agent answers on it", path)
-        os.unlink(path)  # left behind by an agent that did not stop cleanly
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
+
+    def place() -> None:
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(MAX_CLIENTS)  # listening before the folder's lock is let go: the next starter sees it
+
     try:
-        sock.bind(path)
-    except OSError:
+        if take_socket_path(path, place):
+            logger.warning("replaced the stale control socket {} (its agent did not stop cleanly)", path)
+    except SocketInUse as exc:
+        sock.close()
+        raise ControlInUse(errno.EADDRINUSE, "another agent answers on it", path) from exc
+    except BaseException:
         sock.close()
         raise
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(MAX_CLIENTS)
     made = os.stat(path)
     return sock, (made.st_dev, made.st_ino)
 

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import Final
 
 import trio
@@ -22,7 +23,7 @@ from .connection import Connection
 from .core import COMPATS, Core
 from .domains import Quotas
 from .handlers import op_table
-from .sockets import daemon_answers
+from .sockets import SocketInUse, take_socket_path
 from .store import Store
 
 __all__ = ["DEFAULT_SOCKET", "XenStored", "main", "open_xenstored"]
@@ -62,9 +63,11 @@ class XenStored:
     ) -> None:
         """Listen on ``socket_path`` until cancelled; then close every connection and remove the socket.
 
-        Only a new socket file is made, never a folder: an existing file at ``socket_path`` (a live daemon's
-        socket, a stale one, anything) or a missing folder is an OSError that says so, and nothing is removed.
-        On the way out the socket is removed only if it is still the one made here."""
+        Only a new socket file is made, never a folder. A stale socket at ``socket_path`` (nobody listens on
+        it: its daemon was killed) is replaced; a live daemon's socket, any other file or a missing folder is
+        an OSError that says so, and nothing is removed (see :func:`~.sockets.take_socket_path`, which also
+        keeps two daemons starting at once from both taking the path). On the way out the socket is removed
+        only if it is still the one made here."""
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # The socket appears at its path only once it listens (bound under a private name, then hard-linked
         # into place, which never replaces an existing file): whoever sees the file can connect.
@@ -76,9 +79,10 @@ class XenStored:
                 identity = os.stat(private).st_ino
                 os.chmod(private, 0o600)
                 sock.listen(128)
-                os.link(private, socket_path)
+                link = partial(os.link, private, socket_path)
+                stale = await trio.to_thread.run_sync(take_socket_path, socket_path, link)
             except OSError as exc:
-                raise await _bind_error(socket_path, exc) from None
+                raise _bind_error(socket_path, exc) from None
             finally:
                 with suppress(OSError):
                     os.unlink(private)
@@ -86,6 +90,8 @@ class XenStored:
             sock.close()
             raise
         listener = trio.SocketListener(sock)
+        if stale:
+            logger.warning("replaced the stale socket {} (its daemon did not stop cleanly)", socket_path)
         logger.info("xenstored listening on {}", socket_path)
         try:
             async with trio.open_nursery() as nursery:
@@ -180,15 +186,10 @@ class XenStored:
         return self.core.domains.introduced(domid) is not None
 
 
-async def _bind_error(socket_path: str, exc: OSError) -> OSError:
+def _bind_error(socket_path: str, exc: OSError) -> OSError:
     """Why ``socket_path`` cannot be ours, in words an operator can act on."""
-    if exc.errno in (errno.EADDRINUSE, errno.EEXIST):
-        if await trio.to_thread.run_sync(daemon_answers, socket_path):
-            return OSError(errno.EADDRINUSE, f"a daemon already answers on {socket_path}: not taking it over")
-        return OSError(
-            errno.EEXIST,
-            f"{socket_path} exists and no daemon answers on it: remove it if it is a stale socket",
-        )
+    if isinstance(exc, (SocketInUse, FileExistsError)):
+        return exc
     if exc.errno == errno.ENOENT:
         folder = os.path.dirname(socket_path) or "."
         return OSError(

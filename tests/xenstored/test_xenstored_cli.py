@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import trio
 
+from actors.xenstored.sockets import SocketInUse, take_socket_path
 from actors.xenstored.testing import RawClient, serving
 
 TOOLS = ("xenstore-write", "xenstore-read", "xenstore-ls", "xenstore-list", "xenstore-rm", "xenstore-chmod",
@@ -137,20 +139,121 @@ def test_a_socket_a_live_daemon_answers_on_is_refused_and_kept(folder: str) -> N
     assert not os.path.exists(path)
 
 
-def test_a_stale_socket_or_other_file_is_refused_and_left_alone(folder: str) -> None:
+def test_a_file_that_is_not_a_socket_is_refused_and_left_alone(folder: str) -> None:
+    path = os.path.join(folder, "socket")
+    with open(path, "w") as other:
+        other.write("not a socket")
+    result = refused(path)
+    assert result.returncode == 1
+    assert f"{path} exists and is not a socket: not touching it".encode() in result.stderr
+    with open(path) as other:
+        assert other.read() == "not a socket"
+
+
+def test_a_stale_socket_is_replaced(folder: str) -> None:
     path = os.path.join(folder, "socket")
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(path)  # a socket file nobody listens on
-    result = refused(path)
-    assert result.returncode == 1
-    assert b"exists and no daemon answers on it: remove it if it is a stale socket" in result.stderr
-    assert os.path.exists(path)
-    os.unlink(path)
-    with open(path, "w") as other:
-        other.write("not a socket")
-    assert refused(path).returncode == 1
-    with open(path) as other:
-        assert other.read() == "not a socket"
+    proc = start(path)
+    try:
+        assert _listening(path)
+    finally:
+        assert stop(proc) == 0
+    assert not os.path.exists(path)
+
+
+def test_killed_with_sigkill_it_comes_back_on_the_same_path(folder: str) -> None:
+    """As systemd's Restart= does: the killed daemon left its socket; each restart replaces it, serves, and a
+    second daemon meanwhile is still refused."""
+    path = os.path.join(folder, "socket")
+    log_path = os.path.join(folder, "log")
+    proc = start(path)
+    for _ in range(3):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=20)
+        assert os.path.exists(path) and not _listening(path)  # stale: left behind, nobody answers
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "actors.xenstored", "--socket", path], stderr=log)
+        deadline = time.monotonic() + 20
+        while not _listening(path):
+            assert proc.poll() is None, "xenstored exited early"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert refused(path).returncode == 1  # the live one is refused, as before
+        assert _listening(path)
+    try:
+        assert _listening(path)
+    finally:
+        assert stop(proc) == 0
+    with open(log_path, "rb") as log:
+        assert b"replaced the stale socket" in log.read()
+    assert not os.path.exists(path)
+
+
+def test_two_starting_at_once_on_a_stale_socket_one_serves(folder: str) -> None:
+    """Both find the path taken by a stale socket; the folder's lock lets only one replace it: the other finds
+    it answering and gives up, and the winner's socket stays in place."""
+    path = os.path.join(folder, "socket")
+    for _ in range(2):
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(path)
+        command = [sys.executable, "-m", "actors.xenstored", "--socket", path]
+        logs = [os.path.join(folder, f"log{i}") for i in range(2)]
+        procs = []
+        for log_path in logs:
+            with open(log_path, "wb") as log:
+                procs.append(subprocess.Popen(command, stderr=log))
+        deadline = time.monotonic() + 30
+        while sum(p.poll() is None for p in procs) > 1 or not _listening(path):
+            assert time.monotonic() < deadline, "neither gave up"
+            time.sleep(0.02)
+        (winner,) = (p for p in procs if p.poll() is None)
+        (loser,) = (p for p in procs if p is not winner)
+        assert loser.returncode == 1
+        with open(logs[procs.index(loser)], "rb") as log:
+            assert f"a daemon already answers on {path}".encode() in log.read()
+        assert _listening(path)
+        assert stop(winner) == 0
+        assert not os.path.exists(path)
+
+
+def test_the_folder_lock_lets_one_of_two_racing_starters_replace_a_stale_socket(folder: str) -> None:
+    """The race itself, widened: each starter sleeps between its bind and its listen, when its socket is at
+    the path and refuses connections (stale-looking). Without the lock both would replace the other's."""
+    path = os.path.join(folder, "socket")
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(path)
+    outcomes: list[object] = []
+    socks: list[socket.socket] = []
+    both_ready = threading.Barrier(2)
+
+    def starter() -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks.append(sock)
+
+        def place() -> None:
+            sock.bind(path)
+            time.sleep(0.3)
+            sock.listen(1)
+
+        both_ready.wait()
+        try:
+            outcomes.append(take_socket_path(path, place))
+        except SocketInUse as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=starter) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert sorted(map(type, outcomes), key=str) == [SocketInUse, bool]  # one replaced it, one refused
+        assert True in outcomes
+        assert _listening(path)  # the winner's, still in place
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_a_missing_folder_is_an_error_and_is_not_made(folder: str) -> None:
