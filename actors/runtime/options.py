@@ -33,6 +33,11 @@ class RuntimeOptions:
       ``XenStore``): a request's deadline; the silence after which the daemon counts as stalled (handler
       timeouts and errors during a stall are interruptions, not failures, and the event is handled again
       once the daemon answers); the silence after which the connection counts as lost (None: never).
+    - ``silent_after``: a handler that fails (its timeout runs out, or it raises) while the daemon is silent
+      (requests pending, nothing received) is interrupted, not failed, if that silence lasts ``silent_after``
+      seconds (the verdict waits that long at most; a frame before then means the daemon answers, and the
+      failure is the handler's): a stopped daemon is never charged to a guest, whatever the handler's
+      timeout and without waiting for ``stall_after``. The event is handled again once the daemon answers.
     - ``block_threshold``: the watchdog thread reports a loop that did not run for this long and charges the
       block to the domain whose code ran (None: no watchdog); ``worker_threads``: the pool of plain ``def``
       handlers (a bound on threads, abandoned ones included).
@@ -69,6 +74,7 @@ class RuntimeOptions:
     request_timeout: float | None = 30.0
     stall_after: float = 2.0
     stall_limit: float | None = 60.0
+    silent_after: float = 0.1
     block_threshold: float | None = 0.5
     worker_threads: int = 16
     worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -105,6 +111,7 @@ class RuntimeOptions:
             "stop_deadline",
             "stop_warn_every",
             "stall_after",
+            "silent_after",
             "flood_high_water_for",
             "flood_cooldown",
             "quota_threshold",

@@ -384,6 +384,15 @@ class Runtime:
             return True
         return self._watchdog is not None and self._watchdog.blocked_during(start, domid)
 
+    async def silenced(self) -> bool:
+        """Is the daemon silent now (requests pending, nothing received) and does the silence last
+        ``silent_after`` seconds (a lost connection counts too)? Waits that long at most. A failure meanwhile
+        is then an interruption, whatever the handler's timeout (a stall is declared only at ``stall_after``)."""
+        xs = self.connection
+        if xs is None:
+            return True
+        return await xs.silent_for(self.options.silent_after)
+
     def _changed(self) -> None:
         """An actor came, went or changed state: ``changed`` fires once for all the changes made before the
         announcer task runs (32,000 actors starting at once are not 32,000 rounds of its waiters' checks)."""

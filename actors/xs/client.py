@@ -201,6 +201,22 @@ class XenStore(Operations):
         of its silence (the last frame before it, or when requests began to wait) to the frame that ended it."""
         return self._link.stall.during(start, end)
 
+    def silent_since(self) -> float | None:
+        """While requests are pending and the daemon sent nothing since: when that silence began (trio clock);
+        None when nothing is pending or a frame came since. A silence becomes a stall at ``stall_after``."""
+        return self._link.stall.silent_since()
+
+    async def silent_for(self, seconds: float) -> bool:
+        """Does the daemon stay silent (requests pending, nothing received) until the silence is ``seconds``
+        long? Returns at once when it already is (True) or nothing is pending (False); False as soon as a frame
+        arrives; True if the connection is lost meanwhile. For a verdict that must not blame a wait on a
+        daemon that stopped answering on whoever waited, without waiting for ``stall_after``."""
+        return await self._link.stall.silent_for(seconds)
+
+    async def next_frame(self) -> None:
+        """Wait until the daemon sends its next frame, or the connection is lost."""
+        await self._link.stall.next_frame()
+
     # -- watches -------------------------------------------------------------------------------------------
 
     def new_token(self, prefix: str = "mtw") -> str:

@@ -44,6 +44,8 @@ class StallDetector:
         self.count = 0
         self._last_frame = -math.inf
         self._waiting_since = -math.inf
+        self.frames = 0  # chunks received, each a sign of life
+        self._heard: trio.Event | None = None  # set by the next frame, for silent_for() and next_frame()
         self._intervals: deque[list[float]] = deque(maxlen=_HISTORY)  # [start, end]; end inf while ongoing
 
     def configure(self, stall_after: float, stall_limit: float | None) -> None:
@@ -60,6 +62,10 @@ class StallDetector:
 
     def frame_received(self, now: float) -> None:
         self._last_frame = now
+        self.frames += 1
+        if self._heard is not None:
+            self._heard.set()
+            self._heard = None
         if self.stalled.value:
             self._end(now)
             self._wakeup.set()  # the watchdog waits for the stall's end to watch for the next one
@@ -73,10 +79,49 @@ class StallDetector:
         self._lost = True
         if self.stalled.value:
             self._end(trio.current_time())
+        if self._heard is not None:
+            self._heard.set()
+            self._heard = None
         self._wakeup.set()
 
     def during(self, start: float, end: float) -> bool:
         return any(s <= end and e >= start for s, e in self._intervals)
+
+    # -- silences shorter than a stall -----------------------------------------------------------------------
+
+    def silent_since(self) -> float | None:
+        """When the current silence began (the last frame, or when requests began to wait, whichever is
+        later), while requests are pending and nothing arrived since; None otherwise (or once lost)."""
+        if self._lost or not self._protocol.pending:
+            return None
+        return max(self._last_frame, self._waiting_since)
+
+    async def next_frame(self) -> None:
+        """Wait until the next frame arrives, or the connection is lost."""
+        frames = self.frames
+        while self.frames == frames and not self._lost:
+            if self._heard is None:
+                self._heard = trio.Event()
+            await self._heard.wait()
+
+    async def silent_for(self, seconds: float) -> bool:
+        """Is the connection silent (requests pending, nothing received) and does the silence last until it
+        is ``seconds`` long (counted from its start, which may be past)? False as soon as a frame arrives (the
+        daemon answers; frames already received but not yet read count: the reader reads them first) or when
+        nothing is pending; True for a silence that long, or a connection lost meanwhile."""
+        since = self.silent_since()
+        if since is None:
+            return self._lost
+        frames = self.frames  # counted, not timed: on a test's frozen clock a frame comes at the same instant
+        # Two checkpoints: bytes the daemon sent before now are read first, whatever order the loop runs its
+        # tasks in, so that this process's own lateness is never taken for the daemon's silence.
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        with trio.move_on_at(since + seconds):
+            while self.frames == frames and not self._lost:
+                await self.next_frame()
+            return self._lost
+        return True
 
     # -- the watchdog task ---------------------------------------------------------------------------------
 

@@ -19,7 +19,30 @@ import trio
 
 from actors.xs.wire import HEADER, SPECIAL_PATHS, Frame, FrameDecoder, Op, encode, join, split
 
-__all__ = ["Peer", "answer_as", "scripted"]
+__all__ = ["Gate", "Peer", "answer_as", "scripted"]
+
+
+class Gate:
+    """Holds a scripted daemon's answers: closed, it answers nothing (as a SIGSTOPped daemon would: requests
+    wait, unread); open, each answer after ``delay`` seconds (a daemon that answers, slowly)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self._open = trio.Event()
+        self._open.set()
+
+    def close(self) -> None:
+        if self._open.is_set():
+            self._open = trio.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def passed(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        if self.delay:
+            await trio.sleep(self.delay)
 
 
 class Peer:
@@ -100,8 +123,11 @@ C422_QUOTAS = ("nodes", "watches", "outstanding", "memory", "soft-memory", "tran
                "node-permissions", "path-max", "node-size")  # fmt: skip
 
 
-async def answer_as(peer: Peer, flavour: str, tree: dict[str, bytes] | None = None) -> None:
-    """Answer every request as ``flavour`` ("c422", "c417", "oxenstored") does, until the client leaves.
+async def answer_as(
+    peer: Peer, flavour: str, tree: dict[str, bytes] | None = None, gate: Gate | None = None
+) -> None:
+    """Answer every request as ``flavour`` ("c422", "c417", "oxenstored") does, until the client leaves; each
+    only once through ``gate``, when given.
 
     The tree is flat (path -> value); listings are derived from it. Watches fire their registration event.
     oxenstored leaves RESET_WATCHES unanswered and a frame with an empty payload unread until more bytes
@@ -112,6 +138,8 @@ async def answer_as(peer: Peer, flavour: str, tree: dict[str, bytes] | None = No
     unread: list[Frame] = []
     while True:
         request = await peer.receive()
+        if gate is not None:
+            await gate.passed()
         if flavour == "oxenstored" and not request.payload:
             # oxenstored reads a frame with an empty payload only when more bytes come after it.
             unread.append(request)
@@ -157,6 +185,8 @@ def _answer(
         return "EINVAL" if len(args) > 2 and flavour != "c422" else b"OK\0"
     if op == Op.READ:
         return nodes.get(args[0].decode(), "ENOENT")
+    if op == Op.GET_PERMS:  # every node dom0's, as dom0's writes make them
+        return b"n0\0" if args[0].decode() in nodes else "ENOENT"
     if op == Op.WRITE:
         path, _, value = request.payload.partition(b"\0")
         nodes[path.decode()] = value

@@ -27,6 +27,7 @@ __all__ = [
     "failure_of",
     "is_connection_loss",
     "log_failure",
+    "not_its_doing",
 ]
 
 
@@ -65,6 +66,15 @@ def excused_since(ctx: DomainContext, start: float) -> bool:
     return bool(ctx._source.excused(ctx.domid, start))
 
 
+async def not_its_doing(ctx: DomainContext, exc: Exception, start: float) -> bool:
+    """The verdict on what user code begun at ``start`` raised (its timeout included): not the domain's
+    doing if the connection was lost, stalled or the loop blocked by another domain meanwhile, or if the
+    daemon is silent now (requests pending, nothing received) and stays so for ``silent_after``: whatever
+    the handler's timeout, a handler cut short while it waits on a daemon that stopped answering is
+    interrupted, not failed (a frame before then: the daemon answers, and the failure is the domain's)."""
+    return is_connection_loss(exc) or excused_since(ctx, start) or await ctx._source.silenced()
+
+
 def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed:
     """The first failure in what an actor's nursery raised (a HandlerFailed as it is, anything else - a bug
     in the actor's own code, a task started through ``ctx.nursery`` - wrapped with ``what``)."""
@@ -75,7 +85,8 @@ def failure_of(group: BaseExceptionGroup[Exception], what: str) -> HandlerFailed
 async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, start: float) -> bool:
     """Run one handler (begun at ``start``) under its watch's timeout (no cancel scope when there is none).
     True if it completed, False if it was interrupted by the daemon: the connection was lost (the watch fires
-    again after the reconnect) or stalled while it ran (its timeout or error is not the domain's fault).
+    again after the reconnect), stalled while it ran, or is silent as it ends (its timeout or error is not the
+    domain's fault: see :func:`not_its_doing`).
     Raises HandlerFailed."""
     if event.initial and not watch.initial:
         return True
@@ -98,7 +109,7 @@ async def call_handler(ctx: DomainContext, watch: Watch, event: WatchEvent, star
                     watch.abandoned += 1  # trio cannot stop a thread: it runs on, still holding its pool slot
                 raise HandlerTimeout(f"handler of {watch.name!r} overran its timeout of {watch.timeout:g} s")
     except Exception as exc:
-        if is_connection_loss(exc) or excused_since(ctx, start):
+        if await not_its_doing(ctx, exc, start):
             return False
         raise HandlerFailed(exc, f"handler of {watch.name!r} for {event.path}") from exc
     return True
@@ -118,7 +129,7 @@ async def call_hook(ctx: DomainContext, hook: Hook, what: str) -> None:
     try:
         await hook(ctx)
     except Exception as exc:
-        if is_connection_loss(exc) or excused_since(ctx, start):
+        if await not_its_doing(ctx, exc, start):
             return
         raise HandlerFailed(exc, what) from exc
 
@@ -133,7 +144,7 @@ async def run_task(
     try:
         await fn(*args)
     except Exception as exc:
-        if is_connection_loss(exc) or excused_since(ctx, start):
+        if await not_its_doing(ctx, exc, start):
             ctx.log.warning("task {} ended by xenstored ({!r}): not the domain's failure", what, exc)
             return
         raise HandlerFailed(exc, f"task {what}") from exc

@@ -37,6 +37,9 @@ class ConnectionSource(Protocol):
     def excused(self, domid: int, start: float) -> bool:
         """Was the connection stalled, or the loop blocked by another domain, since ``start``?"""
 
+    async def silenced(self) -> bool:
+        """Is the daemon silent now (requests pending, nothing received), for ``silent_after`` at least?"""
+
 
 TaskRunner = Callable[
     ["DomainContext", Callable[..., Awaitable[object]], tuple[Any, ...], str], Awaitable[None]

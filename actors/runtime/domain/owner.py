@@ -60,5 +60,8 @@ class ActorHost(Protocol):
 
     def excused(self, domid: int, start: float) -> bool: ...
 
+    async def silenced(self) -> bool:
+        """Is the daemon silent now (requests pending, nothing received), for ``silent_after`` at least?"""
+
     def state_changed(self, domid: int, old: State | None, new: State | None) -> None:
         """Every move of a domain actor's life (None: no actor), through :meth:`.life.Life.move`."""

@@ -237,15 +237,16 @@ class Inbox:
         self.drop("stopping", len(batch) - index)
 
     async def _handle_again(self, ctx: DomainContext, item: Envelope) -> None:
-        """An event whose handler the daemon interrupted (its connection lost, or stalled while it ran: not
-        the domain's fault): once the daemon answers again, the same event again; after a loss, the
-        reconnect's resync event stands for it."""
+        """An event whose handler the daemon interrupted (its connection lost, stalled or silent: not the
+        domain's fault): once the daemon answers again (a frame after the silence began), the same event
+        again; after a loss, the reconnect's resync event stands for it."""
         while True:
             xs = self.rt.connection
             if xs is None or xs.is_lost:
                 return
-            await xs.stalled.wait_value(False)
-            if xs.is_lost:  # a loss ends a stall too: then the reconnect's resync stands for the event
+            if xs.silent_since() is not None:
+                await xs.next_frame()
+            if xs.is_lost:  # a loss ends a silence too: then the reconnect's resync stands for the event
                 return
             now = trio.current_time()
             self.busy_since = now
