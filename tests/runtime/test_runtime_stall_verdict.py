@@ -117,7 +117,7 @@ async def test_a_handler_slow_on_its_own_while_the_daemon_answers_is_charged(
 
     for handler, timeout in ((reads_forever, 0.2), (Reads(own=2.0), 1.0)):
         async with scripted(daemon) as path, actors.connect(path) as xs, actors.open_runtime(xs) as rt:
-            rt.watch("/local/domain/{domid}/data", handler, timeout=timeout)  # noqa: ASYNC109
+            rt.watch("/local/domain/{domid}/data", handler, timeout=timeout)
             gate.delay = 0.03
             with trio.fail_after(30):
                 await until(lambda: DOMID in rt.domains and rt.domains[DOMID].failures)
