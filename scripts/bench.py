@@ -36,6 +36,10 @@ taking the parsed arguments and returning a JSON-able dict:
 - ``flood-cost``: the streaming daemon sends 200,000 events for one domain whose handler is blocked (``busy``),
   or which flood control throttled (``throttled``), beside a no-op handler (``noop``) in the same run: this
   process's CPU-seconds per event (target: at most 2 us for a busy or throttled domain).
+- ``stall``: a daemon stopped with SIGSTOP (5 s, then twelve times 2 s) while 20 domains are written every 10 ms
+  and their handlers (``timeout=1.0``, shorter than ``stall_after``) read their node, on the embedded and the C
+  xenstored: domains charged and failed (target: none), handlers cut short, every last value handled. In
+  ``scripts/bench_stall.py``.
 - ``stock-host``: the ``domains`` lifecycle with 100, 1,000 and 3,000 live domains, as libxl makes and destroys
   them (no mtwatch node), on the embedded xenstored (a process of its own) and Debian's C xenstored: a domain's
   time from its INTRODUCE to its actor running, and from its destruction to its actor gone (median ms; targets
@@ -76,6 +80,7 @@ import bench_flood_cost
 import bench_quota
 import bench_sandbox
 import bench_scale
+import bench_stall
 import bench_stock
 import bench_stream
 import bench_workers
@@ -265,6 +270,11 @@ async def flood_burst(args: argparse.Namespace) -> dict[str, object]:
 @scenario("flood-cost")
 async def flood_cost(args: argparse.Namespace) -> dict[str, object]:
     return await bench_flood_cost.flood_cost(size(args, 200_000, 2_000))
+
+
+@scenario("stall")
+async def stall(args: argparse.Namespace) -> dict[str, object]:
+    return await bench_stall.bench(args.quick)
 
 
 @scenario("stock-host")
