@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
     from .owner import ActorHost
+    from .registrations import Registrations
 
 __all__ = ["FloodGate"]
 
@@ -32,6 +33,7 @@ class Flooded(Protocol):
 
     domid: int
     rt: ActorHost
+    watches: Registrations
 
     @property
     def log(self) -> Logger: ...
@@ -102,7 +104,10 @@ class FloodGate:
 
     def throttle(self, actor: Flooded, nursery: trio.Nursery, reason: str, now: float) -> None:
         """Unwatch ``actor`` for a cool-down (a task in its incarnation's nursery), then watch it again: the
-        daemon's initial events are the resync."""
+        daemon's initial events are the resync. Its watches are muted at once, here on the reader's path:
+        the events of a burst already on their way (the rest of the chunk being read, and what the daemon
+        sends until it takes the UNWATCH) then cost the reader a lookup each, not an event's whole way."""
+        actor.watches.mute()
         cooldown = self.begin(now)
         actor.log.warning(
             "domain {} throttled ({}): its watches are off for {:.3g} s, then re-read",
@@ -140,15 +145,17 @@ class FloodGate:
             return False
         count = 0
         over = trio.Event()
+        probes: list[tuple[str, str]] = []
 
         def sink(event: WatchEvent) -> None:  # on the reader's path: a counter
             nonlocal count
             if not event.initial:
                 count += 1
-                if count > limit:
+                if count > limit and not over.is_set():
                     over.set()
+                    for _, token in probes:  # the verdict is in: the rest of the burst costs a lookup each
+                        xs.mute_watch(token)
 
-        probes: list[tuple[str, str]] = []
         try:
             for watch in actor.rt.domain_watches():
                 path, token = watch.path(actor.domid), f"mtw/{actor.domid}/probe/{watch.id}"

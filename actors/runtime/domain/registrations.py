@@ -104,6 +104,12 @@ class Registrations:
             self._free.set()
             self._free = None
 
+    def mute(self) -> None:
+        """Deliver no more events of any watch at once (no round trip: callable from the connection's reader
+        task); :meth:`detach` unregisters them next."""
+        for xs, _, token in self._registered.values():
+            xs.mute_watch(token)
+
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
         self._registered.clear()
