@@ -4,8 +4,10 @@ One guest writes 20,000 times over 900 paths in about 0.3 s (pipelined, from a p
 other domains are written every 10 ms; on the embedded xenstored and on Debian's C xenstored. Calm windows and
 burst windows alternate, so the calm p99 is measured in the same run, under the same load: ``burst`` runs from
 the burst's first write to 0.2 s after its last (the events it left queued), ``after`` from there to 1.5 s
-after it (the cool-down's end and the flooded domain's resync). Reported: the other domains' reader->handler
-p99 in each (target: burst and after within 1.5x of calm), their write->handler p99, the bursts' durations, throttles, and whether the flooded
+after it (the cool-down's end and the flooded domain's resync), and ``floor`` the same burst to paths nobody
+watches (the guest's and the daemon's load on the machine's CPUs without a single event for the runtime, from
+its first write to 0.2 s after its last). Reported: the other domains' reader->handler p99 in each (target:
+burst and after within 1.5x of calm), their write->handler p99, the bursts' durations, throttles, and whether the flooded
 domain's handler read the last value of every path after each burst (flood control is lossless).
 """
 
@@ -40,6 +42,7 @@ class Guest:
 
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
+        self.sent = 0  # bursts so far: the guest writes ``f"{burst}.{i}"`` in burst number ``burst``
         self._buffer = bytearray()
 
     async def line(self) -> str:
@@ -53,9 +56,10 @@ class Guest:
         self._buffer[:] = rest
         return line.decode()
 
-    async def burst(self) -> float:
+    async def burst(self, folder: str | None = None) -> float:
         assert self.proc.stdin is not None
-        await self.proc.stdin.send_all(b"go\n")
+        await self.proc.stdin.send_all(b"go\n" if folder is None else f"go {folder}\n".encode())
+        self.sent += 1
         return float(await self.line())
 
 
@@ -97,24 +101,32 @@ async def run_on(path: str, sizes: Burst) -> dict[str, object]:
                 nursery.start_soon(calm_writers, path, calm, stop)
                 await trio.sleep(0.5)
                 throttles = probe.throttles
-                for burst in range(sizes.bursts):
+                for _ in range(sizes.bursts):
                     probe.phase = "calm"
                     await trio.sleep(sizes.window)
                     probe.phase = "burst"
                     probe.seen.clear()
                     probe.seen_at.clear()
                     start = trio.current_time()
+                    number = guest.sent
                     durations.append(await guest.burst())
                     end = start + durations[-1]
                     await trio.sleep(TAIL)
                     probe.phase = "after"
                     await trio.sleep(sizes.window - TAIL)
-                    final = final_values(sizes, burst, base)
+                    final = final_values(sizes, number, base)
                     if all(probe.seen.get(p) == v for p, v in final.items()):
                         seen_after.append(round(max(0.0, max(probe.seen_at[p] for p in final) - end), 3))
                     else:
                         seen_after.append(None)
-                    probe.phase = "settle"  # not counted: back to calm before the next calm window
+                    probe.phase = "settle"  # not counted: back to calm before the next window
+                    await trio.sleep(0.3)
+                    # The floor: the same burst to paths nobody watches (the guest's and the daemon's work,
+                    # competing for the machine's CPUs, without one event for the runtime).
+                    probe.phase = "floor"
+                    await guest.burst(f"/local/domain/{FLOODED}/unwatched")
+                    await trio.sleep(TAIL)
+                    probe.phase = "settle"
                     await trio.sleep(0.3)
                 stop.set()
         finally:
@@ -128,6 +140,7 @@ async def run_on(path: str, sizes: Burst) -> dict[str, object]:
     calm_p99 = p99(probe.latency.get("calm", []))
     burst_p99 = p99(probe.latency.get("burst", []))
     after_p99 = p99(probe.latency.get("after", []))
+    floor_p99 = p99(probe.latency.get("floor", []))
     ordered = sorted(durations)
     return {
         "others": sizes.others,
@@ -142,6 +155,9 @@ async def run_on(path: str, sizes: Burst) -> dict[str, object]:
         "after_samples": len(probe.latency.get("after", [])),
         "after_p99_reader_to_handler_ms": after_p99,
         "after_p99_ratio_to_calm": round(after_p99 / calm_p99, 2) if calm_p99 and after_p99 else None,
+        "floor_samples": len(probe.latency.get("floor", [])),
+        "floor_p99_reader_to_handler_ms": floor_p99,
+        "floor_p99_ratio_to_calm": round(floor_p99 / calm_p99, 2) if calm_p99 and floor_p99 else None,
         "calm_p99_write_to_handler_ms": p99(probe.write_to_handler.get("calm", [])),
         "burst_p99_write_to_handler_ms": p99(probe.write_to_handler.get("burst", [])),
         "after_p99_write_to_handler_ms": p99(probe.write_to_handler.get("after", [])),
@@ -155,7 +171,7 @@ async def run_on(path: str, sizes: Burst) -> dict[str, object]:
 
 async def bench(quick: bool) -> dict[str, object]:
     if quick:
-        sizes = Burst(writes=1000, paths=90, others=5, bursts=1, window=0.5)
+        sizes = Burst(writes=3000, paths=90, others=5, bursts=1, window=0.5)
     else:
         sizes = Burst(writes=20_000, paths=900, others=20, bursts=5, window=1.5)
     result: dict[str, object] = {"writes": sizes.writes, "paths": sizes.paths}

@@ -197,3 +197,30 @@ def test_workers_every_case_reports_whether_the_runtime_survived_and_what_was_ch
     cost = section(workers, "call_cost")
     for kind in ("inline", "thread", "process"):
         assert set(section(cost, kind)) == {"p50_ms", "p99_ms"}
+
+
+def test_flood_burst_measures_calm_and_burst_in_one_run_on_both_daemons(report: dict[str, object]) -> None:
+    burst = section(report, "flood-burst")
+    for daemon in ("embedded", "cxenstored"):
+        figures = section(burst, daemon)
+        if "unavailable" in figures:
+            continue
+        assert figures["calm_samples"] and figures["burst_samples"], daemon  # both measured, side by side
+        for key in ("calm_p99_reader_to_handler_ms", "burst_p99_reader_to_handler_ms"):
+            assert isinstance(figures[key], float) and figures[key] > 0, (daemon, key)
+        assert isinstance(figures["throttles"], int), daemon
+        seen = figures["final_values_seen_after_s"]
+        assert isinstance(seen, list) and len(seen) == figures["bursts"], daemon
+        assert all(value is not None for value in seen), (daemon, seen)  # lossless: every last value read
+
+
+def test_stall_counts_what_a_stopped_daemon_costs_the_domains(report: dict[str, object]) -> None:
+    stall = section(report, "stall")
+    for daemon in ("embedded", "cxenstored"):
+        figures = section(stall, daemon)
+        if "unavailable" in figures:
+            continue
+        after = section(figures, "after_all_stops")
+        assert set(after) >= {"domains_charged", "domains_failed", "cut_short", "last_value_handled"}
+        assert after["last_value_handled"] == after["domains"], (daemon, after)
+        assert after["domains_charged"] == 0 and after["domains_failed"] == 0, (daemon, after)
