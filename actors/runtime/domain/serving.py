@@ -14,7 +14,7 @@ from ..._log import logger
 from ...xs.coalesce import Interrupted
 from ...xs.subscription import WatchEvent
 from ..watch_rules import Watch
-from .calls import HandlerFailed, call_handler, excused_since, is_connection_loss
+from .calls import HandlerFailed, call_handler, not_its_doing
 from .context import DomainContext, State
 from .floodgate import Flooded, FloodGate
 from .life import ACCEPTING
@@ -276,7 +276,7 @@ class Inbox:
         except Exception as exc:
             if message.reply is not None:
                 message.reply.fail(exc)
-            if is_connection_loss(exc) or excused_since(ctx, self.busy_since or 0.0):
+            if await not_its_doing(ctx, exc, self.busy_since or 0.0):
                 return
             raise HandlerFailed(exc, "message handler") from exc
         else:
