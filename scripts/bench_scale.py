@@ -16,7 +16,10 @@ from pathlib import Path
 
 import trio
 
+# The package faces are lazy: the runtime's modules are loaded here, not inside the first measured start, where
+# their import would count as the actors' time and memory.
 import actors
+import actors.runtime.runtime
 from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
 
 HERE = Path(__file__).resolve()
