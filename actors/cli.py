@@ -286,8 +286,8 @@ def _stack(args: argparse.Namespace) -> int:
     from .agent.forensics import format_stacks
 
     answer = _ask(args, {"op": "stack", "domid": args.domid})
-    if answer is None:
-        return Exit.NO_DAEMON
+    if isinstance(answer, Exit):
+        return answer
     if not answer.get("ok"):
         print(f"mtwatch stack: {answer.get('error')}", file=sys.stderr)
         return Exit.DEGRADED

@@ -3,10 +3,8 @@ lines ``mtwatch status`` prints and the word ``mtwatch top`` adds to each domain
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client.core import GaugeMetricFamily
 
 from ..runtime.quota import QuotaReport
 
