@@ -279,7 +279,9 @@ class Metrics:
         text = "At most this many worker processes (worker_processes)."
         yield _head("workers_max", "gauge", text) + _sample("workers_max", "gauge", (), pool.size)
         text = "Worker processes killed or dead, and so replaced."
-        yield _head("workers_replaced", "counter", text) + _sample("workers_replaced", "counter", (), pool.replaced)
+        yield _head("workers_replaced", "counter", text) + _sample(
+            "workers_replaced", "counter", (), pool.replaced
+        )
         text = "A domain's worker killed past its timeout (timeout), out of memory (memory) or dead (SIGSEGV, ...)."
         yield _head("worker_deaths", "counter", text) + "".join(
             _sample("worker_deaths", "counter", (("domid", str(domid)), ("reason", reason)), count)
