@@ -12,10 +12,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from . import __version__
-from .agent import DEFAULT_CONTROL
+from .agent import DEFAULT_CONTROL, DEFAULT_ROWS
 from .agent.exits import Exit, epilog
 from .demo import demo_arguments
 from .xs.errors import XenStoreError
@@ -37,6 +35,23 @@ def _control(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="the agent's control socket (default %(default)s)",
     )
     return _common(p)
+
+
+def _asking(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the agent's answer (default %(default)g; past it: exit 4, busy)",
+    )
+    return _control(p)
+
+
+def _rows(p: argparse.ArgumentParser, text: str) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--rows", type=int, metavar="N", help=text)
+    which.add_argument("--all", action="store_true", help="every domain")
 
 
 def _xenstore(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the configuration (every error, with its line) and print the rules; exit 0 or 78",
     )
     agent.set_defaults(control=None)  # None: the configuration's [control] socket
-    status = _control(sub.add_parser("status", help="the agent's health and domains (exit 0/1/2/3)"))
+    status = _asking(sub.add_parser("status", help="the agent's health and domains (exit 0/1/2/3/4)"))
     status.add_argument("--json", action="store_true", help="print the agent's status document as JSON")
-    _control(sub.add_parser("domains", help="the domain table, plain (for scripts)"))
+    _rows(status, f"rows of the table, trouble first (default {DEFAULT_ROWS})")
+    _rows(
+        _asking(sub.add_parser("domains", help="the domain table, plain (for scripts)")), "rows (default all)"
+    )
     top = _control(sub.add_parser("top", help="a live view of the agent's domains (q quits)"))
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    stack = _control(sub.add_parser("stack", help="where each task of a domain waits now, and for how long"))
+    _rows(top, "rows asked for at each refresh, trouble first (default 500)")
+    stack = _asking(sub.add_parser("stack", help="where each task of a domain waits now, and for how long"))
     stack.add_argument("domid", type=int, help="the domain")
     contrib = _common(
         sub.add_parser("contrib", help="print the Grafana dashboard or the Prometheus alert rules")
@@ -84,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     contrib.add_argument(
         "what", choices=sorted(CONTRIB), help="grafana (dashboard JSON) or alerts (rules YAML)"
     )
-    reset = _control(sub.add_parser("reset", help="give failed domains a fresh start"))
+    reset = _asking(sub.add_parser("reset", help="give failed domains a fresh start"))
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("domid", nargs="?", type=int, help="the failed domain")
     which.add_argument("--all-failed", action="store_true", help="every failed domain")
@@ -139,6 +158,8 @@ def _agent(args: argparse.Namespace) -> int:
         print_check(config, sys.stdout)
         return Exit.OK
     configure_logging(config.log_format, config.log_level)
+    import trio
+
     try:
         return trio.run(run_agent, config, overrides)
     except KeyboardInterrupt:  # SIGINT before the signal receiver was in place
@@ -187,6 +208,7 @@ def _rules(args: argparse.Namespace) -> int:
     config = _config("rules test", args.config)
     if isinstance(config, Exit):
         return config
+    import trio
     from loguru import logger
 
     logger.remove()  # what the rules print is the report; the runtime's own warnings go to stderr
@@ -205,23 +227,35 @@ def _rules(args: argparse.Namespace) -> int:
     return Exit.OK if runs and all(run.ok for run in runs) else Exit.DEGRADED
 
 
-def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
-    from .agent.control import ControlUnavailable, ask
+def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | Exit:
+    """The agent's answer, or the exit status that says why there is none: busy (4) or no agent (3)."""
+    from .agent.control import AgentBusy, ControlUnavailable, ask
 
+    if args.timeout <= 0:
+        print(f"mtwatch {args.command}: --timeout must be positive", file=sys.stderr)
+        return Exit.USAGE
     try:
-        return ask(args.control, request)
+        return ask(args.control, request, timeout=args.timeout)
+    except AgentBusy as exc:
+        print(f"mtwatch {args.command}: {exc}", file=sys.stderr)
+        return Exit.AGENT_BUSY
     except ControlUnavailable as exc:
         print(f"mtwatch {args.command}: {exc}", file=sys.stderr)
-        return None
+        return Exit.NO_DAEMON
 
 
 def _status(args: argparse.Namespace) -> int:
     from .agent import status
     from .agent.quotas import quota_lines
 
-    doc = _ask(args, {"op": "status"})
-    if doc is None:
-        return Exit.NO_DAEMON
+    if args.rows is not None and args.rows < 0:
+        print(f"mtwatch {args.command}: --rows must not be negative", file=sys.stderr)
+        return Exit.USAGE
+    default = None if args.command == "domains" else DEFAULT_ROWS
+    limit = None if args.all else (args.rows if args.rows is not None else default)
+    doc = _ask(args, {"op": "status", "limit": limit})
+    if isinstance(doc, Exit):
+        return doc
     table = [line for _, line in status.rows(doc)]
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -238,8 +272,8 @@ def _status(args: argparse.Namespace) -> int:
 def _reset(args: argparse.Namespace) -> int:
     request = {"op": "reset", "failed": True} if args.all_failed else {"op": "reset", "domid": args.domid}
     answer = _ask(args, request)
-    if answer is None:
-        return Exit.NO_DAEMON
+    if isinstance(answer, Exit):
+        return answer
     if not answer.get("ok"):
         print(f"mtwatch reset: {answer.get('error')}", file=sys.stderr)
         return Exit.DEGRADED
@@ -252,8 +286,8 @@ def _stack(args: argparse.Namespace) -> int:
     from .agent.forensics import format_stacks
 
     answer = _ask(args, {"op": "stack", "domid": args.domid})
-    if answer is None:
-        return Exit.NO_DAEMON
+    if isinstance(answer, Exit):
+        return answer
     if not answer.get("ok"):
         print(f"mtwatch stack: {answer.get('error')}", file=sys.stderr)
         return Exit.DEGRADED
@@ -278,7 +312,10 @@ def _top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("mtwatch top: --interval must be positive", file=sys.stderr)
         return Exit.USAGE
-    return run_top(args.control, args.interval)
+    if args.rows is not None and args.rows < 0:
+        print("mtwatch top: --rows must not be negative", file=sys.stderr)
+        return Exit.USAGE
+    return run_top(args.control, args.interval, None if args.all else (args.rows or 500))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -290,6 +327,8 @@ def _demo(args: argparse.Namespace) -> int:
 async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
     """Run ``fn()`` until it returns or SIGINT/SIGTERM, which ends it with one line, the last (written once
     ``fn`` is cancelled, so that nothing it logs on its way out comes after)."""
+    import trio
+
     received: list[int] = []
     async with trio.open_nursery() as nursery:
 
@@ -308,6 +347,8 @@ async def _until_signal(name: str, fn: Callable[[], Awaitable[object]]) -> None:
 
 
 def _domain(args: argparse.Namespace) -> int:
+    import trio
+
     from . import toolstack
     from .runtime.lifecycle.mtwatch import MtwatchSource
     from .runtime.lifecycle.protocol import MTWATCH_ROOT

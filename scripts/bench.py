@@ -15,6 +15,13 @@ taking the parsed arguments and returning a JSON-able dict:
   process, every actor with one watch, beside as many bare trio tasks each owning a nursery and a memory
   channel (the floor), each side in a fresh process: time until all run, memory per actor (RSS, and the Python
   heap by tracemalloc in a second pass), time to leave. The mtwatch tree and the stock-host lifecycle.
+  Beside it (``loop_lateness``), at 1,000 and 32,751 domains: the runtime on a connection the caller keeps
+  with a 1 ms ticker in its loop, the ticker's worst lateness and the seconds of each phase: start, a full
+  status/metrics snapshot (as the agent builds them), 500 retire+announce, leave; and reading one domain.
+- ``agent``: ``mtwatch agent`` (one ``run`` rule, no guest activity) on the embedded xenstored with 1,000,
+  10,000 and 32,751 domains (``--agent-domains``): time to healthy, idle CPU over 10 s, one /metrics scrape
+  (time, size), ``mtwatch status`` (command and request), RSS, and a 1 ms ticker's worst lateness in the
+  agent's loop during each; beside the runtime alone on the same store. In ``scripts/bench_agent.py``.
 - ``costs``: what the watchdog and the per-domain nursery cost, side by side in one run: the runtime (4,000
   domains on the mtwatch tree) with and without the watchdog (time until all run, memory per actor) and the
   events-stream runtime consumer with and without it (events/s, per CPU-second); the floor's bare tasks with
@@ -74,6 +81,7 @@ import trio.lowlevel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
+import bench_agent
 import bench_flood as bench_flood_module
 import bench_flood_burst
 import bench_flood_cost
@@ -118,7 +126,17 @@ async def events_stream(args: argparse.Namespace) -> dict[str, object]:
 
 @scenario("scale")
 async def scale(args: argparse.Namespace) -> dict[str, object]:
-    return await bench_scale.scale(args.domains or size(args, 32_751, 50), args.quick)
+    count = args.domains or size(args, 32_751, 50)
+    result = await bench_scale.scale(count, args.quick)
+    sizes = sorted({size(args, 1_000, 20), count})
+    result["loop_lateness"] = await bench_scale.loop_lateness(sizes, size(args, 500, 10))
+    return result
+
+
+@scenario("agent")
+async def agent(args: argparse.Namespace) -> dict[str, object]:
+    sizes = args.agent_domains or ([30] if args.quick else [1_000, 10_000, 32_751])
+    return await bench_agent.agent(sizes, args.quick, args.per_domain)
 
 
 @scenario("costs")
@@ -311,5 +329,14 @@ if __name__ == "__main__":
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--domains", type=int, help="domains of the scale scenario (default 32,751)")
+    parser.add_argument(
+        "--agent-domains",
+        type=int,
+        nargs="*",
+        help="sizes of the agent scenario (default 1,000 10,000 32,751)",
+    )
+    parser.add_argument(
+        "--per-domain", choices=("all", "trouble", "none"), help="the agent's [metrics] per_domain"
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="run only these scenarios")
     print(json.dumps(trio.run(main, parser.parse_args()), indent=2))

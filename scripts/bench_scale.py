@@ -6,6 +6,7 @@ of bare trio tasks. Every measured side runs in a fresh process of its own (this
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -21,6 +23,7 @@ import trio
 import actors
 import actors.runtime.runtime
 from actors.runtime.lifecycle.protocol import MTWATCH_ROOT
+from actors.xs.wire import Op, join
 
 HERE = Path(__file__).resolve()
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -113,6 +116,168 @@ async def runtime(path: str, count: int, lifecycle: str, watchdog: bool = True) 
     return measures(count, up, cpu, rss1 - rss0, heap1 - heap0, time.perf_counter() - leave)
 
 
+class Ticker:
+    """A 1 ms ticker beside the measured code, in its process: how late each tick woke (wall clock: the loop held
+    by something else, or the process not scheduled on a loaded machine) and how much CPU the loop's thread
+    used between two ticks (the loop held by this process's own work, whatever the machine's load), by when the
+    tick began (``time.monotonic``, comparable across processes)."""
+
+    def __init__(self) -> None:
+        self.samples: list[
+            tuple[float, float, float]
+        ] = []  # (began, late, loop CPU), when either is > 0.5 ms
+        self.paused = False
+
+    async def run(self) -> None:
+        clock, cpu = time.monotonic, time.thread_time
+        while True:
+            if self.paused:
+                await trio.sleep(0.1)
+                continue
+            began, used = clock(), cpu()
+            await trio.sleep(0.001)
+            late, held = clock() - began - 0.001, cpu() - used
+            if late > 0.0005 or held > 0.0005:
+                self.samples.append((began, late, held))
+
+    def worst(self, start: float, end: float) -> dict[str, float]:
+        """The most late a tick that began within [start, end] was, and the most CPU the loop used between two
+        ticks, in milliseconds."""
+        within = [(late, held) for began, late, held in self.samples if start <= began <= end]
+        return {
+            "loop_late_max_ms": round(1000 * max((late for late, _ in within), default=0.0), 1),
+            "loop_held_max_ms": round(1000 * max((held for _, held in within), default=0.0), 1),
+        }
+
+
+class Collections:
+    """Every garbage collection in this process (``gc.callbacks``): when it began, how long it took, its
+    generation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float, int]] = []
+        self._began = 0.0
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.monotonic()
+        else:
+            self.seen.append((self._began, time.monotonic() - self._began, info["generation"]))
+
+    def within(self, start: float, end: float) -> dict[str, float]:
+        """Seconds spent collecting, and the longest full (generation 2) collection, within [start, end]."""
+        inside = [(took, gen) for began, took, gen in self.seen if start <= began <= end]
+        return {
+            "gc_seconds": round(sum(took for took, _ in inside), 3),
+            "gc_full_max_ms": round(1000 * max((took for took, gen in inside if gen == 2), default=0.0), 1),
+        }
+
+
+class Phases:
+    """A 1 ms ticker and the collector's work, summed up per phase of a run."""
+
+    def __init__(self) -> None:
+        self.ticker = Ticker()
+        self.collections = Collections()
+        self.figures: dict[str, dict[str, float]] = {}
+        self._cpu = 0.0
+
+    def begin(self) -> float:
+        """A phase begins now: its start (``time.monotonic``)."""
+        self._cpu = time.process_time()
+        return time.monotonic()
+
+    def done(self, name: str, start: float) -> None:
+        """Phase ``name`` ran from ``start`` (what :meth:`begin` gave) until now."""
+        end = time.monotonic()
+        self.figures[name] = {
+            "seconds": round(end - start, 3),
+            "cpu_seconds": round(time.process_time() - self._cpu, 3),
+            **self.ticker.worst(start, end),
+            **self.collections.within(start, end),
+        }
+
+
+async def lateness(path: str, count: int, churn: int, freeze: bool = True) -> dict[str, object]:
+    """Issue 19's loop test: the runtime on a connection the caller keeps (the README's way), every domain with
+    one watch, a 1 ms ticker beside it; per phase, how late the ticker is, how much CPU the loop used between
+    two ticks, and the collector's share: start, a full snapshot as status/metrics/top take it, reading one
+    domain, ``churn`` domains retired and announced again, leaving. ``freeze`` False: without the runtime's
+    ``gc.freeze`` (``gc_freeze_at=None``), to measure what it changes."""
+    import actors.runtime.runtime  # (before the clock starts: a program imports once)
+    from actors.agent import status
+    from actors.agent.metrics import Metrics
+
+    describe: Any = status.describe
+    encode: Any = getattr(status, "encode", None)
+
+    async def noop(ctx: actors.DomainContext, event: actors.WatchEvent) -> None:
+        pass
+
+    phases = Phases()
+    options = {} if freeze else {"gc_freeze_at": None}
+    with phases.collections:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(phases.ticker.run)
+            async with actors.connect(path) as xs, actors.connect(path) as toolstack:
+                start = phases.begin()
+                async with actors.open_runtime(xs, **options) as rt:
+                    rt.watch("/local/domain/{domid}/data", noop)
+                    for domid in range(1, count + 1):
+                        await rt.wait_domain(domid, actors.State.RUNNING)
+                    phases.done("start", start)
+                    await trio.sleep(0.2)
+                    start = phases.begin()
+                    if encode is None:  # the agent before issue 22 (a "before" run on old code)
+                        json.dumps(describe(rt, started_at=0.0, xenstore=path), default=str)
+                        body = Metrics(rt).render()
+                    else:
+                        await encode(await describe(rt, started_at=0.0, xenstore=path, limit=None))
+                        body = await Metrics(rt).scrape()
+                    phases.done("snapshot", start)
+                    phases.figures["snapshot"]["metrics_bytes"] = len(body)
+                    one = time.perf_counter()
+                    for _ in range(100):
+                        rt.domains[count // 2]
+                    phases.figures["read_one_domain_us"] = {
+                        "mean": round((time.perf_counter() - one) * 1e4, 2)
+                    }
+                    await trio.sleep(0.2)
+                    start = phases.begin()
+                    await retire_and_announce(toolstack, rt, range(1, min(churn, count) + 1))
+                    phases.done("churn", start)
+                    await trio.sleep(0.2)
+                    start = phases.begin()
+                phases.done("leave", start)
+            nursery.cancel_scope.cancel()
+    gc_freeze_at = actors.RuntimeOptions().gc_freeze_at if freeze else None
+    return {"domains": count, "churn": min(churn, count), "gc_freeze_at": gc_freeze_at, **phases.figures}
+
+
+async def retire_and_announce(toolstack: actors.XenStore, rt: actors.Runtime, domids: range) -> None:
+    """The toolstack retires ``domids`` (pipelined), then announces them again; returns once all run again."""
+    pipe = toolstack.pipeline()
+    for domid in domids:
+        node = f"{MTWATCH_ROOT}/{domid}"
+        pipe.request(Op.RM, join(node), node)
+    await pipe.send()
+    for domid in domids:
+        await rt.wait_domain(domid, None)
+    pipe = toolstack.pipeline()
+    for domid in domids:
+        pipe.write(f"{MTWATCH_ROOT}/{domid}", f"uuid-{domid}")
+    await pipe.send()
+    for domid in domids:
+        await rt.wait_domain(domid, actors.State.RUNNING)
+
+
 def measures(
     count: int, up: float, cpu: float, rss_grown: int, heap_grown: int, leave: float
 ) -> dict[str, float]:
@@ -181,6 +346,26 @@ async def scale(count: int, quick: bool = False) -> dict[str, object]:
     return result
 
 
+async def loop_lateness(sizes: list[int], churn: int) -> dict[str, object]:
+    """The ``lateness`` child at each size, against the embedded xenstored in its own process."""
+    from bench_stream import daemon_process
+
+    result: dict[str, object] = {}
+    for count in sizes:
+        path = os.path.join(tempfile.mkdtemp(prefix="mtwl", dir="/tmp"), "socket")
+        async with daemon_process([sys.executable, "-m", "actors.xenstored", "--socket", path]):
+            await populate(path, count, "mtwatch")
+            result[str(count)] = json.loads(await child(["lateness", str(count), path, str(churn)]))
+            if count == max(sizes):  # the collector's share: the same without the runtime's gc.freeze
+                argv = ["lateness", str(count), path, str(churn), "--no-freeze"]
+                result[f"{count}_without_gc_freeze"] = json.loads(await child(argv))
+    result["targets"] = {
+        "loop_late_max_ms": "<= 20 in every phase (on a loaded machine: loop_held_max_ms, the loop's own CPU)",
+        "leave_seconds": "<= 2",
+    }
+    return result
+
+
 async def costs(count: int, events: int, quick: bool = False) -> dict[str, object]:
     """What the watchdog and the per-domain nursery cost, side by side in one run.
 
@@ -237,9 +422,12 @@ def main(argv: list[str]) -> None:
     if "--tracemalloc" in argv:
         argv.remove("--tracemalloc")
         tracemalloc.start()
-    flags = {"--no-watchdog", "--no-nursery"} & set(argv)
+    flags = {"--no-watchdog", "--no-nursery", "--no-freeze"} & set(argv)
     argv = [arg for arg in argv if arg not in flags]
     kind, count = argv[0], int(argv[1])
+    if kind == "lateness":
+        print(json.dumps(trio.run(lateness, argv[2], count, int(argv[3]), "--no-freeze" not in flags)))
+        return
     if kind == "floor":
         out = trio.run(floor, count, "--no-nursery" not in flags)
     else:

@@ -132,7 +132,7 @@ async def run_case(isolation: str, fault: str, calm: float, seconds: float, fold
         probe.phase = "after"
         rss["fault_mb"] = round(rss_mb(), 1)
         rss["peak_mb"] = round(rss_mb("VmHWM"), 1)
-        domains = rt.domains
+        domains = dict(rt.domains)  # a snapshot: read after the runtime has left (rt.domains is a live view)
         workers = rt.workers
         nursery.cancel_scope.cancel()
     result: dict[str, object] = {"runtime": "up"}

@@ -6,3 +6,4 @@ logs), and what talks to it: ``mtwatch status``/``domains``/``top``/``reset``. T
 from .. import _log  # noqa: F401  (actors loggers off until the application enables them)
 
 DEFAULT_CONTROL = "/run/mtwatch/control"  # the control socket's path unless configured
+DEFAULT_ROWS = 50  # rows of `mtwatch status` (trouble first) unless --rows or --all say otherwise

@@ -37,6 +37,8 @@ __all__ = ["DEFAULT_CONTROL", "Config", "ConfigError", "ConfigPermissionError", 
 
 LIFECYCLES = ("auto", "mtwatch", "domains")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+PerDomain = Literal["all", "trouble", "none"]
+PER_DOMAIN: tuple[PerDomain, ...] = ("all", "trouble", "none")  # [metrics] per_domain: who gets series
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class Config:
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics: Listen | None = None
+    metrics_per_domain: PerDomain = "all"  # which domains get per-domain series: all, trouble, none
     control: str | None = None  # None: DEFAULT_CONTROL, skipped with a warning where it cannot be made
     python_path: tuple[str, ...] = ()
     watches: tuple[WatchRule, ...] = ()
@@ -125,7 +128,7 @@ _SECTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
         "backoff_max": ("number", _R.backoff_max, False),
     },
     "log": {"format": ("choice", "text", ("text", "json")), "level": ("string", "INFO")},
-    "metrics": {"listen": ("string", None)},
+    "metrics": {"listen": ("string", None), "per_domain": ("choice", "all", PER_DOMAIN)},
     "control": {"socket": ("string", None)},
     "handlers": {"path": ("strings",)},
 }
@@ -229,6 +232,7 @@ def _values(
         "log_format": "json" if overrides.log_json else v["log"]["format"],
         "log_level": problems.take("INFO", _log_level, v, overrides),
         "metrics": problems.take(None, _metrics, v, overrides),
+        "metrics_per_domain": v["metrics"]["per_domain"],
         "control": overrides.control or control,
         "python_path": python_path,
         "watches": problems.take((), _rules, top, fresh, problems),

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -22,8 +23,10 @@ from loguru import logger
 from ..xenstored.sockets import SocketInUse, take_socket_path
 
 __all__ = [
+    "AgentBusy",
     "ControlInUse",
     "ControlUnavailable",
+    "Encoded",
     "Request",
     "ask",
     "bind_control",
@@ -34,11 +37,22 @@ MAX_LINE = 1 << 20  # a status of thousands of domains fits; longer is a broken 
 IDLE_TIMEOUT = 300.0
 MAX_CLIENTS = 16
 Request = dict[str, Any]
-Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+class Encoded(bytes):
+    """A response a handler encoded itself (one line of JSON, newline included): sent as it is."""
+
+
+Handler = Callable[[Request], Awaitable[dict[str, Any] | Encoded]]
 
 
 class ControlUnavailable(Exception):
-    """No agent answers on the control socket (absent, refused, not allowed, or it did not answer in time)."""
+    """No agent answers on the control socket (absent, refused, not allowed, or not an agent)."""
+
+
+class AgentBusy(ControlUnavailable):
+    """An agent is there (it took the connection, or answered part of the response) but did not answer in
+    time: alive and busy, never to be reported as absent."""
 
 
 class ControlInUse(OSError):
@@ -85,7 +99,9 @@ def unlink_if_ours(path: str, made: tuple[int, int]) -> None:
             os.unlink(path)
 
 
-def _reply(obj: dict[str, Any]) -> bytes:
+def _reply(obj: dict[str, Any] | Encoded) -> bytes:
+    if isinstance(obj, Encoded):
+        return bytes(obj)
     return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
 
 
@@ -121,7 +137,7 @@ async def _send(stream: trio.SocketStream, data: bytes) -> bool:
     return False
 
 
-async def _answer(line: bytes, handle: Handler) -> dict[str, Any]:
+async def _answer(line: bytes, handle: Handler) -> dict[str, Any] | Encoded:
     try:
         request = json.loads(line)
     except ValueError as exc:
@@ -155,8 +171,6 @@ def _unavailable(path: str, exc: BaseException) -> ControlUnavailable:
         return ControlUnavailable(f"no agent at {path} (is `mtwatch agent` running?)")
     if isinstance(exc, PermissionError):
         return ControlUnavailable(f"{path}: permission denied (the control socket is root's)")
-    if isinstance(exc, TimeoutError):
-        return ControlUnavailable(f"{path}: the agent did not answer in time")
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return ControlUnavailable(f"{path}: {reason}")
 
@@ -181,18 +195,32 @@ class Connection:
         self._buffer = bytearray()
 
     def ask(self, request: Request) -> dict[str, Any]:
-        """The response to ``request``; ControlUnavailable (and the connection closed) on failure."""
+        """The response to ``request`` within ``timeout`` seconds; :class:`AgentBusy` if the agent took the
+        connection but did not answer in time, ControlUnavailable on any other failure (either way the
+        connection is closed)."""
+        connected = False
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self._sock.settimeout(self.timeout)
                 self._sock.connect(self.path)
+            connected = True
+            deadline = time.monotonic() + self.timeout
             self._sock.sendall(_reply(request))
             while b"\n" not in self._buffer:
-                chunk = self._sock.recv(65536)
+                self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = self._sock.recv(1 << 20)
                 if not chunk:
                     raise ConnectionResetError(errno.ECONNRESET, "the agent closed the connection")
                 self._buffer += chunk
+        except TimeoutError:
+            self.close()
+            # Either way something listens there (nobody would refuse at once): an agent whose loop is busy.
+            what = "did not answer" if connected else "did not take the connection"
+            raise AgentBusy(
+                f"{self.path}: the agent is there but {what} within {self.timeout:g} s (busy; --timeout waits"
+                " longer)"
+            ) from None
         except OSError as exc:
             self.close()
             raise _unavailable(self.path, exc) from None

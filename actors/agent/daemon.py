@@ -26,15 +26,16 @@ from ..runtime.domain.context import State
 from ..runtime.runtime import Runtime, open_runtime
 from ..xs.client import XenStore, connect
 from ..xs.errors import XenStoreUnavailable
+from . import DEFAULT_ROWS
 from .config import Config, ConfigError, Overrides, load_config
-from .control import ControlInUse, bind_control, serve_control, unlink_if_ours
+from .control import ControlInUse, Encoded, bind_control, serve_control, unlink_if_ours
 from .exits import Exit
 from .forensics import add_busy_stacks, stack_answer
 from .logs import configure_logging
 from .metrics import Metrics, listener_addresses, serve_metrics
 from .notify import Notifier, monotonic_usec
 from .rules import RuleSet
-from .status import describe, health
+from .status import describe, encode, health
 
 __all__ = ["Agent", "Fatal", "run_agent"]
 
@@ -176,7 +177,7 @@ class Agent:
         control: socket.socket | None,
         listeners: list[trio.SocketListener],
     ) -> None:
-        self.metrics = Metrics(rt)
+        self.metrics = Metrics(rt, self.config.metrics_per_domain)
         if listeners:
             await nursery.start(serve_metrics, self.metrics, listeners)
             urls = ", ".join(f"http://{a}/metrics" for a in listener_addresses(listeners))
@@ -218,24 +219,43 @@ class Agent:
         self.notifier.notify(READY=1, STATUS=health(rt)[1])
 
     async def _status_loop(self, rt: Runtime) -> None:
+        """STATUS= whenever the health's text changed, looked at every STATUS_INTERVAL; the health is computed
+        again only when what it is made of moved (the kept counts, the connection, readiness, a stall)."""
+        last_key: object = None
         last = None
         while True:
-            text = health(rt)[1]
-            if text != last:
-                self.notifier.notify(STATUS=text)
-                last = text
+            xs = rt.connection
+            key = (
+                rt.census.version,
+                rt.connected.value,
+                rt.ready.is_set(),
+                xs,
+                xs is not None and xs.stalled.value,
+            )
+            if key != last_key:
+                last_key = key
+                text = health(rt)[1]
+                if text != last:
+                    self.notifier.notify(STATUS=text)
+                    last = text
             await trio.sleep(STATUS_INTERVAL)
 
     # -- the control socket ----------------------------------------------------------------------------------
 
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any] | Encoded:
         """One control request (see :mod:`actors.agent.control`)."""
         rt = self.rt
         assert rt is not None
         if request["op"] == "status":
-            doc = describe(rt, started_at=self.started_at, xenstore=self.config.xenstore_text)
-            add_busy_stacks(doc, rt)
-            return {**doc, "latency": self.metrics.latency_summary() if self.metrics is not None else None}
+            limit = request.get("limit", DEFAULT_ROWS)
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+                return {"ok": False, "error": '"limit" is a number of rows (0 or more), or null for all'}
+            doc = await describe(
+                rt, started_at=self.started_at, xenstore=self.config.xenstore_text, limit=limit
+            )
+            await add_busy_stacks(doc, rt)
+            doc["latency"] = self.metrics.latency_summary() if self.metrics is not None else None
+            return Encoded(await encode(doc))
         if request["op"] == "reset":
             return self._reset(rt, request)
         if request["op"] == "stack":
@@ -245,7 +265,7 @@ class Agent:
     def _reset(self, rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
         domains = rt.domains
         if request.get("failed") is True:
-            domids = [d for d, snap in domains.items() if snap.state is State.FAILED]
+            domids = sorted(rt.census.members(State.FAILED))
         else:
             domid = request.get("domid")
             if not isinstance(domid, int) or isinstance(domid, bool):
@@ -297,6 +317,9 @@ class Agent:
                 ", ".join(needs_restart),
             )
         assert self.rules is not None and self.rt is not None
+        if self.metrics is not None and new.metrics_per_domain != old.metrics_per_domain:
+            self.metrics.per_domain = new.metrics_per_domain
+            logger.info("reload: per-domain metrics now for {} domains", new.metrics_per_domain)
         added, removed = self.rules.apply(new.watches)
         for rule in removed:
             logger.info("reload: removed rule {!r}", rule.label)
@@ -316,7 +339,12 @@ class Agent:
         )
         # What a restart would apply stays as it runs; the rest is the new file.
         self.config = dataclasses.replace(
-            old, source=new.source, log_format=new.log_format, log_level=new.log_level, watches=new.watches
+            old,
+            source=new.source,
+            log_format=new.log_format,
+            log_level=new.log_level,
+            watches=new.watches,
+            metrics_per_domain=new.metrics_per_domain,
         )
         return True
 

@@ -26,6 +26,7 @@ class Exit(enum.IntEnum):
     )
     USAGE = 2, "bad command line; status: not connected to xenstored, or not ready"
     NO_DAEMON = 3, "no agent answers on the control socket; domain: xenstored unreachable"
+    AGENT_BUSY = 4, "an agent is there (it took the connection) but did not answer in time (--timeout)"
     SOFTWARE = 70, "internal error (a bug: the log has the traceback)"
     TEMPFAIL = 75, "the metrics address or the control socket is in use or not available"
     NOPERM = 77, "permission denied (xenstored socket, xenbus, metrics port, control socket, config file)"

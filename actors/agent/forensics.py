@@ -9,6 +9,7 @@ import trio
 
 from ..runtime.domain.messages import DomainNotRunning
 from ..runtime.domain.stacks import DomainStacks, TaskStack
+from ..runtime.slices import in_slices
 from .status import BUSY_NOTABLE, format_seconds
 
 if TYPE_CHECKING:
@@ -42,13 +43,14 @@ def stack_answer(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": str(exc)}
 
 
-def add_busy_stacks(doc: dict[str, Any], rt: Runtime) -> None:
+async def add_busy_stacks(doc: dict[str, Any], rt: Runtime) -> None:
     """``doc["stacks"]``: every domain whose handler has been busy for more than half its watch's timeout
     (more than BUSY_NOTABLE seconds for a watch without one), with all its tasks' stacks. Only busy domains
-    are looked at (``busy_since``), so a status of many idle domains costs nothing more."""
+    are looked at (``busy_since``) for their stacks; finding them reads every domain, in slices that give the
+    loop back (32,751 domains are a tenth of a second of the loop's time)."""
     now = trio.current_time()
     found = []
-    for domid, snapshot in sorted(rt.domains.items()):
+    async for domid, snapshot in in_slices(rt.domains.items()):
         if snapshot.busy_since is None:
             continue
         busy = now - snapshot.busy_since
@@ -60,7 +62,7 @@ def add_busy_stacks(doc: dict[str, Any], rt: Runtime) -> None:
         limit = BUSY_NOTABLE if handler is None or handler.timeout is None else handler.timeout / 2
         if busy > limit:
             found.append({**_domain(stacks), "busy": round(busy, 3)})
-    doc["stacks"] = found
+    doc["stacks"] = sorted(found, key=lambda d: d["domid"])
 
 
 def format_stacks(answer: dict[str, Any]) -> str:

@@ -1,60 +1,17 @@
-"""The agent's face of quota telemetry (``rt.quotas``): the metric families, the status document's part, the
+"""The agent's face of quota telemetry (``rt.quotas``): the status document's part, the
 lines ``mtwatch status`` prints and the word ``mtwatch top`` adds to each domain."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client.core import GaugeMetricFamily
 
 from ..runtime.quota import QuotaReport
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["QuotaCollector", "add_quota", "quota_labels", "quota_lines", "quota_trouble"]
-
-
-class QuotaCollector:
-    """``mtwatch_xenstore_quota_used{domid,resource}``, ``..._limit{domid,resource}``, the threshold and the
-    telemetry's state, read from ``rt.quotas`` at every scrape."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        report = self.rt.quotas
-        used = GaugeMetricFamily(
-            "mtwatch_xenstore_quota_used",
-            "A domain's use of a XenStore quota, as xenstored reported it at the last quota round.",
-            labels=["domid", "resource"],
-        )
-        limit = GaugeMetricFamily(
-            "mtwatch_xenstore_quota_limit",
-            "A domain's XenStore quota (its limit), as xenstored reported it at the last quota round.",
-            labels=["domid", "resource"],
-        )
-        for domid, quota in sorted(report.domains.items()):
-            for resource, value in quota.used.items():
-                used.add_metric([str(domid), resource], value)
-            for resource, value in quota.limit.items():
-                limit.add_metric([str(domid), resource], value)
-        threshold = GaugeMetricFamily(
-            "mtwatch_xenstore_quota_threshold",
-            "The share of a quota at which a domain is reported (quota_threshold).",
-        )
-        threshold.add_metric([], report.threshold)
-        state = GaugeMetricFamily(
-            "mtwatch_xenstore_quota_state",
-            "1 for how quotas are read: off, unknown (no round yet), cxenstored, oxenstored (nodes only), unsupported.",
-            labels=["state"],
-        )
-        state.add_metric([report.state], 1)
-        yield from (used, limit, threshold, state)
+__all__ = ["add_quota", "quota_labels", "quota_lines", "quota_trouble"]
 
 
 def _above(report: QuotaReport) -> list[dict[str, Any]]:

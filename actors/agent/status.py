@@ -1,25 +1,38 @@
 """What ``mtwatch status``, ``domains`` and ``top`` show: the agent's state as one JSON document (built in the
-agent, sent over the control socket), its health (also ``mtwatch status``'s exit status: 0 healthy, 1 degraded,
-2 not connected or not ready, 3 no agent), and the domain table."""
+agent by :func:`describe`, sent over the control socket), its health (also ``mtwatch status``'s exit status: 0
+healthy, 1 degraded, 2 not connected or not ready, 3 no agent, 4 the agent did not answer in time), and the
+domain table.
+
+The health and the summary come from the runtime's kept counts (``rt.census``): no walk over the domains. The
+document's rows are limited (``limit``, :data:`DEFAULT_ROWS` unless asked for all): the domains in trouble first
+(failed, throttled, backoff, stopping, starting), then the others by domid; building them, like encoding them,
+gives the loop back every few milliseconds (:func:`in_slices`), so that 32,751 rows never hold it.
+"""
 
 from __future__ import annotations
 
+import heapq
+import json
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .. import __version__
 from ..runtime.domain.context import DomainSnapshot, State
+from ..runtime.slices import in_slices
+from . import DEFAULT_ROWS
 from .exits import NOT_READY, Exit
 from .quotas import add_quota, quota_trouble
+
+_ENCODE_CHUNK = 256  # rows of a status document encoded in one turn of the loop
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
 
-__all__ = ["describe", "format_seconds", "health", "rows"]
+__all__ = ["DEFAULT_ROWS", "describe", "encode", "format_seconds", "health", "in_slices", "rows"]
 
 HEALTHY, DEGRADED = Exit.OK, Exit.DEGRADED
 _TROUBLE = {"failed": 0, "throttled": 1, "backoff": 2, "busy": 3, "stopping": 4, "starting": 5, "running": 6}
@@ -52,19 +65,19 @@ def _domain(d: DomainSnapshot, now: float) -> dict[str, Any]:
 
 
 def counts(rt: Runtime) -> str:
-    """``3 domains (2 running, 1 starting)``."""
-    states = Counter(d.state.value for d in rt.domains.values())
-    total = sum(states.values())
-    parts = ", ".join(f"{states[s.value]} {s.value}" for s in State if states.get(s.value))
+    """``3 domains (2 running, 1 starting)``, from the kept counts."""
+    by_state = rt.census.counts()
+    total = sum(by_state.values())
+    parts = ", ".join(f"{by_state[s]} {s.value}" for s in State if by_state[s])
     return f"{total} domain{'' if total == 1 else 's'}" + (f" ({parts})" if parts else "")
 
 
-def _few(domids: list[int]) -> str:
-    return ", ".join(map(str, domids[:10])) + (", ..." if len(domids) > 10 else "")
+def _few(domids: Iterable[int], count: int) -> str:
+    return ", ".join(map(str, heapq.nsmallest(10, domids))) + (", ..." if count > 10 else "")
 
 
 def health(rt: Runtime) -> tuple[Exit, str]:
-    """The agent's health code and a one-line reason."""
+    """The agent's health code and a one-line reason (from the kept counts: O(the domains in trouble))."""
     if not rt.connected.value:
         since = rt.disconnected_since
         how_long = "" if since is None else f" for {format_seconds(trio.current_time() - since)}"
@@ -72,11 +85,14 @@ def health(rt: Runtime) -> tuple[Exit, str]:
     if not rt.ready.is_set():
         return NOT_READY, f"connected, reading the registry; {counts(rt)}"
     stalled = rt.connection is not None and rt.connection.stalled.value
-    failed = sorted(domid for domid, d in rt.domains.items() if d.state is State.FAILED)
-    throttled = sorted(domid for domid, d in rt.domains.items() if d.throttled_since is not None)
+    census = rt.census
     trouble = [
-        f"{len(ids)} {what} ({_few(ids)})"
-        for what, ids in (("failed", failed), ("throttled", throttled), ("above a quota", quota_trouble(rt)))
+        f"{len(ids)} {what} ({_few(ids, len(ids))})"
+        for what, ids in (
+            ("failed", census.members(State.FAILED)),
+            ("throttled", census.throttled),
+            ("above a quota", quota_trouble(rt)),
+        )
         if ids
     ]
     if stalled:  # requests wait and nothing came back for stall_after seconds (past stall_limit: lost)
@@ -86,11 +102,50 @@ def health(rt: Runtime) -> tuple[Exit, str]:
     return HEALTHY, f"healthy: {counts(rt)}"
 
 
-def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]:
-    """The status document (JSON-ready): the agent, its connection and health, and every domain."""
+async def _trouble_first(rt: Runtime, limit: int | None) -> list[int]:
+    """The domids a document shows, at most ``limit`` (None: all): those in trouble, the worst first (failed,
+    throttled, backoff, stopping, starting) and by domid within each, then the others by domid. Only what is
+    shown is sorted: 32,751 domains starting at once are not sorted for a status of 50 rows."""
+    census = rt.census
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for ids in (
+        census.members(State.FAILED),
+        census.throttled,
+        census.members(State.BACKOFF),
+        census.members(State.STOPPING),
+        census.members(State.STARTING),
+    ):
+        room = None if limit is None else limit - len(chosen)
+        if room == 0:
+            return chosen
+        fresh = [domid for domid in ids if domid not in seen]  # (a throttled domain may be stopping too)
+        fresh = sorted(fresh) if room is None or room >= len(fresh) else heapq.nsmallest(room, fresh)
+        chosen += fresh
+        seen.update(fresh)
+    room = None if limit is None else limit - len(chosen)
+    if room == 0:
+        return chosen
+    trouble = census.trouble()
+    others = [domid async for domid in in_slices(rt.domains) if domid not in trouble]
+    return chosen + (sorted(others) if room is None else heapq.nsmallest(room, others))
+
+
+async def describe(
+    rt: Runtime, *, started_at: float, xenstore: str, limit: int | None = DEFAULT_ROWS
+) -> dict[str, Any]:
+    """The status document (JSON-ready): the agent, its connection and health, the domains by state, and
+    ``limit`` rows (None: every domain), trouble first. Gives the loop back while it builds the rows."""
     now = trio.current_time()
     code, reason = health(rt)
-    doc = {
+    census = rt.census
+    shown = await _trouble_first(rt, limit)
+    domains = rt.domains
+    table = []
+    async for domid in in_slices(shown):
+        if domid in domains:  # (gone meanwhile: left out)
+            table.append(_domain(domains[domid], now))
+    doc: dict[str, Any] = {
         "ok": True,
         "version": __version__,
         "pid": os.getpid(),
@@ -106,7 +161,13 @@ def describe(rt: Runtime, *, started_at: float, xenstore: str) -> dict[str, Any]
         },
         "health": {"code": code, "reason": reason},
         "default": {"handled": rt.default_handled, "failures": rt.default_failures},
-        "domains": [_domain(d, now) for _, d in sorted(rt.domains.items())],
+        "summary": {
+            "domains": census.total,
+            "states": {state.value: n for state, n in census.counts().items() if n},
+            "throttled": len(census.throttled),
+            "shown": len(table),
+        },
+        "domains": table,
         **_workers(rt, now),
     }
     add_quota(doc, rt)
@@ -132,6 +193,26 @@ def _workers(rt: Runtime, now: float) -> dict[str, Any]:
             ],
         }
     }
+
+
+async def encode(doc: dict[str, Any]) -> bytes:
+    """``doc`` as one line of compact JSON. Its ``domains`` rows are encoded in slices and *consumed* (the list is
+    emptied as it is encoded): 32,751 rows take tens of milliseconds to encode, and as long to free, neither
+    of which may be done in one go."""
+    rows_ = doc.get("domains")
+    if not isinstance(rows_, list) or len(rows_) < _ENCODE_CHUNK:
+        return json.dumps(doc, separators=(",", ":"), default=str).encode() + b"\n"
+    rest = {key: value for key, value in doc.items() if key != "domains"}
+    head = json.dumps(rest, separators=(",", ":"), default=str)
+    parts: list[bytes] = []
+    while rows_:
+        chunk = rows_[:_ENCODE_CHUNK]
+        del rows_[:_ENCODE_CHUNK]
+        parts.append(json.dumps(chunk, separators=(",", ":"), default=str)[1:-1].encode())
+        del chunk  # freed now, a chunk at a time
+        await trio.lowlevel.checkpoint()
+    opening = (head[:-1] + (',"domains":[' if rest else '"domains":[')).encode()
+    return opening + b",".join(parts) + b"]}\n"
 
 
 # -- the table --------------------------------------------------------------------------------------------
@@ -237,12 +318,25 @@ def rows(
 
 
 def totals(doc: Mapping[str, Any]) -> str:
-    """One line: the domains by state, and the default actor."""
-    states = Counter(condition(d) for d in doc["domains"])
+    """One line: the domains by state (all of them, from the summary), how many rows are shown, and the
+    default actor."""
+    summary = doc.get("summary")
+    rows_ = doc["domains"]
+    if summary is None:  # a document without a summary: count its rows
+        states = Counter(condition(d) for d in rows_)
+        total = len(rows_)
+    else:
+        states = Counter(summary["states"])
+        if summary.get("throttled"):
+            states["throttled"] = summary["throttled"]
+            states["running"] -= summary["throttled"]  # a throttled domain runs
+            states += Counter()  # (drops a zero)
+        total = summary["domains"]
     by_state = ", ".join(f"{n} {s}" for s, n in sorted(states.items(), key=lambda i: _TROUBLE.get(i[0], 9)))
+    shown = "" if len(rows_) >= total else f"; {len(rows_)} shown (trouble first)"
     default = doc["default"]
     line = (
-        f"{len(doc['domains'])} domains ({by_state or 'none'}); default actor: {default['handled']} events,"
+        f"{total} domains ({by_state or 'none'}){shown}; default actor: {default['handled']} events,"
         f" {default['failures']} failures"
     )
     return line + _pool_words(doc.get("workers"))

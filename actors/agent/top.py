@@ -1,6 +1,11 @@
 """``mtwatch top``: the agent's domains, live, in a curses screen fitted to the terminal: the header pinned, the
 rows scrolling with the selection, sorted by trouble then activity (``s`` cycles the sort). ``r`` resets the
-selected domain, ``R`` every failed one, ``q`` (Ctrl-C, SIGTERM) quits; a lost agent is retried.
+selected domain, ``R`` every failed one, ``q`` (Ctrl-C, SIGTERM) quits; a lost agent is retried, a busy one
+waited for (its last screen stays, marked).
+
+Each refresh asks for :data:`ROWS` rows (trouble first, then by domid; ``--rows`` sets it) rather than every
+domain: at 32,751 domains the whole document is megabytes each second for a screen of fifty lines. The totals
+line counts every domain whatever the rows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from .control import Connection, ControlUnavailable
+from .control import AgentBusy, Connection, ControlUnavailable
 from .exits import Exit
 from .quotas import quota_labels
 from .status import COLUMNS, SORTS, header, rates_between, rows, totals
@@ -23,6 +28,7 @@ from .status import COLUMNS, SORTS, header, rates_between, rows, totals
 __all__ = ["run_top"]
 
 KEYS = "q quit  s sort  up/down select  r reset  R reset all failed"
+ROWS = 500  # rows asked for at each refresh
 
 
 class _Stop(Exception):
@@ -34,6 +40,7 @@ class View:
     """What the screen shows, between refreshes."""
 
     path: str
+    limit: int | None = ROWS
     doc: dict[str, Any] | None = None
     rates: dict[int, float | None] | None = None
     taken_at: float = 0.0
@@ -45,14 +52,17 @@ class View:
 
     def refresh(self, conn: Connection) -> None:
         try:
-            doc = conn.ask({"op": "status"})
+            doc = conn.ask({"op": "status", "limit": self.limit})
+        except AgentBusy as exc:  # alive: keep the last screen
+            self.message = f"busy: {exc}"
+            return
         except ControlUnavailable as exc:
             self.doc, self.rates, self.message = None, None, f"reconnecting: {exc}"
             return
         now = time.monotonic()
         self.rates = rates_between(self.doc, doc, now - self.taken_at) if self.doc is not None else None
         self.doc, self.taken_at = doc, now
-        if self.message.startswith("reconnecting: "):
+        if self.message.startswith(("reconnecting: ", "busy: ")):
             self.message = ""
 
     def lines(self) -> tuple[list[str], list[tuple[int, str]]]:
@@ -119,12 +129,12 @@ def _put(screen: curses.window, y: int, text: str, width: int, attr: int) -> Non
         screen.addnstr(y, 0, text, max(0, width - 1), attr)
 
 
-def _loop(screen: curses.window, path: str, interval: float) -> None:
+def _loop(screen: curses.window, path: str, interval: float, limit: int | None) -> None:
     with contextlib.suppress(curses.error):
         curses.curs_set(0)
     screen.keypad(True)
     screen.timeout(int(interval * 1000))
-    view = View(path)
+    view = View(path, limit)
     conn = Connection(path, timeout=max(1.0, min(5.0, interval * 2)))
     try:
         next_refresh = 0.0
@@ -156,7 +166,7 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_top(path: str, interval: float) -> int:
+def run_top(path: str, interval: float, limit: int | None = ROWS) -> int:
     """Run the screen until ``q``, Ctrl-C or SIGTERM."""
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         print(
@@ -166,7 +176,7 @@ def run_top(path: str, interval: float) -> int:
         return Exit.USAGE
     try:
         with _sigterm_stops():
-            curses.wrapper(_loop, path, interval)
+            curses.wrapper(_loop, path, interval, limit)
     except KeyboardInterrupt:
         print("mtwatch top: interrupted", file=sys.stderr)
     except _Stop:

@@ -168,7 +168,9 @@ async def _xenstored_answers(socket_path: str) -> None:
 
 
 async def _status(control: str) -> dict[str, Any]:
-    return await trio.to_thread.run_sync(ask, control, {"op": "status"}, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(
+        ask, control, {"op": "status", "limit": None}, abandon_on_cancel=True
+    )
 
 
 async def _wait_running(control: str, domids: Iterable[int]) -> None:

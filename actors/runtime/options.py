@@ -60,6 +60,9 @@ class RuntimeOptions:
     - ``quota_interval``: every this many seconds, each live domain's XenStore quota use and limits are read
       (``rt.quotas``; None: never); ``quota_threshold``: the share of any limit (0.9: 90%) at which a domain
       is logged and listed as above its quota threshold.
+    - ``gc_freeze_at``: with at least this many live actors, the runtime calls ``gc.freeze()`` as it starts
+      more (process-wide: see :mod:`actors.runtime.collector`, which says what it costs), so that the
+      collector's full collections stop walking the long-lived actors; None: never.
     """
 
     root: str = MTWATCH_ROOT
@@ -88,6 +91,7 @@ class RuntimeOptions:
     flood_cooldown_max: float = 0.3
     quota_interval: float | None = 30.0
     quota_threshold: float = 0.9
+    gc_freeze_at: int | None = 1000
 
     def __post_init__(self) -> None:
         for name in (
@@ -97,6 +101,7 @@ class RuntimeOptions:
             "worker_threads",
             "worker_processes",
             "flood_high_water",
+            "gc_freeze_at",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"RuntimeOptions.{name} must be at least 1, not {getattr(self, name)}")

@@ -5,7 +5,7 @@ live guest domain, all in one root nursery."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -14,6 +14,8 @@ from trio_util import AsyncBool, RepeatedEvent
 from .._log import logger
 from ..xs.client import XenStore
 from ..xs.errors import ConnectionLost
+from .census import Census
+from .collector import Collector
 from .connection import ConnectionFactory, follow_lifecycle, keep_connected
 from .default_actor import DefaultActor
 from .domain.actor import DomainActor
@@ -24,6 +26,7 @@ from .domain.owner import MessageHandler
 from .domain.stacks import DomainStacks, domain_stacks
 from .domain.starting import Starting, StartRequests
 from .domain.supervisor import ReconnectPolicy
+from .domains_view import DomainsView
 from .exception_groups import first_leaf
 from .lifecycle.auto import AutoSource
 from .lifecycle.domains import DomainsSource
@@ -36,6 +39,7 @@ from .options import RuntimeOptions
 from .quota import QuotaReport, QuotaTelemetry
 from .router import Router
 from .settling import settle
+from .slices import in_slices
 from .stopwatch import StopWatch
 from .watch_rules import Handler, Hook, Route, Watch
 from .watchdog import LoopBlocked, Watchdog
@@ -45,6 +49,9 @@ from .workers.pool import WorkerPool, WorkerPoolSnapshot
 __all__ = ["Runtime", "open_runtime"]
 
 _ATTACH_CONCURRENCY = 256
+_UNWATCH_BATCH = 512  # actors whose watches go in one pipeline when leaving on the caller's connection
+_WAKE_BATCH = 64  # actors told to stop in one turn of the loop when the runtime ends
+_UNWATCH_DEADLINE = 2.0  # seconds the pipelined unwatching at the end may take before the actors are told
 
 
 class Runtime:
@@ -64,6 +71,8 @@ class Runtime:
         self.changed = RepeatedEvent()  # see _changed()
         self._change = trio.Event()  # a change not yet announced on ``changed``
         self._actors: dict[int, DomainActor] = {}
+        self.census = Census()  # counts by state and the domains in trouble, kept as they change
+        self._domains = DomainsView(self._actors)
         self._watches: list[Watch] = []
         self._start_hooks: list[Hook] = []
         self._stop_hooks: list[Hook] = []
@@ -79,6 +88,7 @@ class Runtime:
         self._closing = False
         self._progress: trio.Event | None = None  # see progress_event()
         self._quota = QuotaTelemetry(options.quota_interval, options.quota_threshold, self._actors.keys)
+        self.collector = Collector(options.gc_freeze_at)
 
     # -- public face ---------------------------------------------------------------------------------------
 
@@ -98,8 +108,10 @@ class Runtime:
 
     @property
     def domains(self) -> Mapping[int, DomainSnapshot]:
-        """A snapshot of every domain actor, by domid."""
-        return {domid: actor.snapshot() for domid, actor in self._actors.items()}
+        """Every domain actor's snapshot, by domid: a read-only view whose items are built when read
+        (``rt.domains[7]`` costs one snapshot; ``dict(rt.domains)`` snapshots them all). For counts by state
+        and the domains in trouble, ``rt.census`` keeps them without walking every domain."""
+        return self._domains
 
     @property
     def quotas(self) -> QuotaReport:
@@ -406,7 +418,8 @@ class Runtime:
 
     def state_changed(self, domid: int, old: State | None, new: State | None) -> None:
         """Every move of a domain actor's life passes here (its :meth:`.domain.life.Life.move`): ``old`` None is
-        its birth, ``new`` None its end (then it is forgotten)."""
+        its birth, ``new`` None its end (then it is forgotten). The kept counts (``rt.census``) move here."""
+        self.census.move(domid, old, new)
         if new is State.STOPPING:
             actor = self._actors.get(domid)
             if actor is not None:
@@ -454,11 +467,15 @@ class Runtime:
     # -- the registry: a LifecycleSink --------------------------------------------------------------------
 
     def full(self, domains: dict[int, bytes]) -> None:
-        for domid in list(self._actors):
-            if domid not in domains:
-                self._one(domid, None)
+        # Every domain of a large host, in one call: only those whose word changed cost more than a lookup
+        # (most were reported a part at a time by ``some`` already).
+        actors = self._actors
+        for domid in [domid for domid in actors if domid not in domains]:
+            self._one(domid, None)
         for domid, identity in domains.items():
-            self._one(domid, identity)
+            actor = actors.get(domid)
+            if actor is None or actor.life.desired != identity:
+                self._one(domid, identity)
         if not self.ready.is_set():
             self.ready.set()
         self._changed()
@@ -499,6 +516,7 @@ class Runtime:
         # the actor's whole life).
         with logger.contextualize(domid=actor.domid):
             self._nursery.start_soon(actor.run, prestarted, name=f"mtwatch-{actor.domid}")
+        self.collector.started(len(self._actors))
 
     # -- the connection ---------------------------------------------------------------------------------
 
@@ -548,11 +566,23 @@ class Runtime:
             self._watchdog.start()
 
     async def _shutdown(self) -> None:
-        """Stop every actor, the default one included, all at once, each within the one stop deadline."""
+        """Stop every actor, the default one included, all at once, each within the one stop deadline.
+
+        On a connection the caller keeps, every domain's watches are removed first, in pipelines
+        (:meth:`_unwatch_all`, at most ``_UNWATCH_DEADLINE`` seconds: 32,751 UNWATCH round trips one per actor
+        would take seconds), so that each actor's own detach then finds nothing left to do. The stop requests
+        go out ``_WAKE_BATCH`` actors a turn of the loop: each woken actor's next steps run in the loop's next
+        batch, and 32,751 of them there would hold it for a second."""
         self._closing = True
+        xs = self.connection
+        if not self.owns_connection and xs is not None and not xs.is_lost:
+            await self._unwatch_all(xs)
         stop_at = trio.current_time() + self.options.stop_deadline
-        for actor in list(self._actors.values()):
-            actor.set_desired(None, stopping=True)
+        actors = list(self._actors.values())
+        for start in range(0, len(actors), _WAKE_BATCH):
+            for actor in actors[start : start + _WAKE_BATCH]:
+                actor.set_desired(None, stopping=True)
+            await trio.lowlevel.checkpoint()
         self._default.stop(stop_at)
         with trio.move_on_at(stop_at + 1):  # (a task that ignores its cancellation is named, not waited for)
             while self._actors:
@@ -561,6 +591,36 @@ class Runtime:
         await self._pool.close()  # every worker process ended (their calls were cancelled with their domains)
         if self._watchdog is not None:
             self._watchdog.stop()
+
+    async def _unwatch_all(self, xs: XenStore) -> None:
+        """Leaving on the caller's connection: every domain's watches removed in pipelines of
+        ``_UNWATCH_BATCH`` actors, two on the wire at a time, each actor's under its registrations' turn
+        (taken first for all, so that no actor unwatches alone meanwhile). Bounded by ``_UNWATCH_DEADLINE``
+        (or half the stop deadline): the stop requests wait for it, and what it did not get to, each actor
+        unwatches itself as before."""
+        taken: list[DomainActor] = []
+        try:
+            async for actor in in_slices(list(self._actors.values())):
+                if actor.watches.take_turn():
+                    taken.append(actor)
+            with trio.move_on_after(min(_UNWATCH_DEADLINE, self.options.stop_deadline / 2)):
+                limiter = trio.CapacityLimiter(2)
+
+                async def one(batch: list[DomainActor]) -> None:
+                    async with limiter:
+                        pipe = xs.pipeline()
+                        for actor in batch:
+                            for path, token in actor.watches.drop_on(xs):
+                                pipe.unwatch(path, token)
+                        with suppress(ConnectionLost):
+                            await pipe.send()
+
+                async with trio.open_nursery() as nursery:
+                    for start in range(0, len(taken), _UNWATCH_BATCH):
+                        nursery.start_soon(one, taken[start : start + _UNWATCH_BATCH])
+        finally:
+            for actor in taken:
+                actor.watches.give_turn()
 
 
 _LIFECYCLES: dict[str, Callable[[str], LifecycleSource]] = {
@@ -607,6 +667,7 @@ async def open_runtime(
             finally:
                 with trio.CancelScope(shield=True):
                     await rt._shutdown()
+                    rt.collector.close()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The runtime's own tasks raise nothing but ConnectionLost (no connect= to reconnect with); anything

@@ -94,7 +94,7 @@ class Answer(Generic[T]):
 
 class Pipeline:
     """Requests added with :meth:`read`, :meth:`write`, :meth:`get_perms`, :meth:`is_domain_introduced`,
-    :meth:`watch`, :meth:`call` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
+    :meth:`watch`, :meth:`unwatch`, :meth:`call` and :meth:`request` (each returns its :class:`Answer`, nothing sent yet), then sent with
     ``await pipeline.send()``.
 
     ``send`` returns once every request has its answer (or its RequestTimeout); it raises ConnectionLost if
@@ -144,6 +144,13 @@ class Pipeline:
         raw = check_watch_path(path)
         call = Call(Op.WATCH, builder.watch_payload(raw, token), path, builder.nothing)  # PayloadTooLarge now
         return self._add(Answer(call, (raw, token, sink)))
+
+    def unwatch(self, path: str, token: str) -> Answer[None]:
+        """An UNWATCH; the watch's sink gets no further events from now on, as with :meth:`~actors.xs.client.
+        XenStore.remove_watch` (NotFound as the answer's error if the daemon does not know it)."""
+        call = builder.unwatch(path, token)
+        self._link.protocol.unwatch(token)
+        return self._add(Answer(call))
 
     async def send(self) -> None:
         link = self._link

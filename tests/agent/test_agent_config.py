@@ -38,6 +38,7 @@ level = "debug"
 
 [metrics]
 listen = "[::1]:9100"
+per_domain = "trouble"
 
 [[watch]]
 path = "/local/domain/{domid}/data/ping"
@@ -116,6 +117,7 @@ def test_defaults_without_a_file() -> None:
     assert config.options.restart == RestartPolicy()
     assert (config.log_format, config.log_level) == ("text", "INFO")
     assert config.metrics is None
+    assert config.metrics_per_domain == "all"
     assert config.watches == ()
 
 
@@ -130,6 +132,7 @@ def test_every_key(handlers_module: str) -> None:
     )
     assert (config.log_format, config.log_level) == ("json", "DEBUG")
     assert config.metrics is not None and (config.metrics.host, config.metrics.port) == ("::1", 9100)
+    assert config.metrics_per_domain == "trouble"
     ping, device, vm, release = config.watches
     assert ping.run == ("/usr/local/bin/on-ping", "{domid}", "{path}")
     assert (ping.timeout, ping.name, ping.label) == (2.0, "ping", "ping")
@@ -181,6 +184,7 @@ def test_command_line_overrides_the_file(handlers_module: str) -> None:
         ("[metrics]\nlisten = 'localhost:70000'", "metrics.listen", "port"),
         ("[metrics]\nlisten = '::1:80'", "metrics.listen", "brackets"),
         ("[metrics]\nport = 80", "metrics.port", "unknown key"),
+        ("[metrics]\nper_domain = 'some'", "metrics.per_domain", '"all" or "trouble" or "none"'),
         ("watch = 'x'", "watch", "array of tables"),
         ("[[watch]]\nrun = ['/bin/true']", "watch[0].path", "missing"),
         ("[[watch]]\npath = '/x/{domid}'", "watch[0]", "exactly one of run"),

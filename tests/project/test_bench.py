@@ -224,3 +224,31 @@ def test_stall_counts_what_a_stopped_daemon_costs_the_domains(report: dict[str, 
         assert set(after) >= {"domains_charged", "domains_failed", "cut_short", "last_value_handled"}
         assert after["last_value_handled"] == after["domains"], (daemon, after)
         assert after["domains_charged"] == 0 and after["domains_failed"] == 0, (daemon, after)
+
+
+def test_scale_reports_the_loops_lateness_in_every_phase(report: dict[str, object]) -> None:
+    lateness = section(section(report, "scale"), "loop_lateness")
+    runs = {key: value for key, value in lateness.items() if key != "targets"}
+    assert len(runs) == 3  # two sizes, and the larger once more without the runtime's gc.freeze
+    for key, run in runs.items():
+        assert isinstance(run, dict)
+        for phase in ("start", "snapshot", "churn", "leave"):
+            figures = section(run, phase)
+            for name in ("seconds", "cpu_seconds", "loop_late_max_ms", "loop_held_max_ms", "gc_seconds"):
+                assert isinstance(figures[name], int | float) and figures[name] >= 0, (key, phase, name)
+        assert section(run, "snapshot")["metrics_bytes"] > run["domains"] * 100  # type: ignore[operator]
+        assert (run["gc_freeze_at"] is None) == key.endswith("_without_gc_freeze")
+
+
+def test_agent_reports_every_figure_beside_the_runtime(report: dict[str, object]) -> None:
+    agent = section(report, "agent")
+    (size,) = (key for key in agent if key.isdigit())
+    figures = section(agent, size)
+    assert isinstance(figures["seconds_to_healthy"], float) and figures["seconds_to_healthy"] > 0
+    assert isinstance(figures["idle_cpu_percent"], float)
+    scrape = section(figures, "scrape")
+    assert scrape["whole"] is True and scrape["bytes"] > int(size) * 100  # type: ignore[operator]
+    status = section(figures, "status")
+    assert status["exit_status"] == 0 and status["rows"] == int(size)  # fewer than the default 50 rows
+    assert set(section(figures, "loop_held_max_ms")) == {"start", "scrape", "status", "status_all"}
+    assert set(section(figures, "ratios")) == {"healthy_vs_runtime_start", "rss_per_domain_vs_runtime"}

@@ -115,6 +115,7 @@ class FloodGate:
             "over the event rate" if reason == "rate" else "mailbox over its high-water mark",
             cooldown,
         )
+        actor.rt.census.throttle(actor.domid, True)
         actor.rt.observers.emit("throttled", actor.domid, 1)
         nursery.start_soon(self._cool_down, actor, cooldown, name=f"flood cool-down of domain {actor.domid}")
 
@@ -186,6 +187,7 @@ class FloodGate:
             now - since,
             self.cooldown,
         )
+        actor.rt.census.throttle(actor.domid, False)
         actor.rt.observers.emit("throttled", actor.domid, 0)
 
     def check(self, now: float, depth: int) -> str | None:

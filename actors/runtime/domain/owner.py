@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..census import Census
 from ..options import RuntimeOptions
 from ..watch_rules import Hook, Watch
 from .context import DomainContext, State
@@ -36,6 +37,7 @@ class ActorHost(Protocol):
     connection: XenStore | None
     owns_connection: bool
     starts: StartRequests  # the runtime's own requests for actors, pipelined
+    census: Census  # the kept counts of the domains by state, told of every change
 
     @property
     def observers(self) -> Observing: ...

@@ -110,6 +110,13 @@ class Registrations:
         for xs, _, token in self._registered.values():
             xs.mute_watch(token)
 
+    def drop_on(self, xs: XenStore) -> list[tuple[str, str]]:
+        """Under the turn: forget every watch registered on ``xs``; their (path, token), for the caller to
+        unwatch (the runtime's pipelined leave)."""
+        dropped = [(path, token) for held, path, token in self._registered.values() if held is xs]
+        self._registered = {key: held for key, held in self._registered.items() if held[0] is not xs}
+        return dropped
+
     def forget(self) -> None:
         """Drop the records of every watch without unregistering (their connection is closing)."""
         self._registered.clear()

@@ -59,7 +59,7 @@ from ...xs.errors import (
 from ...xs.wire import Feature, check_domid
 from .protocol import LifecycleSink
 from .release import FAN_OUT, INTRODUCE, RELEASE, Pending, ReleaseRound
-from .requests import Skipped, gather_bounded, in_chunks, patiently
+from .requests import Skipped, gather_bounded, in_chunks, patiently, report_in_batches
 from .trust import Untrusted, trusted_read, trusted_reads
 
 __all__ = ["DomainsSource"]
@@ -209,7 +209,7 @@ class DomainsSource:
             found.update(found_here)
             unknown.update(unknown_here)
             if early is not None and found_here:
-                early({domid: vm or b"" for domid, vm in found_here.items()})
+                await report_in_batches(early, {domid: vm or b"" for domid, vm in found_here.items()})
 
         await in_chunks(domids, examine)
         listed = {domid: vm or b"" for domid, vm in found.items()}

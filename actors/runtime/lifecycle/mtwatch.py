@@ -20,8 +20,9 @@ from ...xs.client import XenStore
 from ...xs.errors import InvalidDomid, NotFound
 from ...xs.subscription import Subscription
 from ...xs.wire import check_domid
+from ..slices import in_slices
 from .protocol import MTWATCH_ROOT, LifecycleSink
-from .requests import Skipped, in_chunks, patiently, until_watched
+from .requests import Skipped, in_chunks, patiently, report_in_batches, until_watched
 from .trust import Untrusted, trusted_read, trusted_reads
 
 __all__ = ["MtwatchSource"]
@@ -155,7 +156,7 @@ class MtwatchSource:
             del self._warned[gone]
         # Two flat lists, not a tuple per domain: 32,000 small objects alive for the whole listing would be
         # promoted by the collector, and make it run its full collections more often.
-        valid = [name for name in names if self._domid(name) is not None]
+        valid = [name async for name in in_slices(names) if self._domid(name) is not None]
         live: dict[int, bytes] = {}
         skipped: list[int] = []
 
@@ -170,7 +171,7 @@ class MtwatchSource:
                     found[int(name)] = identity
             live.update(found)
             if early is not None and found:
-                early(found)
+                await report_in_batches(early, found)
 
         await in_chunks(valid, examine)
         for domid in skipped:

@@ -16,6 +16,7 @@ from ..exception_groups import one_connection_lost
 __all__ = [
     "BACKOFF",
     "CHUNK",
+    "REPORT_BATCH",
     "RETRIES",
     "SKIPPED",
     "WATCH_RETRY_FIRST",
@@ -24,6 +25,7 @@ __all__ = [
     "gather_bounded",
     "in_chunks",
     "patiently",
+    "report_in_batches",
     "until_watched",
 ]
 
@@ -51,6 +53,18 @@ async def gather_bounded(items: Iterable[T], fn: Callable[[T], Awaitable[object]
 
 
 CHUNK: Final = 256  # the domains of a listing examined (pipelined) and reported together
+
+
+REPORT_BATCH: Final = 64  # domains of a listing reported to the sink in one turn of the loop
+
+
+async def report_in_batches(early: Callable[[dict[int, bytes]], None], found: dict[int, bytes]) -> None:
+    """``early(some of found)`` a few dozen domains a turn of the loop: each domain reported costs the sink an
+    actor made, and a part's worth at once would hold the loop for milliseconds."""
+    items = list(found.items())
+    for start in range(0, len(items), REPORT_BATCH):
+        early(dict(items[start : start + REPORT_BATCH]))
+        await trio.lowlevel.checkpoint()
 
 
 async def in_chunks(items: list[T], fn: Callable[[list[T]], Awaitable[object]], size: int = CHUNK) -> None:
