@@ -29,7 +29,15 @@ def _task(task: TaskStack) -> dict[str, Any]:
 
 
 def _domain(stacks: DomainStacks) -> dict[str, Any]:
-    return {"domid": stacks.domid, "state": stacks.state.value, "tasks": [_task(t) for t in stacks.tasks]}
+    doc: dict[str, Any] = {
+        "domid": stacks.domid,
+        "state": stacks.state.value,
+        "tasks": [_task(t) for t in stacks.tasks],
+    }
+    if stacks.worker_since is not None:
+        held = max(0.0, trio.current_time() - stacks.worker_since)
+        doc["worker"] = {"pid": stacks.worker_pid, "busy": round(held, 3)}
+    return doc
 
 
 def stack_answer(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
@@ -76,4 +84,11 @@ def format_stacks(answer: dict[str, Any]) -> str:
         timeout = "" if task["timeout"] is None else f" (timeout {format_seconds(task['timeout'])})"
         lines.append(f"task {task['task']!r}: {task['what']}{waited}{timeout}")
         lines.extend("  " + line for line in task["stack"].rstrip("\n").splitlines())
+    worker = answer.get("worker")
+    if worker is not None:
+        pid = worker["pid"] or "?"
+        lines.append(
+            f"worker process pid {pid}: runs this domain's handler, for {format_seconds(worker['busy'])} "
+            "(its own stack is in that process)"
+        )
     return "\n".join(lines)

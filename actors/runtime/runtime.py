@@ -4,6 +4,7 @@ live guest domain, all in one root nursery."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -126,7 +127,11 @@ class Runtime:
         actor = self._actors.get(domid)
         if actor is None:
             raise DomainNotRunning(f"domain {domid} has no actor (not announced, or gone)")
-        return domain_stacks(actor)
+        stacks = domain_stacks(actor)
+        held = self._pool.snapshot().domains.get(domid)
+        if held is None:
+            return stacks
+        return dataclasses.replace(stacks, worker_pid=held.pid, worker_since=held.since)
 
     async def read_quotas(self) -> QuotaReport:
         """A quota round now, on the current connection (raises ConnectionLost, RequestTimeout, ...)."""

@@ -238,3 +238,26 @@ async def test_one_domain_keeps_its_order_with_workers_to_spare_and_a_global_wat
         # The default actor's (domid 0) handler ran in a worker (its registration event may come after the write).
         assert set(await seen(xs, 0)) == {"g"}
         assert rt.domains[1].failures == 0 and rt.default_failures == 0
+
+
+async def test_the_stacks_of_a_domain_name_the_worker_process_its_handler_runs_in(
+    xenstored: Embedded, xs: actors.XenStore
+) -> None:
+    """Hang forensics (issue 21) for a process handler: the handler's task waits on its worker, whose pid
+    ``rt.stacks`` and ``mtwatch stack`` give; none once the call is over."""
+    from actors.agent.forensics import format_stacks, stack_answer
+
+    async with runtime(xs, worker_processes=1, stop_deadline=2) as rt:
+        rt.watch("/local/domain/{domid}/bad", ph.spin, isolation="process", timeout=30, name="bad")
+        await start(xs, rt, 3)
+        assert rt.stacks(3).worker_pid is None
+        await xs.write("/local/domain/3/bad", "go")
+        await until(lambda: rt.stacks(3).worker_pid is not None)
+        stacks = rt.stacks(3)
+        assert stacks.worker_pid in rt._pool.pids and alive(stacks.worker_pid)
+        assert stacks.tasks[0].what.startswith("handler of 'bad'")
+        answer = stack_answer(rt, {"domid": 3})
+        assert answer["worker"]["pid"] == stacks.worker_pid
+        assert f"worker process pid {stacks.worker_pid}: runs this domain's handler" in format_stacks(answer)
+        rt.reload(3)  # the spinning worker is killed at the stop's deadline less the hooks' share
+        await until(lambda: rt.stacks(3).worker_pid is None if 3 in rt.domains else False)

@@ -51,11 +51,16 @@ class TaskStack:
 
 @dataclass(frozen=True, slots=True)
 class DomainStacks:
-    """``rt.stacks(domid)``: the domain's state and each of its tasks (the actor's own first)."""
+    """``rt.stacks(domid)``: the domain's state and each of its tasks (the actor's own first); where a handler
+    of the domain runs in a worker process now (``isolation="process"``), that worker's ``worker_pid`` (None
+    until the worker said it took the call) and since when the domain holds it (``worker_since``, trio clock):
+    the handler's own stack is in that process, not in the runtime's."""
 
     domid: int
     state: State
     tasks: list[TaskStack]
+    worker_pid: int | None = None
+    worker_since: float | None = None
 
 
 class Tasks(Protocol):
