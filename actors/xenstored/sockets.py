@@ -16,7 +16,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["SocketInUse", "connect_unix", "daemon_answers", "take_socket_path"]
+__all__ = ["FolderLocked", "SocketInUse", "connect_unix", "daemon_answers", "take_socket_path"]
 
 CONNECT_TIMEOUT: Final = 5.0
 LOCK_TIMEOUT: Final = 10.0  # how long a start waits for another one starting on the same folder
@@ -24,6 +24,10 @@ LOCK_TIMEOUT: Final = 10.0  # how long a start waits for another one starting on
 
 class SocketInUse(OSError):
     """A live daemon answers on the socket path (EADDRINUSE), or another is taking it over right now."""
+
+
+class FolderLocked(SocketInUse):
+    """Another start holds the socket's folder (it is taking the path over right now)."""
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -103,7 +107,7 @@ def _lock(fd: int, path: str, timeout: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise SocketInUse(
+                raise FolderLocked(
                     errno.EADDRINUSE, f"another daemon is taking {path} over (its folder stayed locked)"
                 ) from None
             time.sleep(0.01)
