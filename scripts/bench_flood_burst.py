@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import trio
-from bench_flood import FLOODED, Probe, Sizes, calm_writers, embedded, p99
+from bench_flood import FLOODED, Probe, Sizes, calm_writers, on_both_daemons, p99
 
 import actors
 
@@ -175,16 +174,5 @@ async def bench(quick: bool) -> dict[str, object]:
     else:
         sizes = Burst(writes=20_000, paths=900, others=20, bursts=5, window=1.5)
     result: dict[str, object] = {"writes": sizes.writes, "paths": sizes.paths}
-    async with embedded() as path:
-        result["embedded"] = await run_on(path, sizes)
-    try:
-        from harness.cxenstored import CXenStoredUnavailable, open_cxenstored
-
-        try:
-            async with open_cxenstored(tempfile.mkdtemp(prefix="mtwc", dir="/tmp")) as real:
-                result["cxenstored"] = await run_on(real.socket_path, sizes)
-        except CXenStoredUnavailable as exc:
-            result["cxenstored"] = {"unavailable": str(exc)}
-    except ImportError as exc:
-        result["cxenstored"] = {"unavailable": str(exc)}
+    result.update(await on_both_daemons(lambda path: run_on(path, sizes)))
     return result
